@@ -1,0 +1,207 @@
+//! Compiles a [`Filter`] into an `INET_DIAG_REQ_BYTECODE` program so the kernel
+//! returns only matching sockets (netlink-packet-sock-diag has no support for
+//! this attribute, so it lives here).
+//!
+//! The kernel's interpreter (`inet_diag_bc_run`) walks ops of
+//! `{code: u8, yes: u8, no: u16}`: a true condition advances by `yes` bytes, a
+//! false one by `no`. The socket matches when the walk ends exactly at the end
+//! of the program; jumping 4 bytes past the end rejects it. The verifier
+//! (`inet_diag_bc_audit`) requires every `yes` to step to the next op and every
+//! `no` to land on an op boundary of that chain or at end+4.
+//!
+//! The program is an AND of groups (dst, src, dport, sport, family), each an
+//! OR of alternatives: every alternative but the last is followed by a JMP
+//! (always false, so it takes `no`) to the end of its group, and a failing
+//! condition jumps to the next alternative, or to reject after the last one.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::filter::{Family, Filter, PortRange};
+
+// enum in include/uapi/linux/inet_diag.h. D_COND is 8: 4 is D_GE, which the
+// kernel accepts and which then filters nothing useful.
+const BC_JMP: u8 = 1;
+const BC_S_GE: u8 = 2;
+const BC_S_LE: u8 = 3;
+const BC_D_GE: u8 = 4;
+const BC_D_LE: u8 = 5;
+const BC_S_COND: u8 = 7;
+const BC_D_COND: u8 = 8;
+
+const OP_LEN: usize = 4;
+
+/// One condition of an alternative, before jump offsets are known.
+#[derive(Debug, Clone)]
+enum Cond {
+    /// Source (local) or destination (peer) address prefix; `None` = any address of that family.
+    Host { dst: bool, family: u8, prefix_len: u8, addr: Vec<u8> },
+    /// Port >= or <= a bound, on the source or destination side.
+    Port { code: u8, port: u16 },
+}
+
+impl Cond {
+    fn len(&self) -> usize {
+        match self {
+            Cond::Host { addr, .. } => OP_LEN + 8 + addr.len(),
+            Cond::Port { .. } => 2 * OP_LEN,
+        }
+    }
+}
+
+/// The conditions of one alternative must all hold.
+type Alternative = Vec<Cond>;
+/// One of the alternatives of a group must hold.
+type Group = Vec<Alternative>;
+
+fn host(dst: bool, net: &IpNet) -> Cond {
+    let (family, addr) = match net.addr() {
+        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    };
+    Cond::Host { dst, family, prefix_len: net.prefix_len(), addr }
+}
+
+fn port_range(dst: bool, r: PortRange) -> Alternative {
+    let (ge, le) = if dst { (BC_D_GE, BC_D_LE) } else { (BC_S_GE, BC_S_LE) };
+    vec![Cond::Port { code: ge, port: r.lo }, Cond::Port { code: le, port: r.hi }]
+}
+
+fn groups(filter: &Filter) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    if !filter.dst.is_empty() {
+        groups.push(filter.dst.iter().map(|n| vec![host(true, n)]).collect());
+    }
+    if !filter.src.is_empty() {
+        groups.push(filter.src.iter().map(|n| vec![host(false, n)]).collect());
+    }
+    if !filter.dport.is_empty() {
+        groups.push(filter.dport.iter().map(|r| port_range(true, *r)).collect());
+    }
+    if !filter.sport.is_empty() {
+        groups.push(filter.sport.iter().map(|r| port_range(false, *r)).collect());
+    }
+    if filter.family == Some(Family::V4) && filter.dst.is_empty() && filter.src.is_empty() {
+        // An AF_INET /0 condition matches IPv4 sockets and IPv4-mapped ones in the v6 dump.
+        let any_v4 = Cond::Host { dst: true, family: libc::AF_INET as u8, prefix_len: 0, addr: vec![0; 4] };
+        groups.push(vec![vec![any_v4]]);
+    }
+    groups
+}
+
+/// The bytecode for `filter`, or an empty vector when the filter has no
+/// address or port condition (then no attribute is sent at all).
+pub fn compile(filter: &Filter) -> Vec<u8> {
+    let groups = groups(filter);
+    let alt_len = |a: &Alternative| a.iter().map(Cond::len).sum::<usize>();
+    let total: usize = groups.iter().map(|g| g.iter().map(alt_len).sum::<usize>() + OP_LEN * (g.len() - 1)).sum();
+
+    let mut out = Vec::with_capacity(total);
+    let reject = total + 4;
+    for group in &groups {
+        let group_start = out.len();
+        let group_len = group.iter().map(alt_len).sum::<usize>() + OP_LEN * (group.len() - 1);
+        let group_end = group_start + group_len;
+        for (i, alt) in group.iter().enumerate() {
+            let last = i + 1 == group.len();
+            // Where a failing condition goes: the next alternative (past our JMP), or reject.
+            let fail_target = if last { reject } else { out.len() + alt_len(alt) + OP_LEN };
+            for cond in alt {
+                let here = out.len();
+                let no = fail_target - here;
+                emit(&mut out, cond, no);
+            }
+            if !last {
+                let here = out.len();
+                push_op(&mut out, BC_JMP, OP_LEN, group_end - here);
+            }
+        }
+        debug_assert_eq!(out.len(), group_end);
+    }
+    debug_assert_eq!(out.len(), total);
+    out
+}
+
+fn push_op(out: &mut Vec<u8>, code: u8, yes: usize, no: usize) {
+    // yes <= 28 and no <= program length + 4, which the attribute's u16 length bounds.
+    out.push(code);
+    out.push(yes as u8);
+    out.extend_from_slice(&(no as u16).to_ne_bytes());
+}
+
+fn emit(out: &mut Vec<u8>, cond: &Cond, no: usize) {
+    match cond {
+        Cond::Host { dst, family, prefix_len, addr } => {
+            push_op(out, if *dst { BC_D_COND } else { BC_S_COND }, cond.len(), no);
+            // struct inet_diag_hostcond { u8 family; u8 prefix_len; int port; __be32 addr[]; }
+            out.push(*family);
+            out.push(*prefix_len);
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&(-1i32).to_ne_bytes()); // any port
+            out.extend_from_slice(addr);
+        }
+        Cond::Port { code, port } => {
+            // The bound travels in the `no` field of a second op.
+            push_op(out, *code, 2 * OP_LEN, no);
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&port.to_ne_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::parse_cidr;
+
+    #[test]
+    fn empty_filter_has_no_program() {
+        assert!(compile(&Filter::default()).is_empty());
+    }
+
+    #[test]
+    fn single_ipv4_destination_known_bytes() {
+        let f = Filter { dst: vec![parse_cidr("10.1.2.3").unwrap()], ..Filter::default() };
+        let bc = compile(&f);
+        let mut want = vec![BC_D_COND, 16];
+        want.extend_from_slice(&20u16.to_ne_bytes()); // reject = len 16 + 4
+        want.extend_from_slice(&[libc::AF_INET as u8, 32, 0, 0]);
+        want.extend_from_slice(&(-1i32).to_ne_bytes());
+        want.extend_from_slice(&[10, 1, 2, 3]);
+        assert_eq!(bc, want);
+    }
+
+    #[test]
+    fn port_range_known_bytes() {
+        let f = Filter { dport: vec!["80-90".parse().unwrap()], ..Filter::default() };
+        let bc = compile(&f);
+        let mut want = vec![BC_D_GE, 8];
+        want.extend_from_slice(&20u16.to_ne_bytes());
+        want.extend_from_slice(&[0, 0]);
+        want.extend_from_slice(&80u16.to_ne_bytes());
+        want.extend_from_slice(&[BC_D_LE, 8]);
+        want.extend_from_slice(&12u16.to_ne_bytes());
+        want.extend_from_slice(&[0, 0]);
+        want.extend_from_slice(&90u16.to_ne_bytes());
+        assert_eq!(bc, want);
+    }
+
+    #[test]
+    fn alternatives_jump_to_next_and_group_end() {
+        // dst A or B, and dport 80: [A(16)] [JMP(4)] [B(16)] [GE(8) LE(8)] = 52
+        let f = Filter {
+            dst: vec![parse_cidr("10.0.0.1").unwrap(), parse_cidr("10.0.0.2").unwrap()],
+            dport: vec!["80".parse().unwrap()],
+            ..Filter::default()
+        };
+        let bc = compile(&f);
+        assert_eq!(bc.len(), 52);
+        let no = |at: usize| u16::from_ne_bytes([bc[at + 2], bc[at + 3]]) as usize;
+        assert_eq!((bc[0], bc[1] as usize, no(0)), (BC_D_COND, 16, 20)); // fail -> B
+        assert_eq!((bc[16], bc[17] as usize, no(16)), (BC_JMP, 4, 20)); // -> group end (36)
+        assert_eq!((bc[20], no(20)), (BC_D_COND, 56 - 20)); // last alternative fails -> reject
+        assert_eq!((bc[36], no(36)), (BC_D_GE, 56 - 36));
+        assert_eq!((bc[44], no(44)), (BC_D_LE, 56 - 44));
+    }
+}

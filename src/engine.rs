@@ -1,0 +1,414 @@
+//! list / kill / verify, built from one collect path: a kernel-filtered dump per
+//! family, re-checked in user space, then (for a kill) cookie-exact destroys
+//! in batches, and re-dumps until nothing matches.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+use crate::diag::{bytecode, socket::DESTROY_BATCH, DestroyResult, DiagSocket, DumpStatus};
+use crate::error::{Error, Result};
+use crate::filter::{Family, Filter, TcpState};
+use crate::netns::Netns;
+use crate::procfs::{self, Owner};
+use crate::sock::Socket;
+
+/// How often a dump flagged NLM_F_DUMP_INTR is retried before giving up.
+const MAX_DUMP_RETRIES: usize = 5;
+
+/// A sock_diag session in one network namespace.
+pub struct Engine {
+    diag: DiagSocket,
+}
+
+/// A filter made ready for the kernel: bytecode compiled once, families chosen.
+#[derive(Debug, Clone)]
+pub struct Query {
+    filter: Filter,
+    bytecode: Vec<u8>,
+    families: Vec<u8>,
+}
+
+impl Query {
+    /// Validates `filter` and compiles it.
+    pub fn new(filter: Filter) -> Result<Query> {
+        filter.validate()?;
+        let bytecode = bytecode::compile(&filter);
+        if bytecode.len() > u16::MAX as usize - 8 {
+            return Err(Error::InvalidFilter("too many --dst/--src/--dport/--sport values".into()));
+        }
+        let only_v6 = |nets: &[ipnet::IpNet]| !nets.is_empty() && nets.iter().all(|n| matches!(n, ipnet::IpNet::V6(_)));
+        // The AF_INET6 dump also returns IPv4-mapped sockets, so IPv4 needs both
+        // dumps; pure IPv6 needs only the second one.
+        let families = if filter.family == Some(Family::V6) || only_v6(&filter.dst) || only_v6(&filter.src) {
+            vec![libc::AF_INET6 as u8]
+        } else {
+            vec![libc::AF_INET as u8, libc::AF_INET6 as u8]
+        };
+        Ok(Query { filter, bytecode, families })
+    }
+
+    /// The filter this query was built from.
+    pub fn filter(&self) -> &Filter {
+        &self.filter
+    }
+}
+
+/// What became of one socket in a kill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Dry run: it would have been destroyed.
+    WouldDestroy,
+    Destroyed,
+    /// ENOENT: it was gone before the destroy reached it (closed, or a new socket on its 4-tuple).
+    AlreadyGone,
+    /// The kernel refused; see `errno`.
+    Failed,
+    /// No ack came back (receive buffer overflow); the verification dump tells whether it is gone.
+    Unacknowledged,
+}
+
+/// One socket a kill acted on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Acted {
+    #[serde(flatten)]
+    pub socket: Socket,
+    pub outcome: Outcome,
+    /// Which destroy pass acted on it (0 for a dry run).
+    pub pass: u32,
+    /// Milliseconds since the start of the kill when the ack came back.
+    pub at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Options of [`Engine::kill`].
+#[derive(Debug, Clone)]
+pub struct KillOptions {
+    /// Walk the same path but destroy nothing.
+    pub dry_run: bool,
+    /// Dump again after destroying to report what still matches.
+    pub verify: bool,
+    /// Dump + destroy passes before giving up on what still matches.
+    pub max_passes: u32,
+    /// Look up owning processes (scans /proc).
+    pub processes: bool,
+    /// Refuse, destroying nothing, when the first dump matches more than this.
+    pub max: Option<usize>,
+}
+
+impl Default for KillOptions {
+    fn default() -> Self {
+        KillOptions { dry_run: false, verify: true, max_passes: 3, processes: false, max: None }
+    }
+}
+
+/// The result of a kill (or dry run).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KillReport {
+    pub dry_run: bool,
+    /// Every socket acted on, in order; a dry run lists what it would destroy.
+    pub sockets: Vec<Acted>,
+    /// What still matched at the end; `None` when not verified.
+    pub remaining: Option<Vec<Socket>>,
+    pub summary: KillSummary,
+}
+
+/// Counts of a [`KillReport`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KillSummary {
+    /// Sockets matching at the first dump.
+    pub matched: usize,
+    /// Sockets that matched only in a later pass (connections made during the kill).
+    pub new_during_kill: usize,
+    pub destroyed: usize,
+    pub already_gone: usize,
+    pub failed: usize,
+    pub unacknowledged: usize,
+    /// Sockets matching at the end (`null` when not verified).
+    pub remaining: Option<usize>,
+    /// Of those, sockets of the first dump that survived.
+    pub remaining_original: Option<usize>,
+    /// Of those, connections that appeared during the kill.
+    pub remaining_new: Option<usize>,
+    pub passes: u32,
+    pub verified: bool,
+    /// A signal stopped the kill early.
+    pub interrupted: bool,
+    pub duration_ms: u64,
+}
+
+impl KillReport {
+    /// 0 when nothing matching is known to remain, 1 otherwise (dry run: 1 when anything matched).
+    pub fn exit_code(&self) -> i32 {
+        let s = &self.summary;
+        if self.dry_run {
+            return if s.matched > 0 { 1 } else { 0 };
+        }
+        let clean = match s.remaining {
+            Some(n) => n == 0,
+            None => s.failed == 0 && s.unacknowledged == 0,
+        };
+        if clean && s.failed == 0 && !s.interrupted {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+/// Stops a kill between batches when set (e.g. by SIGINT/SIGTERM).
+pub static CANCEL: AtomicBool = AtomicBool::new(false);
+
+impl Engine {
+    /// Opens a session in `netns`, or in the calling thread's namespace.
+    pub fn open(netns: Option<&Netns>) -> Result<Engine> {
+        let diag = match netns {
+            Some(ns) => ns.run(DiagSocket::open)??,
+            None => DiagSocket::open()?,
+        };
+        Ok(Engine { diag })
+    }
+
+    /// Every socket matching `query` now: one dump per family, redone when the
+    /// kernel flags it inconsistent, re-checked in user space (address, port,
+    /// state, family, and process inodes for `--pid`).
+    pub fn collect(&mut self, query: &Query) -> Result<Vec<Socket>> {
+        let f = &query.filter;
+        let inodes = pid_inodes(&f.pids)?;
+        let mut out = Vec::new();
+        for &family in &query.families {
+            let mut tries = 0;
+            loop {
+                let before = out.len();
+                let status = self.diag.dump(family, f.states, &query.bytecode, |s| {
+                    if f.matches(&s) && inodes.as_ref().is_none_or(|set| set.contains_key(&s.inode)) {
+                        out.push(s);
+                    }
+                })?;
+                if status == DumpStatus::Complete {
+                    break;
+                }
+                tries += 1;
+                out.truncate(before);
+                if tries >= MAX_DUMP_RETRIES {
+                    return Err(Error::Other(format!(
+                        "the kernel interrupted the socket dump {tries} times (table changing too fast); nothing was acted on from it"
+                    )));
+                }
+                debug!(family, "dump interrupted (NLM_F_DUMP_INTR); dumping again");
+            }
+        }
+        if let Some(inodes) = inodes {
+            for s in &mut out {
+                s.owners = inodes.get(&s.inode).cloned();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lists matching sockets, with their owners when `processes` is set.
+    pub fn list(&mut self, query: &Query, processes: bool) -> Result<Vec<Socket>> {
+        let mut sockets = self.collect(query)?;
+        if processes {
+            fill_owners(&mut sockets);
+        }
+        Ok(sockets)
+    }
+
+    /// Destroys `sockets` exactly as dumped, batch by batch, logging each one
+    /// destroyed. Stops early (leaving the rest out of the returned list) when
+    /// [`CANCEL`] is set. EPERM, and EOPNOTSUPP on a socket that is not in
+    /// TIME-WAIT, stop everything with an error: they will not get better.
+    pub fn destroy(&mut self, sockets: &[Socket], pass: u32, started: Instant, already: usize) -> Result<Vec<Acted>> {
+        let mut acted = Vec::with_capacity(sockets.len());
+        let mut destroyed = already;
+        // A first batch of one learns about missing permission or kernel support
+        // before anything else is touched.
+        let mut rest = sockets;
+        let mut batch_len = 1;
+        while !rest.is_empty() {
+            if CANCEL.load(Ordering::Relaxed) {
+                warn!(left = rest.len(), "interrupted: stopping before the next batch");
+                break;
+            }
+            let (batch, tail) = rest.split_at(batch_len.min(rest.len()));
+            rest = tail;
+            batch_len = DESTROY_BATCH;
+            let refs: Vec<&Socket> = batch.iter().collect();
+            let results = self.diag.destroy(&refs)?;
+            let at_ms = started.elapsed().as_millis() as u64;
+            for (sock, res) in batch.iter().zip(results) {
+                let (outcome, error) = match res {
+                    DestroyResult::Destroyed => (Outcome::Destroyed, None),
+                    DestroyResult::Gone => (Outcome::AlreadyGone, None),
+                    DestroyResult::Unknown => (Outcome::Unacknowledged, None),
+                    DestroyResult::Failed(libc::EPERM) => return Err(Error::NoPermission { destroyed }),
+                    DestroyResult::Failed(libc::EOPNOTSUPP) if sock.state != Some(TcpState::TimeWait) => {
+                        return Err(Error::DestroyUnsupported { destroyed })
+                    }
+                    DestroyResult::Failed(e) => (Outcome::Failed, Some(errno_text(e))),
+                };
+                log_outcome(sock, outcome, error.as_deref());
+                if outcome == Outcome::Destroyed {
+                    destroyed += 1;
+                }
+                acted.push(Acted { socket: sock.clone(), outcome, pass, at_ms, error });
+            }
+        }
+        Ok(acted)
+    }
+
+    /// Destroys every socket matching `query`: collect, check `--max`, destroy,
+    /// re-dump, and again (up to `max_passes`) until nothing matches.
+    pub fn kill(&mut self, query: &Query, opts: &KillOptions) -> Result<KillReport> {
+        let started = Instant::now();
+        let mut report = KillReport { dry_run: opts.dry_run, ..KillReport::default() };
+        let mut current = self.collect(query)?;
+        if let Some(max) = opts.max {
+            if current.len() > max {
+                return Err(Error::TooMany { matched: current.len(), max });
+            }
+        }
+        if opts.processes {
+            fill_owners(&mut current);
+        }
+        report.summary.matched = current.len();
+        let original: HashSet<u64> = current.iter().map(|s| s.cookie).collect();
+        if opts.dry_run {
+            report.sockets = current
+                .iter()
+                .map(|s| Acted { socket: s.clone(), outcome: Outcome::WouldDestroy, pass: 0, at_ms: 0, error: None })
+                .collect();
+            report.remaining = Some(current);
+            return Ok(finish(report, &original, started));
+        }
+        let mut seen = original.clone();
+        // Sockets the kernel refused for good: not retried, but still reported if they remain.
+        let mut refused: HashSet<u64> = HashSet::new();
+        let mut pass = 0;
+        loop {
+            let targets: Vec<Socket> = current.iter().filter(|s| !refused.contains(&s.cookie)).cloned().collect();
+            if targets.is_empty() || pass == opts.max_passes {
+                report.remaining = Some(current);
+                break;
+            }
+            pass += 1;
+            let destroyed_so_far = report.sockets.iter().filter(|a| a.outcome == Outcome::Destroyed).count();
+            let acted = self.destroy(&targets, pass, started, destroyed_so_far)?;
+            refused.extend(acted.iter().filter(|a| a.outcome == Outcome::Failed).map(|a| a.socket.cookie));
+            let cut_short = acted.len() < targets.len();
+            report.sockets.extend(acted);
+            if cut_short {
+                report.summary.interrupted = true;
+            }
+            if !opts.verify {
+                break;
+            }
+            current = self.collect(query)?;
+            let mut new: Vec<&mut Socket> = current.iter_mut().filter(|s| !seen.contains(&s.cookie)).collect();
+            if !new.is_empty() {
+                debug!(count = new.len(), "new matching connections appeared during the kill");
+                if opts.processes {
+                    let owners = owners_map(new.iter().map(|s| s.inode));
+                    for s in &mut new {
+                        s.owners = Some(owners.get(&s.inode).cloned().unwrap_or_default());
+                    }
+                }
+                report.summary.new_during_kill += new.len();
+                seen.extend(new.iter().map(|s| s.cookie));
+            }
+            if report.summary.interrupted {
+                report.remaining = Some(current);
+                break;
+            }
+        }
+        report.summary.passes = pass;
+        Ok(finish(report, &original, started))
+    }
+}
+
+fn finish(mut report: KillReport, original: &HashSet<u64>, started: Instant) -> KillReport {
+    let s = &mut report.summary;
+    for a in &report.sockets {
+        match a.outcome {
+            Outcome::Destroyed => s.destroyed += 1,
+            Outcome::AlreadyGone => s.already_gone += 1,
+            Outcome::Failed => s.failed += 1,
+            Outcome::Unacknowledged => s.unacknowledged += 1,
+            Outcome::WouldDestroy => {}
+        }
+    }
+    if let Some(rem) = &report.remaining {
+        let orig = rem.iter().filter(|r| original.contains(&r.cookie)).count();
+        s.remaining = Some(rem.len());
+        s.remaining_original = Some(orig);
+        s.remaining_new = Some(rem.len() - orig);
+        s.verified = !report.dry_run;
+    }
+    s.duration_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+fn log_outcome(s: &Socket, outcome: Outcome, error: Option<&str>) {
+    let owner = s.owners_text();
+    match outcome {
+        Outcome::Destroyed => info!(
+            local = %s.local, peer = %s.peer, state = %s.state_name(), cookie = s.cookie, inode = s.inode,
+            owner = %owner, "destroyed"
+        ),
+        Outcome::AlreadyGone => {
+            debug!(local = %s.local, peer = %s.peer, cookie = s.cookie, "already gone")
+        }
+        Outcome::Failed => warn!(
+            local = %s.local, peer = %s.peer, state = %s.state_name(), cookie = s.cookie,
+            error = error.unwrap_or(""), "destroy failed"
+        ),
+        Outcome::Unacknowledged => {
+            warn!(local = %s.local, peer = %s.peer, cookie = s.cookie, "destroy not acknowledged")
+        }
+        Outcome::WouldDestroy => {}
+    }
+}
+
+/// `ENOENT (No such file or directory)` style text for an errno.
+pub fn errno_text(errno: i32) -> String {
+    let e = nix::errno::Errno::from_raw(errno);
+    format!("{e:?} ({})", e.desc())
+}
+
+/// For `--pid`: inode -> owner of every socket those processes hold. `None` without pids.
+fn pid_inodes(pids: &[u32]) -> Result<Option<HashMap<u32, Vec<Owner>>>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    let mut map: HashMap<u32, Vec<Owner>> = HashMap::new();
+    for &pid in pids {
+        let command = procfs::command(pid);
+        for inode in procfs::socket_inodes(pid)? {
+            map.entry(inode).or_default().push(Owner { pid, command: command.clone() });
+        }
+    }
+    Ok(Some(map))
+}
+
+fn owners_map(inodes: impl Iterator<Item = u32>) -> HashMap<u32, Vec<Owner>> {
+    let wanted: HashSet<u32> = inodes.filter(|i| *i != 0).collect();
+    procfs::owners_of(&wanted)
+}
+
+fn fill_owners(sockets: &mut [Socket]) {
+    let owners = owners_map(sockets.iter().map(|s| s.inode));
+    for s in sockets {
+        s.owners = Some(owners.get(&s.inode).cloned().unwrap_or_default());
+    }
+}
+
+/// Elapsed time as whole milliseconds.
+pub fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
+}

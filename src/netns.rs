@@ -1,0 +1,200 @@
+//! Network namespaces: naming one (`NAME|PATH|PID`), and running work inside
+//! one on a dedicated thread.
+//!
+//! A netlink socket belongs to the namespace it was created in, so the pattern
+//! is: spawn a thread, `setns` it, create the socket, hand the socket back.
+//! setns is never called on a thread that anyone else (a pool) will reuse.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::sched::{setns, unshare, CloneFlags};
+
+use crate::error::{Error, Result};
+
+/// NSFS_MAGIC from linux/magic.h: the filesystem of /proc/*/ns/* and bind-mounted namespaces.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+/// NS_GET_NSTYPE = _IO(0xb7, 0x3) from linux/nsfs.h.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// An open network namespace.
+#[derive(Debug)]
+pub struct Netns {
+    label: String,
+    file: File,
+}
+
+/// How the user named a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetnsSpec {
+    /// A namespace file (contains `/`).
+    Path(PathBuf),
+    /// A process whose namespace to use (all digits).
+    Pid(u32),
+    /// A name under /run/netns, as `ip netns` manages them.
+    Name(String),
+}
+
+impl NetnsSpec {
+    /// `NS` containing `/` is a path, all digits a pid, anything else a name under /run/netns.
+    pub fn parse(s: &str) -> Result<NetnsSpec> {
+        let bad = |reason: &str| Error::Netns { spec: s.to_string(), reason: reason.to_string() };
+        if s.is_empty() {
+            return Err(bad("empty namespace name"));
+        }
+        if s.contains('/') {
+            return Ok(NetnsSpec::Path(PathBuf::from(s)));
+        }
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            let pid = s.parse::<u32>().map_err(|_| bad("pid out of range"))?;
+            if pid == 0 {
+                return Err(bad("pid 0 is not a process"));
+            }
+            return Ok(NetnsSpec::Pid(pid));
+        }
+        if s == "." || s == ".." {
+            return Err(bad("not a namespace name"));
+        }
+        Ok(NetnsSpec::Name(s.to_string()))
+    }
+
+    fn path(&self) -> PathBuf {
+        match self {
+            NetnsSpec::Path(p) => p.clone(),
+            NetnsSpec::Pid(pid) => PathBuf::from(format!("/proc/{pid}/ns/net")),
+            NetnsSpec::Name(n) => Path::new("/run/netns").join(n),
+        }
+    }
+}
+
+impl Netns {
+    /// Opens and checks the namespace named by `spec` (see [`NetnsSpec::parse`]).
+    pub fn open(spec: &str) -> Result<Netns> {
+        let parsed = NetnsSpec::parse(spec)?;
+        let path = parsed.path();
+        let err = |reason: String| Error::Netns { spec: spec.to_string(), reason };
+        let file = File::open(&path).map_err(|e| match (&parsed, e.kind()) {
+            (NetnsSpec::Pid(pid), std::io::ErrorKind::NotFound) => err(format!("no process with pid {pid}")),
+            (NetnsSpec::Name(_), std::io::ErrorKind::NotFound) => {
+                err(format!("no such network namespace ({} does not exist; see `ip netns list`)", path.display()))
+            }
+            _ => err(format!("{}: {e}", path.display())),
+        })?;
+        let fs = nix::sys::statfs::fstatfs(file.as_fd()).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        #[allow(clippy::unnecessary_cast)] // the field's type differs between targets
+        if fs.filesystem_type().0 as i64 != NSFS_MAGIC {
+            return Err(err(format!("{} is not a namespace file", path.display())));
+        }
+        // SAFETY: ioctl on a valid fd with no argument.
+        let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+        if kind != libc::CLONE_NEWNET {
+            return Err(err(format!("{} is a namespace file but not a network namespace", path.display())));
+        }
+        Ok(Netns { label: spec.to_string(), file })
+    }
+
+    /// How the user named it.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The namespace's inode number (what `ls -iL /proc/PID/ns/net` shows).
+    pub fn inode(&self) -> Result<u64> {
+        self.file
+            .metadata()
+            .map(|m| m.ino())
+            .map_err(|e| Error::Netns { spec: self.label.clone(), reason: e.to_string() })
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace, and returns its result.
+    /// Sockets `f` creates stay in this namespace wherever they are used afterwards.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        std::thread::scope(|scope| {
+            let handle = scope.spawn(|| {
+                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| Error::Netns {
+                    spec: self.label.clone(),
+                    reason: match e {
+                        nix::errno::Errno::EPERM => "entering it needs CAP_SYS_ADMIN".to_string(),
+                        e => format!("setns: {e}"),
+                    },
+                })?;
+                Ok(f())
+            });
+            handle.join().map_err(|_| Error::Other("namespace worker thread panicked".into()))?
+        })
+    }
+}
+
+/// Runs `f` inside a brand-new, empty network namespace (loopback up) on a
+/// dedicated thread; the namespace disappears when `f`'s sockets are closed.
+pub fn run_in_new_netns<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(|| {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
+                Error::Other(format!("cannot create a private network namespace (unshare: {e}; needs CAP_SYS_ADMIN)"))
+            })?;
+            loopback_up().map_err(|e| Error::Other(format!("cannot bring up loopback in the new namespace: {e}")))?;
+            Ok(f())
+        });
+        handle.join().map_err(|_| Error::Other("namespace worker thread panicked".into()))?
+    })
+}
+
+/// The inode of the calling thread's network namespace.
+pub fn current_netns_inode() -> Result<u64> {
+    let path = "/proc/thread-self/ns/net";
+    std::fs::metadata(path).map(|m| m.ino()).map_err(|source| Error::Proc { path: path.into(), source })
+}
+
+/// Whether the calling thread is in the same network namespace as pid 1 (the machine's own).
+pub fn in_root_netns() -> Result<bool> {
+    let path = "/proc/1/ns/net";
+    let root = std::fs::metadata(path).map(|m| m.ino()).map_err(|source| Error::Proc { path: path.into(), source })?;
+    Ok(current_netns_inode()? == root)
+}
+
+/// Sets the `lo` interface up in the calling thread's namespace (SIOCSIFFLAGS).
+pub fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: plain socket/ioctl calls on a zeroed ifreq whose name fits; fd closed below.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut ifr);
+        if rc == 0 {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &mut ifr);
+        }
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(err)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        assert_eq!(NetnsSpec::parse("/run/netns/x").unwrap(), NetnsSpec::Path("/run/netns/x".into()));
+        assert_eq!(NetnsSpec::parse("./x").unwrap(), NetnsSpec::Path("./x".into()));
+        assert_eq!(NetnsSpec::parse("1234").unwrap(), NetnsSpec::Pid(1234));
+        assert_eq!(NetnsSpec::parse("blue").unwrap(), NetnsSpec::Name("blue".into()));
+        assert!(NetnsSpec::parse("").is_err());
+        assert!(NetnsSpec::parse("0").is_err());
+        assert!(NetnsSpec::parse("99999999999").is_err());
+        assert!(NetnsSpec::parse("..").is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! Human tables and JSON documents for the results of list, kill and check.
+//!
+//! The JSON shape (`schema_version` 1) is documented in README.md and stable.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::check::CheckReport;
+use crate::engine::{KillReport, Outcome};
+use crate::filter::Filter;
+use crate::sock::Socket;
+
+/// Version of the JSON documents; bumped only on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct ListDoc<'a> {
+    schema_version: u32,
+    command: &'static str,
+    netns: Option<&'a str>,
+    filter: &'a Filter,
+    sockets: &'a [Socket],
+    summary: ListSummary,
+}
+
+#[derive(Serialize)]
+struct ListSummary {
+    count: usize,
+    duration_ms: u64,
+}
+
+#[derive(Serialize)]
+struct KillDoc<'a> {
+    schema_version: u32,
+    command: &'static str,
+    netns: Option<&'a str>,
+    filter: &'a Filter,
+    #[serde(flatten)]
+    report: &'a KillReport,
+}
+
+#[derive(Serialize)]
+struct CheckDoc<'a> {
+    schema_version: u32,
+    command: &'static str,
+    #[serde(flatten)]
+    report: &'a CheckReport,
+}
+
+fn json<W: Write, T: Serialize>(out: &mut W, doc: &T) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, doc).map_err(io::Error::other)?;
+    writeln!(out)
+}
+
+/// Writes `list` output: a table like `ss`, or the JSON document.
+pub fn write_list<W: Write>(
+    out: &mut W,
+    as_json: bool,
+    netns: Option<&str>,
+    filter: &Filter,
+    sockets: &[Socket],
+    duration_ms: u64,
+) -> io::Result<()> {
+    if as_json {
+        let summary = ListSummary { count: sockets.len(), duration_ms };
+        return json(
+            out,
+            &ListDoc { schema_version: SCHEMA_VERSION, command: "list", netns, filter, sockets, summary },
+        );
+    }
+    write_table(out, false, sockets.iter().map(|s| (None, s)))
+}
+
+/// Aligned columns; `tag` is an optional first column (the kill outcome).
+fn write_table<'a, W: Write>(
+    out: &mut W,
+    tagged: bool,
+    rows: impl Iterator<Item = (Option<&'a str>, &'a Socket)>,
+) -> io::Result<()> {
+    let rows: Vec<_> = rows
+        .map(|(tag, s)| {
+            let mut cols = Vec::with_capacity(8);
+            if let Some(t) = tag {
+                cols.push(t.to_string());
+            }
+            cols.extend([
+                s.state_name(),
+                s.local.to_string(),
+                s.peer.to_string(),
+                s.uid.to_string(),
+                s.inode.to_string(),
+                s.cookie.to_string(),
+            ]);
+            if s.owners.is_some() {
+                cols.push(s.owners_text());
+            }
+            cols
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut header: Vec<&str> = Vec::new();
+    if tagged {
+        header.push("Action");
+    }
+    header.extend(["State", "Local Address:Port", "Peer Address:Port", "UID", "Inode", "Cookie"]);
+    if rows.iter().any(|r| r.len() > header.len()) {
+        header.push("Process");
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |out: &mut W, cols: &[&str]| -> io::Result<()> {
+        let last = cols.len().saturating_sub(1);
+        for (i, c) in cols.iter().enumerate() {
+            if i == last {
+                write!(out, "{c}")?;
+            } else {
+                write!(out, "{c:<w$}  ", w = widths[i])?;
+            }
+        }
+        writeln!(out)
+    };
+    line(out, &header)?;
+    for r in &rows {
+        let cols: Vec<&str> = r.iter().map(String::as_str).collect();
+        line(out, &cols)?;
+    }
+    Ok(())
+}
+
+fn outcome_word(o: Outcome) -> &'static str {
+    match o {
+        Outcome::WouldDestroy => "would-destroy",
+        Outcome::Destroyed => "destroyed",
+        Outcome::AlreadyGone => "already-gone",
+        Outcome::Failed => "FAILED",
+        Outcome::Unacknowledged => "no-ack",
+    }
+}
+
+/// Writes `kill` output: one row per socket acted on, what remains, and a summary line.
+pub fn write_kill<W: Write>(
+    out: &mut W,
+    as_json: bool,
+    netns: Option<&str>,
+    filter: &Filter,
+    report: &KillReport,
+) -> io::Result<()> {
+    if as_json {
+        return json(out, &KillDoc { schema_version: SCHEMA_VERSION, command: "kill", netns, filter, report });
+    }
+    let remaining = report.remaining.as_deref().unwrap_or(&[]);
+    let rows =
+        report.sockets.iter().map(|a| (Some(outcome_word(a.outcome)), &a.socket)).chain(
+            if report.dry_run { None } else { Some(remaining) }.into_iter().flatten().map(|s| (Some("REMAINS"), s)),
+        );
+    write_table(out, true, rows)?;
+    for a in report.sockets.iter().filter(|a| a.error.is_some()) {
+        writeln!(out, "failed: {} -> {}: {}", a.socket.local, a.socket.peer, a.error.as_deref().unwrap_or(""))?;
+    }
+    writeln!(out, "{}", summary_line(report))
+}
+
+/// The one-line summary of a kill.
+pub fn summary_line(report: &KillReport) -> String {
+    let s = &report.summary;
+    if report.dry_run {
+        return format!("dry run: {} matching sockets, nothing destroyed ({} ms)", s.matched, s.duration_ms);
+    }
+    let mut line = format!(
+        "matched {}, destroyed {}, already gone {}, failed {}",
+        s.matched, s.destroyed, s.already_gone, s.failed
+    );
+    if s.unacknowledged > 0 {
+        line += &format!(", unacknowledged {}", s.unacknowledged);
+    }
+    if s.new_during_kill > 0 {
+        line += &format!(", new during kill {}", s.new_during_kill);
+    }
+    match (s.remaining, s.remaining_original, s.remaining_new) {
+        (Some(r), Some(o), Some(n)) => line += &format!("; still matching {r} ({o} original, {n} new)"),
+        _ => line += "; not verified (--no-verify)",
+    }
+    line += &format!("; {} pass{}, {} ms", s.passes, if s.passes == 1 { "" } else { "es" }, s.duration_ms);
+    if s.interrupted {
+        line += "; INTERRUPTED by a signal";
+    }
+    line
+}
+
+/// Writes `check` output.
+pub fn write_check<W: Write>(out: &mut W, as_json: bool, report: &CheckReport) -> io::Result<()> {
+    if as_json {
+        return json(out, &CheckDoc { schema_version: SCHEMA_VERSION, command: "check", report });
+    }
+    writeln!(out, "probing in {}", report.netns)?;
+    writeln!(out, "CAP_NET_ADMIN: {}", if report.cap_net_admin { "yes" } else { "NO (destroying sockets will fail)" })?;
+    for s in &report.steps {
+        writeln!(out, "[{}] {}: {}", if s.ok { " ok " } else { "FAIL" }, s.name, s.detail)?;
+    }
+    writeln!(
+        out,
+        "{}",
+        if report.ok { "result: sockets can be listed and destroyed here" } else { "result: NOT WORKING (see above)" }
+    )
+}
