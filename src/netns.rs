@@ -148,13 +148,6 @@ pub fn current_netns_inode() -> Result<u64> {
     std::fs::metadata(path).map(|m| m.ino()).map_err(|source| Error::Proc { path: path.into(), source })
 }
 
-/// Whether the calling thread is in the same network namespace as pid 1 (the machine's own).
-pub fn in_root_netns() -> Result<bool> {
-    let path = "/proc/1/ns/net";
-    let root = std::fs::metadata(path).map(|m| m.ino()).map_err(|source| Error::Proc { path: path.into(), source })?;
-    Ok(current_netns_inode()? == root)
-}
-
 /// Sets the `lo` interface up in the calling thread's namespace (SIOCSIFFLAGS).
 pub fn loopback_up() -> std::io::Result<()> {
     // SAFETY: plain socket/ioctl calls on a zeroed ifreq whose name fits; fd closed below.

@@ -1,0 +1,247 @@
+//! The private-network-namespace test harness.
+//!
+//! Every test that destroys sockets runs its body on a thread that has
+//! `unshare(CLONE_NEWNET)`ed (or entered a namespace the test created), and
+//! [`assert_not_root_netns`] guards every kill: the machine's own sockets are
+//! never at risk. Processes spawned from such a thread inherit its namespace.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sockkill::{Engine, Filter, Query, Socket};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sockkill");
+
+fn ino(path: &str) -> std::io::Result<u64> {
+    std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
+/// Panics unless the calling thread is outside the machine's own network namespace:
+/// that of pid 1 where /proc lets us see it (some sandboxes hide it), and always
+/// that of this test process's main thread, which never leaves the namespace it
+/// was started in.
+pub fn assert_not_root_netns() {
+    let me = ino("/proc/thread-self/ns/net").expect("own netns");
+    let main_thread = ino("/proc/self/ns/net").expect("main thread netns");
+    assert_ne!(me, main_thread, "refusing to kill: this thread is in the namespace the tests started in");
+    if let Ok(root) = ino("/proc/1/ns/net") {
+        assert_ne!(me, root, "refusing to kill: this thread is in pid 1's network namespace");
+    }
+}
+
+/// Panics if the namespace file `path` is the machine's own namespace (for kills aimed from outside).
+pub fn assert_ns_not_root(path: &str) {
+    let target = ino(path).expect("target netns");
+    assert_ne!(target, ino("/proc/self/ns/net").expect("main thread netns"), "{path} is the root namespace");
+    if let Ok(root) = ino("/proc/1/ns/net") {
+        assert_ne!(target, root, "{path} is pid 1's namespace");
+    }
+}
+
+/// Runs `body` on a thread inside a fresh network namespace with loopback up.
+pub fn in_private_netns<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
+    let handle = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        sockkill::netns::loopback_up().expect("lo up");
+        assert_not_root_netns();
+        wait_for_ipv6_loopback();
+        body()
+    });
+    match handle.join() {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+fn wait_for_ipv6_loopback() {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if TcpListener::bind("[::1]:0").is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An echo server: every accepted connection gets its bytes back.
+pub struct Echo {
+    pub addr: SocketAddr,
+    listener: Arc<TcpListener>,
+}
+
+impl Echo {
+    pub fn start(bind: &str) -> Echo {
+        let listener = Arc::new(TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}")));
+        let addr = listener.local_addr().expect("local_addr");
+        let l = listener.clone();
+        std::thread::spawn(move || {
+            while let Ok((mut s, _)) = l.accept() {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 256];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Echo { addr, listener }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        // Wakes the accept loop so its thread ends.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
+
+/// A client connection, as the application sees it.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+impl Conn {
+    pub fn open(to: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(to).unwrap_or_else(|e| panic!("connect {to}: {e}"));
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let local = stream.local_addr().expect("local");
+        let mut c = Conn { stream, local, peer: to };
+        assert!(c.talks().is_ok(), "fresh connection to {to} does not echo");
+        c
+    }
+
+    /// Sends a line and reads the echo back.
+    pub fn talks(&mut self) -> io::Result<()> {
+        self.stream.write_all(b"ping\n")?;
+        let mut buf = [0u8; 5];
+        self.stream.read_exact(&mut buf)?;
+        if &buf == b"ping\n" {
+            Ok(())
+        } else {
+            Err(io::Error::other("wrong echo"))
+        }
+    }
+
+    /// How the connection ended: the errno of a read (ECONNABORTED when our
+    /// socket was destroyed, ECONNRESET when the peer's was), 0 for EOF,
+    /// `None` when it is still open.
+    pub fn ended(&mut self) -> Option<i32> {
+        self.stream.set_read_timeout(Some(Duration::from_millis(500))).ok();
+        let mut b = [0u8; 16];
+        let r = self.stream.read(&mut b);
+        self.stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        match r {
+            Ok(0) => Some(0),
+            Ok(_) => None,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => None,
+            Err(e) => Some(e.raw_os_error().unwrap_or(-1)),
+        }
+    }
+
+    /// Asserts the application saw its connection aborted or reset.
+    pub fn assert_killed(&mut self) {
+        match self.ended() {
+            Some(libc::ECONNABORTED) | Some(libc::ECONNRESET) => {}
+            other => panic!("connection {} -> {} not aborted: read gave {other:?}", self.local, self.peer),
+        }
+    }
+
+    pub fn assert_alive(&mut self) {
+        if let Err(e) = self.talks() {
+            panic!("connection {} -> {} should still talk: {e}", self.local, self.peer);
+        }
+    }
+}
+
+/// Runs the sockkill binary (in the calling thread's namespace).
+pub fn sockkill(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).stdin(Stdio::null()).output().expect("run sockkill")
+}
+
+/// Runs sockkill after asserting we are not in the root namespace (for anything that may kill).
+pub fn sockkill_kill(args: &[&str]) -> Output {
+    assert_not_root_netns();
+    sockkill(args)
+}
+
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), stderr(out)))
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+/// The kernel's view, through our own dump: sockets whose peer is in `dst`.
+pub fn dump_dst(dst: &str) -> Vec<Socket> {
+    let filter = Filter { dst: vec![sockkill::filter::parse_cidr(dst).expect("cidr")], ..Filter::default() };
+    Engine::open(None).expect("engine").collect(&Query::new(filter).expect("query")).expect("dump")
+}
+
+/// The kernel's view through `ss` (an independent reader): lines of `ss -Htn <filter...>`.
+pub fn ss(filter: &[&str]) -> Vec<String> {
+    let out = Command::new("ss").args(["-Htn"]).args(filter).output().expect("run ss");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// A uniquely named `ip netns` namespace, deleted on drop.
+pub struct NamedNetns {
+    pub name: String,
+}
+
+impl NamedNetns {
+    pub fn create() -> NamedNetns {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("sktest-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add");
+        assert!(st.success(), "ip netns add {name}");
+        NamedNetns { name }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Runs `body` on a thread inside this namespace (loopback brought up first).
+    pub fn run<T: Send + 'static>(&self, body: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = sockkill::Netns::open(&self.name).expect("open named netns");
+        ns.run(move || {
+            sockkill::netns::loopback_up().expect("lo up");
+            assert_not_root_netns();
+            body()
+        })
+        .expect("run in named netns")
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A child process, killed by pid and reaped on drop.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
