@@ -1,25 +1,28 @@
 //! Command-line definitions (clap) and the glue that turns them into library calls.
 
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::engine::{Engine, KillOptions, Query, CANCEL};
 use crate::error::{Error, Result};
 use crate::filter::{parse_cidr, Family, Filter, PortRange, StateSet};
 use crate::netns::Netns;
-use crate::{check, report};
+use crate::{check, haproxy, report};
 
 const EXIT_CODES: &str = "\
 Exit codes:
   list, check:  0 success, 2 error
-  kill:         0 no matching socket remains at the end (a dry run: nothing matched)
+  kill, haproxy:
+                0 no matching socket remains at the end (a dry run: nothing matched)
                 1 matching sockets remain, some destroys failed, or interrupted
                 2 usage or environment error (bad filter, refused catch-all, no such
-                  namespace, no permission, no kernel support): nothing destroyed";
+                  namespace, no permission, no kernel support, HAProxy unreachable or
+                  refusing): nothing destroyed";
 
 /// Find TCP sockets by address through sock_diag and destroy them (SOCK_DESTROY).
 #[derive(Debug, Parser)]
@@ -67,6 +70,10 @@ pub enum Command {
         #[arg(long)]
         allow_catch_all: bool,
     },
+    /// HAProxy safety net: take a server out, wait, then destroy the TCP
+    /// connections HAProxy's processes still hold to it, and verify.
+    #[command(after_help = EXIT_CODES)]
+    Haproxy(HaproxyArgs),
     /// Self-probe: create a loopback pair, list it, destroy it, say what works.
     #[command(after_help = EXIT_CODES)]
     Check {
@@ -107,6 +114,87 @@ pub struct FilterArgs {
     /// Network namespace: NAME under /run/netns, a PATH (contains /), or a PID (its /proc/PID/ns/net).
     #[arg(long, value_name = "NS")]
     pub netns: Option<String>,
+}
+
+/// Options of `sockkill haproxy`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).multiple(true).args(["server", "addr"])))]
+pub struct HaproxyArgs {
+    /// HAProxy's stats socket (runtime API, `level admin`): a unix socket PATH or HOST:PORT.
+    #[arg(long, value_name = "PATH|HOST:PORT")]
+    pub socket: String,
+    /// The server to take out; its address comes from `show servers state`.
+    #[arg(long, value_name = "BACKEND/SERVER", value_parser = backend_server)]
+    pub server: Option<(String, String)>,
+    /// The server's address, e.g. for a server already removed from the config by a reload.
+    #[arg(long, value_name = "IP:PORT", value_parser = server_addr)]
+    pub addr: Option<SocketAddr>,
+    /// The master CLI socket (`haproxy -W -S ...`): act for every worker `show proc` lists.
+    #[arg(long, value_name = "PATH|HOST:PORT")]
+    pub master_socket: Option<String>,
+    /// Act for these HAProxy processes instead of discovering them; repeatable.
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Vec<u32>,
+    /// The processes' network namespace (default: found from /proc/PID/ns/net).
+    #[arg(long, value_name = "NS")]
+    pub netns: Option<String>,
+    /// Send no state-changing command to HAProxy; only enforce.
+    #[arg(long)]
+    pub no_shutdown: bool,
+    /// Change nothing, destroy nothing: report lingering sockets now; exit 1 if any.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long HAProxy gets to close the sessions itself.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    pub grace: Duration,
+    /// Clean only once no matching socket was seen for this long.
+    #[arg(long, value_name = "DURATION", default_value = "1.5s", value_parser = duration)]
+    pub settle: Duration,
+    /// Give up (exit 1) when sockets still appear after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    pub deadline: Duration,
+    /// Timeout for connecting to HAProxy and for each answer.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    pub api_timeout: Duration,
+}
+
+fn backend_server(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((b, srv)) if !b.is_empty() && !srv.is_empty() && !srv.contains('/') => {
+            Ok((b.to_string(), srv.to_string()))
+        }
+        _ => Err(format!("expected BACKEND/SERVER, got {s:?}")),
+    }
+}
+
+fn server_addr(s: &str) -> std::result::Result<SocketAddr, String> {
+    let addr: SocketAddr = s.parse().map_err(|_| {
+        if s.parse::<std::net::IpAddr>().is_ok() {
+            format!("{s:?} has no port: expected IP:PORT (e.g. 10.0.0.7:8080 or [fd00::7]:8080)")
+        } else {
+            format!("{s:?} is not IP:PORT (e.g. 10.0.0.7:8080 or [fd00::7]:8080)")
+        }
+    })?;
+    if addr.port() == 0 {
+        return Err(format!("{s:?}: port 0 is not a server port"));
+    }
+    Ok(addr)
+}
+
+/// `1.5s`, `100ms`, `2m`, or a bare number of seconds.
+pub fn duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("bad duration {s:?}: expected e.g. 1.5s, 100ms, 2m"))?;
+    Duration::try_from_secs_f64(v * scale).map_err(|_| format!("bad duration {s:?}: must be positive and finite"))
 }
 
 fn cidr(s: &str) -> std::result::Result<IpNet, String> {
@@ -206,11 +294,61 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             Ok(rep.exit_code())
         }
+        Command::Haproxy(a) => {
+            let opts = haproxy::Options {
+                socket: a.socket,
+                master_socket: a.master_socket,
+                server: a.server,
+                addr: a.addr,
+                pids: a.pid,
+                netns: a.netns,
+                no_shutdown: a.no_shutdown,
+                dry_run: a.dry_run,
+                grace: a.grace,
+                settle: a.settle,
+                deadline: a.deadline,
+                api_timeout: a.api_timeout,
+                poll: Duration::from_millis(100),
+            };
+            install_cancel_handler();
+            let rep = haproxy::run(&opts)?;
+            emit(|out| report::write_haproxy(out, json, &rep))?;
+            Ok(rep.exit_code())
+        }
         Command::Check { netns } => {
             let ns = open_netns(netns.as_deref())?;
             let rep = check::check(ns.as_ref())?;
             emit(|out| report::write_check(out, json, &rep))?;
             Ok(if rep.ok { 0 } else { 2 })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(duration("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(duration("3").unwrap(), Duration::from_secs(3));
+        for bad in ["", "-1s", "fast", "1h", "NaNs", "infs"] {
+            assert!(duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_haproxy_targets() {
+        assert_eq!(backend_server("be/s1").unwrap(), ("be".to_string(), "s1".to_string()));
+        for bad in ["be", "/s1", "be/", "a/b/c"] {
+            assert!(backend_server(bad).is_err(), "{bad}");
+        }
+        assert_eq!(server_addr("10.0.0.7:80").unwrap(), "10.0.0.7:80".parse().unwrap());
+        assert!(server_addr("10.0.0.7").unwrap_err().contains("no port"));
+        assert!(server_addr("[fd00::7]:80").is_ok());
+        assert!(server_addr("10.0.0.7:0").is_err());
+        assert!(server_addr("host:80").is_err());
     }
 }

@@ -22,6 +22,7 @@ pub mod diag;
 pub mod engine;
 pub mod error;
 pub mod filter;
+pub mod haproxy;
 pub mod netns;
 pub mod procfs;
 pub mod report;

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::check::CheckReport;
 use crate::engine::{KillReport, Outcome};
 use crate::filter::Filter;
+use crate::haproxy::Report as HaproxyReport;
 use crate::sock::Socket;
 
 /// Version of the JSON documents; bumped only on incompatible changes.
@@ -209,4 +210,101 @@ pub fn write_check<W: Write>(out: &mut W, as_json: bool, report: &CheckReport) -
         "{}",
         if report.ok { "result: sockets can be listed and destroyed here" } else { "result: NOT WORKING (see above)" }
     )
+}
+
+#[derive(Serialize)]
+struct HaproxyDoc<'a> {
+    schema_version: u32,
+    command: &'static str,
+    #[serde(flatten)]
+    report: &'a HaproxyReport,
+    summary: HaproxySummary,
+}
+
+#[derive(Serialize)]
+struct HaproxySummary {
+    initial: usize,
+    closed_by_haproxy: usize,
+    destroyed: usize,
+    already_gone: usize,
+    failed: usize,
+    remaining: usize,
+    clean: bool,
+}
+
+/// Writes `haproxy` output.
+pub fn write_haproxy<W: Write>(out: &mut W, as_json: bool, r: &HaproxyReport) -> io::Result<()> {
+    let count = |o: Outcome| r.destroyed.iter().filter(|a| a.outcome == o).count();
+    if as_json {
+        let summary = HaproxySummary {
+            initial: r.initial,
+            closed_by_haproxy: r.closed_by_haproxy.len(),
+            destroyed: count(Outcome::Destroyed),
+            already_gone: count(Outcome::AlreadyGone),
+            failed: count(Outcome::Failed) + count(Outcome::Unacknowledged),
+            remaining: r.remaining.len(),
+            clean: r.clean,
+        };
+        return json(out, &HaproxyDoc { schema_version: SCHEMA_VERSION, command: "haproxy", report: r, summary });
+    }
+    let pids: Vec<String> = r.pids.iter().map(u32::to_string).collect();
+    let master = r.master_pid.map_or(String::new(), |m| format!(", master {m}"));
+    writeln!(out, "HAProxy {} (pids {}{master})", r.haproxy_version, pids.join(", "))?;
+    writeln!(out, "server {} at {}", r.server.as_deref().unwrap_or("(unnamed)"), r.server_addr)?;
+    if r.dry_run {
+        writeln!(out, "dry run: nothing sent to HAProxy, nothing destroyed")?;
+    } else if r.commands_sent.is_empty() {
+        writeln!(out, "sent to HAProxy: nothing (--no-shutdown or no server name)")?;
+    } else {
+        writeln!(out, "sent to HAProxy: {}", r.commands_sent.join("; "))?;
+    }
+    writeln!(out, "sockets to the server at start: {}", r.initial)?;
+    if !r.dry_run {
+        let last = r.closed_by_haproxy.iter().map(|c| c.at_ms).max();
+        writeln!(
+            out,
+            "closed by HAProxy itself: {}{}",
+            r.closed_by_haproxy.len(),
+            last.map_or(String::new(), |t| format!(" (last seen gone at {t} ms)"))
+        )?;
+        let per: Vec<String> = r
+            .destroyed_by_pid_state()
+            .iter()
+            .map(|(pid, states)| {
+                let st: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+                format!("pid {pid}: {}", st.join(", "))
+            })
+            .collect();
+        let times = match (r.destroyed.first(), r.destroyed.last()) {
+            (Some(a), Some(b)) => format!(" at {}-{} ms", a.at_ms, b.at_ms),
+            _ => String::new(),
+        };
+        writeln!(
+            out,
+            "destroyed by sockkill: {}{}{}{}",
+            count(Outcome::Destroyed),
+            if per.is_empty() { String::new() } else { format!(" ({})", per.join("; ")) },
+            times,
+            if count(Outcome::AlreadyGone) > 0 {
+                format!(", already gone {}", count(Outcome::AlreadyGone))
+            } else {
+                String::new()
+            },
+        )?;
+    }
+    if !r.remaining.is_empty() {
+        write_table(out, true, r.remaining.iter().map(|s| (Some("REMAINS"), s)))?;
+    }
+    writeln!(
+        out,
+        "HAProxy's session count for the server (scur): {}",
+        r.scur.map_or("-".to_string(), |s| s.to_string())
+    )?;
+    let verdict = match (r.dry_run, r.clean) {
+        (true, true) => "no lingering sockets".to_string(),
+        (true, false) => format!("{} lingering sockets", r.remaining.len()),
+        (false, true) => format!("CLEAN: no socket to the server since {} ms", r.last_seen_ms.unwrap_or(0)),
+        (false, false) => format!("NOT CLEAN: {} sockets remain after {} ms", r.remaining.len(), r.duration_ms),
+    };
+    writeln!(out, "result: {verdict}{}", if r.interrupted { " (interrupted by a signal)" } else { "" })
 }
