@@ -416,10 +416,10 @@ fn connect_retry_syn_sent_sockets_end() {
         for mut s in streams2 {
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let _ = s.write_all(b"who\n");
-            let mut b = [0u8; 64];
-            match std::io::Read::read(&mut s, &mut b) {
+            let mut line = String::new();
+            match BufReader::new(&mut s).read_line(&mut line) {
                 Ok(0) => ended += 1,
-                Ok(n) => assert_eq!(&b[..n], b"s2\n"),
+                Ok(_) => assert_eq!(line, "s2\n"),
                 Err(e) if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                     ended += 1
                 }
