@@ -89,7 +89,7 @@ fn probe() -> Vec<Step> {
     let found = Query::new(filter).and_then(|q| engine.collect(&q));
     let target = match found {
         Ok(v) if v.len() == 1 => {
-            step("TCP diag dump (kernel-filtered)", true, format!("found the client socket, cookie {}", v[0].cookie));
+            step("TCP diag dump (kernel-filtered)", true, format!("found the client socket, cookie {}", v[0].cookie()));
             v.into_iter().next()
         }
         Ok(v) => {

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -13,16 +13,23 @@ use crate::diag::{bytecode, socket::DESTROY_BATCH, DestroyResult, DiagSocket, Du
 use crate::error::{Error, Result};
 use crate::filter::{Family, Filter, TcpState};
 use crate::netns::Netns;
-use crate::procfs::{self, Owner};
+use crate::procfs::{self, Owner, SockStat};
 use crate::sock::Socket;
 
 /// How often a dump flagged NLM_F_DUMP_INTR is retried before giving up.
 const MAX_DUMP_RETRIES: usize = 5;
 
-/// A sock_diag session in one network namespace.
+/// A sock_diag session in one network namespace: two netlink sockets (the
+/// families are dumped, and large destroy sets destroyed, on both cores) and
+/// the namespace's socket counters.
 pub struct Engine {
-    diag: DiagSocket,
+    diag: [DiagSocket; 2],
+    /// `None` when /proc cannot tell: then every family is always dumped.
+    stat: Option<SockStat>,
 }
+
+/// Destroy sets smaller than this are not worth a second thread.
+const PARALLEL_DESTROY_MIN: usize = 2 * DESTROY_BATCH;
 
 /// A filter made ready for the kernel: bytecode compiled once, families chosen.
 #[derive(Debug, Clone)]
@@ -73,17 +80,31 @@ pub enum Outcome {
 }
 
 /// One socket a kill acted on.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Acted {
-    #[serde(flatten)]
     pub socket: Socket,
     pub outcome: Outcome,
     /// Which destroy pass acted on it (0 for a dry run).
     pub pass: u32,
     /// Milliseconds since the start of the kill when the ack came back.
     pub at_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    /// The errno of a failed destroy (JSON: `error`, as text).
+    pub errno: Option<i32>,
+}
+
+impl Serialize for Acted {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        self.socket.serialize_fields(&mut map)?;
+        map.serialize_entry("outcome", &self.outcome)?;
+        map.serialize_entry("pass", &self.pass)?;
+        map.serialize_entry("at_ms", &self.at_ms)?;
+        if let Some(e) = self.errno {
+            map.serialize_entry("error", &errno_text(e))?;
+        }
+        map.end()
+    }
 }
 
 /// Options of [`Engine::kill`].
@@ -167,47 +188,55 @@ pub static CANCEL: AtomicBool = AtomicBool::new(false);
 impl Engine {
     /// Opens a session in `netns`, or in the calling thread's namespace.
     pub fn open(netns: Option<&Netns>) -> Result<Engine> {
-        let diag = match netns {
-            Some(ns) => ns.run(DiagSocket::open)??,
-            None => DiagSocket::open()?,
+        // Everything bound to the namespace is opened on the thread that entered it.
+        let here = || -> Result<Engine> {
+            Ok(Engine { diag: [DiagSocket::open()?, DiagSocket::open()?], stat: SockStat::open().ok() })
         };
-        Ok(Engine { diag })
+        match netns {
+            Some(ns) => ns.run(here)?,
+            None => here(),
+        }
+    }
+
+    /// The families of `query` worth walking now: a family with no TCP socket in
+    /// the namespace (and no TIME-WAIT asked for, or none existing) is skipped,
+    /// since each family's dump walks the whole shared hash table.
+    fn families_to_dump(&self, query: &Query) -> Vec<u8> {
+        let Some(c) = self.stat.as_ref().and_then(SockStat::read) else { return query.families.clone() };
+        let tw = query.filter.states.contains(TcpState::TimeWait) && c.tw > 0;
+        query
+            .families
+            .iter()
+            .copied()
+            .filter(|&af| tw || if af == libc::AF_INET as u8 { c.inuse4 > 0 } else { c.inuse6 > 0 })
+            .collect()
     }
 
     /// Every socket matching `query` now: one dump per family, redone when the
     /// kernel flags it inconsistent, re-checked in user space (address, port,
     /// state, family, and process inodes for `--pid`).
     pub fn collect(&mut self, query: &Query) -> Result<Vec<Socket>> {
-        let f = &query.filter;
-        let inodes = pid_inodes(&f.pids)?;
-        let mut out = Vec::new();
-        for &family in &query.families {
-            let mut tries = 0;
-            loop {
-                let before = out.len();
-                let status = self.diag.dump(family, f.states, &query.bytecode, |s| {
-                    if f.matches(&s) && inodes.as_ref().is_none_or(|set| set.contains_key(&s.inode)) {
-                        out.push(s);
-                    }
-                })?;
-                if status == DumpStatus::Complete {
-                    break;
-                }
-                tries += 1;
-                out.truncate(before);
-                if tries >= MAX_DUMP_RETRIES {
-                    return Err(Error::Other(format!(
-                        "the kernel interrupted the socket dump {tries} times (table changing too fast); nothing was acted on from it"
-                    )));
-                }
-                debug!(family, "dump interrupted (NLM_F_DUMP_INTR); dumping again");
-            }
-        }
+        let started = Instant::now();
+        let inodes = pid_inodes(&query.filter.pids)?;
+        let families = self.families_to_dump(query);
+        let [d0, d1] = &mut self.diag;
+        let mut out = match families.as_slice() {
+            [] => Vec::new(),
+            [af] => dump_family(d0, *af, query, inodes.as_ref())?,
+            [af0, af1, ..] => std::thread::scope(|scope| {
+                let other = scope.spawn(|| dump_family(d1, *af1, query, inodes.as_ref()));
+                let mut first = dump_family(d0, *af0, query, inodes.as_ref())?;
+                let second = other.join().map_err(|_| Error::Other("dump thread panicked".into()))??;
+                first.extend(second);
+                Ok::<_, Error>(first)
+            })?,
+        };
         if let Some(inodes) = inodes {
             for s in &mut out {
-                s.owners = inodes.get(&s.inode).cloned();
+                s.owners = inodes.get(&s.inode).map(|v| v.clone().into_boxed_slice());
             }
         }
+        debug!(?families, matched = out.len(), elapsed_us = started.elapsed().as_micros() as u64, "collected");
         Ok(out)
     }
 
@@ -224,42 +253,40 @@ impl Engine {
     /// destroyed. Stops early (leaving the rest out of the returned list) when
     /// [`CANCEL`] is set. EPERM, and EOPNOTSUPP on a socket that is not in
     /// TIME-WAIT, stop everything with an error: they will not get better.
-    pub fn destroy(&mut self, sockets: &[Socket], pass: u32, started: Instant, already: usize) -> Result<Vec<Acted>> {
-        let mut acted = Vec::with_capacity(sockets.len());
-        let mut destroyed = already;
-        // A first batch of one learns about missing permission or kernel support
-        // before anything else is touched.
-        let mut rest = sockets;
-        let mut batch_len = 1;
-        while !rest.is_empty() {
-            if CANCEL.load(Ordering::Relaxed) {
-                warn!(left = rest.len(), "interrupted: stopping before the next batch");
-                break;
-            }
-            let (batch, tail) = rest.split_at(batch_len.min(rest.len()));
-            rest = tail;
-            batch_len = DESTROY_BATCH;
-            let refs: Vec<&Socket> = batch.iter().collect();
-            let results = self.diag.destroy(&refs)?;
-            let at_ms = started.elapsed().as_millis() as u64;
-            for (sock, res) in batch.iter().zip(results) {
-                let (outcome, error) = match res {
-                    DestroyResult::Destroyed => (Outcome::Destroyed, None),
-                    DestroyResult::Gone => (Outcome::AlreadyGone, None),
-                    DestroyResult::Unknown => (Outcome::Unacknowledged, None),
-                    DestroyResult::Failed(libc::EPERM) => return Err(Error::NoPermission { destroyed }),
-                    DestroyResult::Failed(libc::EOPNOTSUPP) if sock.state != Some(TcpState::TimeWait) => {
-                        return Err(Error::DestroyUnsupported { destroyed })
-                    }
-                    DestroyResult::Failed(e) => (Outcome::Failed, Some(errno_text(e))),
-                };
-                log_outcome(sock, outcome, error.as_deref());
-                if outcome == Outcome::Destroyed {
-                    destroyed += 1;
-                }
-                acted.push(Acted { socket: sock.clone(), outcome, pass, at_ms, error });
-            }
+    ///
+    /// The first socket goes alone, so missing permission or kernel support is
+    /// learnt before anything else is touched; a large rest is split over both
+    /// netlink sockets on two threads.
+    pub fn destroy(
+        &mut self,
+        mut sockets: Vec<Socket>,
+        pass: u32,
+        started: Instant,
+        already: usize,
+    ) -> Result<Vec<Acted>> {
+        let t0 = Instant::now();
+        let [d0, d1] = &mut self.diag;
+        let rest = sockets.split_off(sockets.len().min(1));
+        let mut acted = Vec::with_capacity(sockets.len() + rest.len());
+        acted.extend(destroy_batches(d0, sockets, pass, started, already)?);
+        let done = already + acted.iter().filter(|a| a.outcome == Outcome::Destroyed).count();
+        if rest.len() < PARALLEL_DESTROY_MIN {
+            acted.extend(destroy_batches(d0, rest, pass, started, done)?);
+        } else {
+            let mut left = rest;
+            let right = left.split_off(left.len() / 2);
+            let (a, b) = std::thread::scope(|scope| {
+                let other = scope.spawn(|| destroy_batches(d1, right, pass, started, done));
+                let a = destroy_batches(d0, left, pass, started, done);
+                (a, other.join())
+            });
+            let b = b.map_err(|_| Error::Other("destroy thread panicked".into()))?;
+            // A half cut short by CANCEL leaves fewer results than sockets,
+            // which is how the caller sees the kill was interrupted.
+            acted.extend(a?);
+            acted.extend(b?);
         }
+        debug!(count = acted.len(), elapsed_us = t0.elapsed().as_micros() as u64, "destroy pass done");
         Ok(acted)
     }
 
@@ -278,11 +305,11 @@ impl Engine {
             fill_owners(&mut current);
         }
         report.summary.matched = current.len();
-        let original: HashSet<u64> = current.iter().map(|s| s.cookie).collect();
+        let original: HashSet<u64> = current.iter().map(|s| s.cookie()).collect();
         if opts.dry_run {
             report.sockets = current
                 .iter()
-                .map(|s| Acted { socket: s.clone(), outcome: Outcome::WouldDestroy, pass: 0, at_ms: 0, error: None })
+                .map(|s| Acted { socket: s.clone(), outcome: Outcome::WouldDestroy, pass: 0, at_ms: 0, errno: None })
                 .collect();
             report.remaining = Some(current);
             return Ok(finish(report, &original, started));
@@ -292,35 +319,36 @@ impl Engine {
         let mut refused: HashSet<u64> = HashSet::new();
         let mut pass = 0;
         loop {
-            let targets: Vec<Socket> = current.iter().filter(|s| !refused.contains(&s.cookie)).cloned().collect();
-            if targets.is_empty() || pass == opts.max_passes {
+            let wanted = current.iter().filter(|s| !refused.contains(&s.cookie())).count();
+            if wanted == 0 || pass == opts.max_passes {
                 report.remaining = Some(current);
                 break;
             }
             pass += 1;
+            // Refused sockets are not retried; if still there, the next dump reports them.
+            let targets: Vec<Socket> = current.into_iter().filter(|s| !refused.contains(&s.cookie())).collect();
             let destroyed_so_far = report.sockets.iter().filter(|a| a.outcome == Outcome::Destroyed).count();
-            let acted = self.destroy(&targets, pass, started, destroyed_so_far)?;
-            refused.extend(acted.iter().filter(|a| a.outcome == Outcome::Failed).map(|a| a.socket.cookie));
-            let cut_short = acted.len() < targets.len();
-            report.sockets.extend(acted);
-            if cut_short {
+            let acted = self.destroy(targets, pass, started, destroyed_so_far)?;
+            refused.extend(acted.iter().filter(|a| a.outcome == Outcome::Failed).map(|a| a.socket.cookie()));
+            if acted.len() < wanted {
                 report.summary.interrupted = true;
             }
+            report.sockets.extend(acted);
             if !opts.verify {
                 break;
             }
             current = self.collect(query)?;
-            let mut new: Vec<&mut Socket> = current.iter_mut().filter(|s| !seen.contains(&s.cookie)).collect();
+            let mut new: Vec<&mut Socket> = current.iter_mut().filter(|s| !seen.contains(&s.cookie())).collect();
             if !new.is_empty() {
                 debug!(count = new.len(), "new matching connections appeared during the kill");
                 if opts.processes {
                     let owners = owners_map(new.iter().map(|s| s.inode));
                     for s in &mut new {
-                        s.owners = Some(owners.get(&s.inode).cloned().unwrap_or_default());
+                        s.owners = Some(owners.get(&s.inode).cloned().unwrap_or_default().into_boxed_slice());
                     }
                 }
                 report.summary.new_during_kill += new.len();
-                seen.extend(new.iter().map(|s| s.cookie));
+                seen.extend(new.iter().map(|s| s.cookie()));
             }
             if report.summary.interrupted {
                 report.remaining = Some(current);
@@ -330,6 +358,79 @@ impl Engine {
         report.summary.passes = pass;
         Ok(finish(report, &original, started))
     }
+}
+
+/// One family's dump, redone when the kernel flags it inconsistent, re-checked
+/// in user space (address, port, state, family, and `--pid` inodes).
+fn dump_family(
+    diag: &mut DiagSocket,
+    family: u8,
+    query: &Query,
+    inodes: Option<&HashMap<u32, Vec<Owner>>>,
+) -> Result<Vec<Socket>> {
+    let f = &query.filter;
+    let mut out = Vec::new();
+    for tries in 1..=MAX_DUMP_RETRIES {
+        let status = diag.dump(family, f.states, &query.bytecode, |s| {
+            if f.matches(&s) && inodes.is_none_or(|set| set.contains_key(&s.inode)) {
+                out.push(s);
+            }
+        })?;
+        if status == DumpStatus::Complete {
+            return Ok(out);
+        }
+        out.clear();
+        debug!(family, tries, "dump interrupted (NLM_F_DUMP_INTR); dumping again");
+    }
+    Err(Error::Other(format!(
+        "the kernel interrupted the socket dump {MAX_DUMP_RETRIES} times (table changing too fast); nothing was acted on from it"
+    )))
+}
+
+/// Destroys `sockets` on one netlink socket, `DESTROY_BATCH` per sendmsg,
+/// logging each outcome; stops before a batch when [`CANCEL`] is set.
+fn destroy_batches(
+    diag: &mut DiagSocket,
+    sockets: Vec<Socket>,
+    pass: u32,
+    started: Instant,
+    already: usize,
+) -> Result<Vec<Acted>> {
+    let total = sockets.len();
+    let mut acted = Vec::with_capacity(total);
+    let mut destroyed = already;
+    let mut it = sockets.into_iter();
+    loop {
+        let batch: Vec<Socket> = it.by_ref().take(DESTROY_BATCH).collect();
+        if batch.is_empty() {
+            break;
+        }
+        if CANCEL.load(Ordering::Relaxed) {
+            warn!(left = total - acted.len(), "interrupted: stopping before the next batch");
+            break;
+        }
+        let refs: Vec<&Socket> = batch.iter().collect();
+        let results = diag.destroy(&refs)?;
+        let at_ms = started.elapsed().as_millis() as u64;
+        for (sock, res) in batch.into_iter().zip(results) {
+            let (outcome, errno) = match res {
+                DestroyResult::Destroyed => (Outcome::Destroyed, None),
+                DestroyResult::Gone => (Outcome::AlreadyGone, None),
+                DestroyResult::Unknown => (Outcome::Unacknowledged, None),
+                DestroyResult::Failed(libc::EPERM) => return Err(Error::NoPermission { destroyed }),
+                DestroyResult::Failed(libc::EOPNOTSUPP) if sock.state != Some(TcpState::TimeWait) => {
+                    return Err(Error::DestroyUnsupported { destroyed })
+                }
+                DestroyResult::Failed(e) => (Outcome::Failed, Some(e)),
+            };
+            log_outcome(&sock, outcome, errno);
+            if outcome == Outcome::Destroyed {
+                destroyed += 1;
+            }
+            acted.push(Acted { socket: sock, outcome, pass, at_ms, errno });
+        }
+    }
+    Ok(acted)
 }
 
 fn finish(mut report: KillReport, original: &HashSet<u64>, started: Instant) -> KillReport {
@@ -344,7 +445,7 @@ fn finish(mut report: KillReport, original: &HashSet<u64>, started: Instant) -> 
         }
     }
     if let Some(rem) = &report.remaining {
-        let orig = rem.iter().filter(|r| original.contains(&r.cookie)).count();
+        let orig = rem.iter().filter(|r| original.contains(&r.cookie())).count();
         s.remaining = Some(rem.len());
         s.remaining_original = Some(orig);
         s.remaining_new = Some(rem.len() - orig);
@@ -354,22 +455,22 @@ fn finish(mut report: KillReport, original: &HashSet<u64>, started: Instant) -> 
     report
 }
 
-fn log_outcome(s: &Socket, outcome: Outcome, error: Option<&str>) {
+fn log_outcome(s: &Socket, outcome: Outcome, errno: Option<i32>) {
     let owner = s.owners_text();
     match outcome {
         Outcome::Destroyed => info!(
-            local = %s.local, peer = %s.peer, state = %s.state_name(), cookie = s.cookie, inode = s.inode,
+            local = %s.local(), peer = %s.peer(), state = %s.state_name(), cookie = s.cookie(), inode = s.inode,
             owner = %owner, "destroyed"
         ),
         Outcome::AlreadyGone => {
-            debug!(local = %s.local, peer = %s.peer, cookie = s.cookie, "already gone")
+            debug!(local = %s.local(), peer = %s.peer(), cookie = s.cookie(), "already gone")
         }
         Outcome::Failed => warn!(
-            local = %s.local, peer = %s.peer, state = %s.state_name(), cookie = s.cookie,
-            error = error.unwrap_or(""), "destroy failed"
+            local = %s.local(), peer = %s.peer(), state = %s.state_name(), cookie = s.cookie(),
+            error = %errno.map(errno_text).unwrap_or_default(), "destroy failed"
         ),
         Outcome::Unacknowledged => {
-            warn!(local = %s.local, peer = %s.peer, cookie = s.cookie, "destroy not acknowledged")
+            warn!(local = %s.local(), peer = %s.peer(), cookie = s.cookie(), "destroy not acknowledged")
         }
         Outcome::WouldDestroy => {}
     }
@@ -404,11 +505,6 @@ fn owners_map(inodes: impl Iterator<Item = u32>) -> HashMap<u32, Vec<Owner>> {
 fn fill_owners(sockets: &mut [Socket]) {
     let owners = owners_map(sockets.iter().map(|s| s.inode));
     for s in sockets {
-        s.owners = Some(owners.get(&s.inode).cloned().unwrap_or_default());
+        s.owners = Some(owners.get(&s.inode).cloned().unwrap_or_default().into_boxed_slice());
     }
-}
-
-/// Elapsed time as whole milliseconds.
-pub fn millis(d: Duration) -> u64 {
-    d.as_millis() as u64
 }

@@ -350,15 +350,15 @@ impl Filter {
         let any_port = |ranges: &[PortRange], p| ranges.is_empty() || ranges.iter().any(|r| r.contains(p));
         let family_ok = match self.family {
             None => true,
-            Some(Family::V4) => as_ipv4(sock.local.ip()).is_some(),
-            Some(Family::V6) => as_ipv4(sock.local.ip()).is_none(),
+            Some(Family::V4) => as_ipv4(sock.local().ip()).is_some(),
+            Some(Family::V6) => as_ipv4(sock.local().ip()).is_none(),
         };
         family_ok
             && sock.state.is_some_and(|s| self.states.contains(s))
-            && any_net(&self.dst, sock.peer.ip())
-            && any_net(&self.src, sock.local.ip())
-            && any_port(&self.dport, sock.peer.port())
-            && any_port(&self.sport, sock.local.port())
+            && any_net(&self.dst, sock.peer().ip())
+            && any_net(&self.src, sock.local().ip())
+            && any_port(&self.dport, sock.peer().port())
+            && any_port(&self.sport, sock.local().port())
     }
 }
 

@@ -64,6 +64,68 @@ pub fn all_pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// A namespace's TCP socket counters (`/proc/net/sockstat` and `sockstat6`),
+/// opened inside that namespace: the files stay bound to it, and every
+/// [`SockStat::read`] shows the current counts.
+#[derive(Debug)]
+pub struct SockStat {
+    v4: fs::File,
+    v6: fs::File,
+}
+
+/// Counts from [`SockStat::read`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpCounts {
+    /// Full IPv4 TCP sockets (listeners included; TIME-WAIT and request sockets not).
+    pub inuse4: u64,
+    /// Full IPv6 TCP sockets, IPv4-mapped ones included.
+    pub inuse6: u64,
+    /// TIME-WAIT sockets of both families.
+    pub tw: u64,
+}
+
+impl SockStat {
+    /// Opens the counters of the calling thread's network namespace.
+    pub fn open() -> io::Result<SockStat> {
+        Ok(SockStat {
+            v4: fs::File::open("/proc/thread-self/net/sockstat")?,
+            v6: fs::File::open("/proc/thread-self/net/sockstat6")?,
+        })
+    }
+
+    /// Reads the current counts; `None` when they cannot be read or parsed.
+    pub fn read(&self) -> Option<TcpCounts> {
+        use std::os::unix::fs::FileExt;
+        let text = |f: &fs::File| {
+            let mut buf = vec![0u8; 4096];
+            let n = f.read_at(&mut buf, 0).ok()?;
+            String::from_utf8(buf[..n].to_vec()).ok()
+        };
+        let (v4, v6) = (text(&self.v4)?, text(&self.v6)?);
+        parse_sockstat(&v4, &v6)
+    }
+}
+
+/// Parses `TCP: inuse N orphan N tw N ...` and `TCP6: inuse N`.
+pub fn parse_sockstat(v4: &str, v6: &str) -> Option<TcpCounts> {
+    let field = |text: &str, line: &str, name: &str| -> Option<u64> {
+        let rest = text.lines().find_map(|l| l.strip_prefix(line))?;
+        let mut it = rest.split_whitespace();
+        while let Some(k) = it.next() {
+            let v = it.next()?;
+            if k == name {
+                return v.parse().ok();
+            }
+        }
+        None
+    };
+    Some(TcpCounts {
+        inuse4: field(v4, "TCP:", "inuse")?,
+        tw: field(v4, "TCP:", "tw")?,
+        inuse6: field(v6, "TCP6:", "inuse")?,
+    })
+}
+
 /// Maps socket inodes to the processes holding them, for the inodes in `wanted`.
 /// Scans every process's fds: expensive on a busy host, so only done on request.
 pub fn owners_of(wanted: &HashSet<u32>) -> HashMap<u32, Vec<Owner>> {
@@ -92,6 +154,17 @@ mod tests {
         assert_eq!(parse_socket_link("pipe:[12345]".as_ref()), None);
         assert_eq!(parse_socket_link("/dev/null".as_ref()), None);
         assert_eq!(parse_socket_link("socket:[]".as_ref()), None);
+    }
+
+    #[test]
+    fn parses_sockstat() {
+        let v4 = "sockets: used 5\nTCP: inuse 3 orphan 0 tw 2 alloc 4 mem 1\nUDP: inuse 0 mem 0\n";
+        let v6 = "TCP6: inuse 7\nUDP6: inuse 0\n";
+        assert_eq!(parse_sockstat(v4, v6), Some(TcpCounts { inuse4: 3, inuse6: 7, tw: 2 }));
+        assert_eq!(parse_sockstat("TCP: inuse x", v6), None);
+        assert_eq!(parse_sockstat("", ""), None);
+        let here = SockStat::open().unwrap().read().unwrap();
+        let _ = here.inuse4 + here.inuse6 + here.tw;
     }
 
     #[test]

@@ -73,64 +73,62 @@ pub fn write_list<W: Write>(
     write_table(out, false, sockets.iter().map(|s| (None, s)))
 }
 
-/// Aligned columns; `tag` is an optional first column (the kill outcome).
+/// Aligned columns like `ss`; `tag` is an optional first column (the kill
+/// outcome). Two passes over the rows (widths, then text) with one reused
+/// buffer: a table of 100k sockets must not hold 100k rows of strings.
 fn write_table<'a, W: Write>(
     out: &mut W,
     tagged: bool,
-    rows: impl Iterator<Item = (Option<&'a str>, &'a Socket)>,
+    rows: impl Iterator<Item = (Option<&'a str>, &'a Socket)> + Clone,
 ) -> io::Result<()> {
-    let rows: Vec<_> = rows
-        .map(|(tag, s)| {
-            let mut cols = Vec::with_capacity(8);
-            if let Some(t) = tag {
-                cols.push(t.to_string());
-            }
-            cols.extend([
-                s.state_name(),
-                s.local.to_string(),
-                s.peer.to_string(),
-                s.uid.to_string(),
-                s.inode.to_string(),
-                s.cookie.to_string(),
-            ]);
-            if s.owners.is_some() {
-                cols.push(s.owners_text());
-            }
-            cols
-        })
-        .collect();
-    if rows.is_empty() {
+    use std::fmt::Write as _;
+    const HEADER: [&str; 8] =
+        ["Action", "State", "Local Address:Port", "Peer Address:Port", "UID", "Inode", "Cookie", "Process"];
+    let with_process = rows.clone().any(|(_, s)| s.owners.is_some());
+    let first = if tagged { 0 } else { 1 };
+    let last = if with_process { 8 } else { 7 };
+    let mut buf = String::new();
+    let cell = |i: usize, tag: Option<&str>, s: &Socket, buf: &mut String| {
+        buf.clear();
+        let _ = match i {
+            0 => write!(buf, "{}", tag.unwrap_or("")),
+            1 => write!(buf, "{}", s.state_name()),
+            2 => write!(buf, "{}", s.local()),
+            3 => write!(buf, "{}", s.peer()),
+            4 => write!(buf, "{}", s.uid),
+            5 => write!(buf, "{}", s.inode),
+            6 => write!(buf, "{}", s.cookie()),
+            _ => write!(buf, "{}", s.owners_text()),
+        };
+    };
+    let mut widths: Vec<usize> = HEADER.iter().map(|h| h.len()).collect();
+    let mut any = false;
+    for (tag, s) in rows.clone() {
+        any = true;
+        for (i, w) in widths.iter_mut().enumerate().take(last).skip(first) {
+            cell(i, tag, s, &mut buf);
+            *w = (*w).max(buf.len());
+        }
+    }
+    if !any {
         return Ok(());
     }
-    let mut header: Vec<&str> = Vec::new();
-    if tagged {
-        header.push("Action");
-    }
-    header.extend(["State", "Local Address:Port", "Peer Address:Port", "UID", "Inode", "Cookie"]);
-    if rows.iter().any(|r| r.len() > header.len()) {
-        header.push("Process");
-    }
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
+    for (i, h) in HEADER.iter().enumerate().take(last).skip(first) {
+        if i + 1 == last {
+            writeln!(out, "{h}")?;
+        } else {
+            write!(out, "{h:<w$}  ", w = widths[i])?;
         }
     }
-    let line = |out: &mut W, cols: &[&str]| -> io::Result<()> {
-        let last = cols.len().saturating_sub(1);
-        for (i, c) in cols.iter().enumerate() {
-            if i == last {
-                write!(out, "{c}")?;
+    for (tag, s) in rows {
+        for (i, w) in widths.iter().enumerate().take(last).skip(first) {
+            cell(i, tag, s, &mut buf);
+            if i + 1 == last {
+                writeln!(out, "{buf}")?;
             } else {
-                write!(out, "{c:<w$}  ", w = widths[i])?;
+                write!(out, "{buf:<w$}  ")?;
             }
         }
-        writeln!(out)
-    };
-    line(out, &header)?;
-    for r in &rows {
-        let cols: Vec<&str> = r.iter().map(String::as_str).collect();
-        line(out, &cols)?;
     }
     Ok(())
 }
@@ -162,8 +160,10 @@ pub fn write_kill<W: Write>(
             if report.dry_run { None } else { Some(remaining) }.into_iter().flatten().map(|s| (Some("REMAINS"), s)),
         );
     write_table(out, true, rows)?;
-    for a in report.sockets.iter().filter(|a| a.error.is_some()) {
-        writeln!(out, "failed: {} -> {}: {}", a.socket.local, a.socket.peer, a.error.as_deref().unwrap_or(""))?;
+    for a in report.sockets.iter() {
+        if let Some(e) = a.errno {
+            writeln!(out, "failed: {} -> {}: {}", a.socket.local(), a.socket.peer(), crate::engine::errno_text(e))?;
+        }
     }
     writeln!(out, "{}", summary_line(report))
 }

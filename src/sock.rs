@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use netlink_packet_sock_diag::inet::SocketId;
-use serde::Serialize;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::filter::TcpState;
 use crate::procfs::Owner;
@@ -11,59 +11,62 @@ use crate::procfs::Owner;
 /// A TCP socket found by a dump. It carries the kernel's exact socket id
 /// (addresses, ports, interface and cookie), so that a destroy hits this
 /// socket and never a newer one that reuses its 4-tuple.
-#[derive(Debug, Clone, Serialize)]
+///
+/// Kept small (a kill may hold hundreds of thousands): addresses live only in
+/// the id, and are read through the accessors.
+#[derive(Debug, Clone)]
 pub struct Socket {
-    /// `inet` or `inet6`: the family of the dump that returned it.
-    pub family: &'static str,
+    pub(crate) id: SocketId,
+    pub(crate) af: u8,
     /// `None` for a state number this program does not know.
     pub state: Option<TcpState>,
-    /// The local address and port (`src`).
-    pub local: SocketAddr,
-    /// The peer address and port (`dst`).
-    pub peer: SocketAddr,
     pub uid: u32,
     /// The socket's inode (0 for sockets without a file, e.g. TIME-WAIT).
     pub inode: u32,
-    /// The kernel's socket cookie, unique for the life of the namespace.
-    pub cookie: u64,
-    /// The bound interface index (0 = none).
-    pub interface: u32,
     /// Processes holding the socket open, when they were looked up.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub owners: Option<Vec<Owner>>,
-    #[serde(skip)]
-    pub(crate) id: SocketId,
-    #[serde(skip)]
-    pub(crate) af: u8,
+    pub owners: Option<Box<[Owner]>>,
 }
 
 impl Socket {
     pub(crate) fn from_kernel(af: u8, state: u8, id: SocketId, uid: u32, inode: u32) -> Socket {
-        let c = id.cookie;
+        Socket { id, af, state: TcpState::from_kernel(state), uid, inode, owners: None }
+    }
+
+    /// The local address and port (`src`).
+    pub fn local(&self) -> SocketAddr {
+        SocketAddr::new(self.id.source_address, self.id.source_port)
+    }
+
+    /// The peer address and port (`dst`).
+    pub fn peer(&self) -> SocketAddr {
+        SocketAddr::new(self.id.destination_address, self.id.destination_port)
+    }
+
+    /// The kernel's socket cookie, unique for the life of the namespace.
+    pub fn cookie(&self) -> u64 {
+        let c = self.id.cookie;
         // idiag_cookie is two host-endian u32 words, low word first.
-        let cookie = u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-            | (u64::from(u32::from_ne_bytes([c[4], c[5], c[6], c[7]])) << 32);
-        Socket {
-            family: if af == libc::AF_INET6 as u8 { "inet6" } else { "inet" },
-            state: TcpState::from_kernel(state),
-            local: SocketAddr::new(id.source_address, id.source_port),
-            peer: SocketAddr::new(id.destination_address, id.destination_port),
-            uid,
-            inode,
-            cookie,
-            interface: id.interface_id,
-            owners: None,
-            id,
-            af,
+        u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            | (u64::from(u32::from_ne_bytes([c[4], c[5], c[6], c[7]])) << 32)
+    }
+
+    /// The bound interface index (0 = none).
+    pub fn interface(&self) -> u32 {
+        self.id.interface_id
+    }
+
+    /// `inet` or `inet6`: the family of the dump that returned it.
+    pub fn family(&self) -> &'static str {
+        if self.af == libc::AF_INET6 as u8 {
+            "inet6"
+        } else {
+            "inet"
         }
     }
 
-    /// The state as `ss` names it (`?N` for an unknown state number).
-    pub fn state_name(&self) -> String {
-        match self.state {
-            Some(s) => s.ss_name().to_string(),
-            None => "UNKNOWN".to_string(),
-        }
+    /// The state as `ss` names it.
+    pub fn state_name(&self) -> &'static str {
+        self.state.map_or("UNKNOWN", TcpState::ss_name)
     }
 
     /// A one-line description of the owners, `-` when there are none known.
@@ -73,6 +76,22 @@ impl Socket {
             Some(v) if v.is_empty() => "-".to_string(),
             Some(v) => v.iter().map(|o| format!("{}/{}", o.pid, o.command)).collect::<Vec<_>>().join(","),
         }
+    }
+
+    /// Writes the socket's JSON fields into an open map (shared with records that extend it).
+    pub(crate) fn serialize_fields<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+        map.serialize_entry("family", self.family())?;
+        map.serialize_entry("state", self.state_name())?;
+        map.serialize_entry("local", &self.local())?;
+        map.serialize_entry("peer", &self.peer())?;
+        map.serialize_entry("uid", &self.uid)?;
+        map.serialize_entry("inode", &self.inode)?;
+        map.serialize_entry("cookie", &self.cookie())?;
+        map.serialize_entry("interface", &self.interface())?;
+        if let Some(o) = &self.owners {
+            map.serialize_entry("owners", o)?;
+        }
+        Ok(())
     }
 
     #[cfg(test)]
@@ -87,5 +106,32 @@ impl Socket {
         };
         let af = if local.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET } as u8;
         Socket::from_kernel(af, state as u8, id, 0, 0)
+    }
+}
+
+impl Serialize for Socket {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        self.serialize_fields(&mut map)?;
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stays_small_and_serializes_its_fields() {
+        assert!(std::mem::size_of::<Socket>() <= 88, "{}", std::mem::size_of::<Socket>());
+        let mut s = Socket::for_test("[::1]:5".parse().unwrap(), "[::1]:80".parse().unwrap(), TcpState::SynSent);
+        s.id.cookie = [7, 0, 0, 0, 1, 0, 0, 0];
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["family"], "inet6");
+        assert_eq!(v["state"], "SYN-SENT");
+        assert_eq!(v["local"], "[::1]:5");
+        assert_eq!(v["peer"], "[::1]:80");
+        assert_eq!(v["cookie"], (1u64 << 32) + 7);
+        assert!(v.get("owners").is_none());
     }
 }

@@ -276,7 +276,7 @@ fn no_shutdown_means_sockkill_destroys_every_s1_socket() {
         let _s2 = tag_server(S2, "s2");
         let h = Haproxy::start(false, &[("s1", S1), ("s2", S2)], "");
         let (mut s1, mut s2) = clients(4);
-        let before: Vec<u64> = haproxy_sockets_to(S1, &haproxy_pids(&h)).iter().map(|s| s.cookie).collect();
+        let before: Vec<u64> = haproxy_sockets_to(S1, &haproxy_pids(&h)).iter().map(|s| s.cookie()).collect();
         assert_eq!(before.len(), s1.len());
 
         let (rc, doc, err) = run_json(&[

@@ -19,7 +19,7 @@ fn kernel_dump(filter: &Filter) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     for af in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         diag.dump(af, filter.states, &bc, |s| {
-            out.insert((s.local.to_string(), s.peer.to_string()));
+            out.insert((s.local().to_string(), s.peer().to_string()));
         })
         .unwrap();
     }
@@ -80,7 +80,7 @@ fn bytecode_filters_in_the_kernel() {
                     .unwrap()
                     .dump(af, StateSet::ALL, &[], |s| {
                         if filter.matches(&s) {
-                            by_user.insert((s.local.to_string(), s.peer.to_string()));
+                            by_user.insert((s.local().to_string(), s.peer().to_string()));
                         }
                     })
                     .unwrap();
@@ -109,7 +109,7 @@ fn abort_close(s: TcpStream) {
 }
 
 fn find(dst: &str, local: SocketAddr) -> Vec<Socket> {
-    dump_dst(dst).into_iter().filter(|s| s.local == local).collect()
+    dump_dst(dst).into_iter().filter(|s| s.local() == local).collect()
 }
 
 /// A socket id from an earlier dump never hits a newer connection on the same 4-tuple.
@@ -132,8 +132,8 @@ fn stale_cookie_is_already_gone_and_spares_the_new_connection() {
         let mut new = Conn { local, peer: up.addr, stream };
         new.assert_alive();
         let new_sock = find("127.0.0.2", local).pop().expect("new socket dumped");
-        assert_eq!((new_sock.local, new_sock.peer), (old_sock.local, old_sock.peer));
-        assert_ne!(new_sock.cookie, old_sock.cookie);
+        assert_eq!((new_sock.local(), new_sock.peer()), (old_sock.local(), old_sock.peer()));
+        assert_ne!(new_sock.cookie(), old_sock.cookie());
 
         assert_not_root_netns();
         let mut diag = DiagSocket::open().unwrap();
@@ -142,7 +142,7 @@ fn stale_cookie_is_already_gone_and_spares_the_new_connection() {
 
         // Through the engine the stale socket counts as already gone, not failed.
         let mut engine = sockkill::Engine::open(None).unwrap();
-        let acted = engine.destroy(&[old_sock], 1, std::time::Instant::now(), 0).unwrap();
+        let acted = engine.destroy(vec![old_sock], 1, std::time::Instant::now(), 0).unwrap();
         assert_eq!(acted[0].outcome, sockkill::Outcome::AlreadyGone);
         new.assert_alive();
 

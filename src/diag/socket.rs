@@ -104,25 +104,29 @@ impl DiagSocket {
         let mut status = DumpStatus::Complete;
         loop {
             let n = self.recv()?;
-            for reply in wire::decode(&self.buf[..n])? {
-                match reply {
-                    Reply::Socket { seq: s, socket, interrupted } if s == seq => {
-                        if interrupted {
-                            status = DumpStatus::Interrupted;
-                        }
-                        each(*socket);
+            let mut done = false;
+            let mut failed = 0;
+            wire::decode_each(&self.buf[..n], |reply| match reply {
+                Reply::Socket { seq: s, socket, interrupted } if s == seq => {
+                    if interrupted {
+                        status = DumpStatus::Interrupted;
                     }
-                    Reply::Done { seq: s, interrupted } if s == seq => {
-                        if interrupted {
-                            status = DumpStatus::Interrupted;
-                        }
-                        return Ok(status);
-                    }
-                    Reply::Ack { seq: s, errno } if s == seq && errno != 0 => {
-                        return Err(Error::netlink("dump", io::Error::from_raw_os_error(errno)));
-                    }
-                    other => trace!(?other, "ignoring stale netlink message"),
+                    each(socket);
                 }
+                Reply::Done { seq: s, interrupted } if s == seq => {
+                    if interrupted {
+                        status = DumpStatus::Interrupted;
+                    }
+                    done = true;
+                }
+                Reply::Ack { seq: s, errno } if s == seq && errno != 0 => failed = errno,
+                other => trace!(?other, "ignoring stale netlink message"),
+            })?;
+            if failed != 0 {
+                return Err(Error::netlink("dump", io::Error::from_raw_os_error(failed)));
+            }
+            if done {
+                return Ok(status);
             }
         }
     }
@@ -166,7 +170,7 @@ impl DiagSocket {
                 }
             };
             let Some(n) = n else { break };
-            for reply in wire::decode(&self.buf[..n])? {
+            wire::decode_each(&self.buf[..n], |reply| {
                 if let Reply::Ack { seq, errno } = reply {
                     if let Some(&i) = index.get(&seq) {
                         if results[i] == DestroyResult::Unknown {
@@ -179,7 +183,7 @@ impl DiagSocket {
                         };
                     }
                 }
-            }
+            })?;
         }
         Ok(results)
     }

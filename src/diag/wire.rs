@@ -82,16 +82,16 @@ pub fn encode_destroy(out: &mut Vec<u8>, sock: &Socket, seq: u32) {
 pub enum Reply {
     /// A socket of a dump. `interrupted` is the kernel's NLM_F_DUMP_INTR: the
     /// table changed under the dump and its view may be inconsistent.
-    Socket { seq: u32, socket: Box<Socket>, interrupted: bool },
+    Socket { seq: u32, socket: Socket, interrupted: bool },
     /// End of a dump.
     Done { seq: u32, interrupted: bool },
     /// An ack (`errno == 0`) or an error (`errno` positive, e.g. `libc::ENOENT`).
     Ack { seq: u32, errno: i32 },
 }
 
-/// Decodes every netlink message in one datagram.
-pub fn decode(datagram: &[u8]) -> Result<Vec<Reply>> {
-    let mut out = Vec::new();
+/// Decodes every netlink message in one datagram, handing each to `each`
+/// (no allocation per message: a dump datagram carries hundreds of sockets).
+pub fn decode_each(datagram: &[u8], mut each: impl FnMut(Reply)) -> Result<()> {
     let mut rest = datagram;
     while !rest.is_empty() {
         let buf = NetlinkBuffer::new_checked(rest).map_err(|e| Error::Decode(e.to_string()))?;
@@ -99,23 +99,30 @@ pub fn decode(datagram: &[u8]) -> Result<Vec<Reply>> {
         let seq = buf.sequence_number();
         let interrupted = buf.flags() & NLM_F_DUMP_INTR != 0;
         match buf.message_type() {
-            NLMSG_DONE => out.push(Reply::Done { seq, interrupted }),
+            NLMSG_DONE => each(Reply::Done { seq, interrupted }),
             NLMSG_ERROR => {
                 let err = ErrorBuffer::new_checked(buf.payload()).map_err(|e| Error::Decode(e.to_string()))?;
                 let errno = err.code().map_or(0, |c| c.get().saturating_neg());
-                out.push(Reply::Ack { seq, errno });
+                each(Reply::Ack { seq, errno });
             }
             SOCK_DIAG_BY_FAMILY => {
                 let payload = buf.payload();
                 let h = InetResponseHeader::parse(payload).map_err(|e| Error::Decode(e.to_string()))?;
                 let socket = Socket::from_kernel(h.family, h.state, h.socket_id, h.uid, h.inode);
-                out.push(Reply::Socket { seq, socket: Box::new(socket), interrupted });
+                each(Reply::Socket { seq, socket, interrupted });
             }
             // NLMSG_NOOP / NLMSG_OVERRUN or anything new: nothing for us.
             _ => {}
         }
         rest = rest.get(align4(len)..).unwrap_or(&[]);
     }
+    Ok(())
+}
+
+/// Decodes every netlink message in one datagram into a vector.
+pub fn decode(datagram: &[u8]) -> Result<Vec<Reply>> {
+    let mut out = Vec::new();
+    decode_each(datagram, |r| out.push(r))?;
     Ok(out)
 }
 
@@ -233,10 +240,10 @@ mod tests {
         assert_eq!(replies.len(), 4);
         match &replies[0] {
             Reply::Socket { seq: 3, socket, interrupted: false } => {
-                assert_eq!(socket.local, "127.0.0.1:5000".parse().unwrap());
-                assert_eq!(socket.peer, "127.0.0.2:443".parse().unwrap());
+                assert_eq!(socket.local(), "127.0.0.1:5000".parse().unwrap());
+                assert_eq!(socket.peer(), "127.0.0.2:443".parse().unwrap());
                 assert_eq!(socket.state, Some(TcpState::Established));
-                assert_eq!(socket.cookie, 0x1_0000_1234);
+                assert_eq!(socket.cookie(), 0x1_0000_1234);
                 assert_eq!((socket.uid, socket.inode), (1000, 98765));
             }
             other => panic!("unexpected {other:?}"),

@@ -95,7 +95,7 @@ impl Report {
         let mut out: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
         for a in self.destroyed.iter().filter(|a| a.outcome == Outcome::Destroyed) {
             let owner = a.socket.owners.as_ref().and_then(|o| o.first()).map_or("?".to_string(), |o| o.pid.to_string());
-            *out.entry(owner).or_default().entry(a.socket.state_name()).or_default() += 1;
+            *out.entry(owner).or_default().entry(a.socket.state_name().to_string()).or_default() += 1;
         }
         out
     }
@@ -189,14 +189,14 @@ fn enforce(
     initial: Vec<Socket>,
     report: &mut Report,
 ) -> Result<()> {
-    let mut prev: HashMap<u64, Socket> = initial.into_iter().map(|s| (s.cookie, s)).collect();
+    let mut prev: HashMap<u64, Socket> = initial.into_iter().map(|s| (s.cookie(), s)).collect();
     let mut last_seen = (!prev.is_empty()).then_some(Duration::ZERO);
     let mut ours: HashSet<u64> = HashSet::new();
     let mut pass = 0;
     loop {
         let now = started.elapsed();
         let current = engine.collect(query)?;
-        let live: HashSet<u64> = current.iter().map(|s| s.cookie).collect();
+        let live: HashSet<u64> = current.iter().map(|s| s.cookie()).collect();
         for (cookie, s) in prev.drain() {
             if !live.contains(&cookie) && !ours.contains(&cookie) {
                 report.closed_by_haproxy.push(Closed { socket: s, at_ms: ms(now) });
@@ -219,14 +219,13 @@ fn enforce(
         if now >= opts.grace && !current.is_empty() {
             pass += 1;
             let destroyed_before = report.destroyed.iter().filter(|a| a.outcome == Outcome::Destroyed).count();
-            let acted = engine.destroy(&current, pass, started, destroyed_before)?;
-            ours.extend(acted.iter().map(|a| a.socket.cookie));
-            let acted_cookies: HashSet<u64> = acted.iter().map(|a| a.socket.cookie).collect();
+            let acted = engine.destroy(current, pass, started, destroyed_before)?;
+            ours.extend(acted.iter().map(|a| a.socket.cookie()));
             report.destroyed.extend(acted);
-            // Anything not acted on (a signal cut the batch short) is still watched.
-            prev = current.into_iter().filter(|s| !acted_cookies.contains(&s.cookie)).map(|s| (s.cookie, s)).collect();
+            // What a signal left un-acted shows up again in the next collect.
+            prev = HashMap::new();
         } else {
-            prev = current.into_iter().map(|s| (s.cookie, s)).collect();
+            prev = current.into_iter().map(|s| (s.cookie(), s)).collect();
         }
         std::thread::sleep(opts.poll);
     }
