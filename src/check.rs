@@ -38,7 +38,12 @@ pub struct CheckReport {
 pub fn check(ns: Option<&Netns>) -> Result<CheckReport> {
     let (label, steps) = match ns {
         Some(ns) => (ns.label().to_string(), ns.run(probe)?),
-        None => ("(throwaway namespace)".to_string(), netns::run_in_new_netns(probe)?),
+        None => {
+            let steps = netns::run_in_new_netns(probe).unwrap_or_else(|e| {
+                vec![Step { name: "throwaway network namespace", ok: false, detail: e.to_string() }]
+            });
+            ("(throwaway namespace)".to_string(), steps)
+        }
     };
     let ok = steps.iter().all(|s| s.ok);
     Ok(CheckReport { netns: label, cap_net_admin: has_cap_net_admin(), steps, ok })

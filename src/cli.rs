@@ -2,17 +2,28 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use ipnet::IpNet;
 
+use crate::audit::AuditLog;
 use crate::engine::{Engine, KillOptions, Query, CANCEL};
 use crate::error::{Error, Result};
 use crate::filter::{parse_cidr, Family, Filter, PortRange, StateSet};
 use crate::netns::Netns;
 use crate::{check, haproxy, report};
+
+/// Default `--max`: see README (blast radius).
+pub const DEFAULT_MAX: usize = 10_000;
+
+/// The command line, for the audit log.
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -69,6 +80,12 @@ pub enum Command {
         /// Allow a filter that does not narrow the address space (kills everything matching).
         #[arg(long)]
         allow_catch_all: bool,
+        /// Refuse, destroying nothing, when more sockets than this match (0 = no limit).
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX)]
+        max: usize,
+        /// Append one JSON line per destroyed socket to FILE, synced before the summary.
+        #[arg(long, value_name = "FILE")]
+        audit_log: Option<PathBuf>,
     },
     /// HAProxy safety net: take a server out, wait, then destroy the TCP
     /// connections HAProxy's processes still hold to it, and verify.
@@ -153,6 +170,9 @@ pub struct HaproxyArgs {
     /// Give up (exit 1) when sockets still appear after this long.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub deadline: Duration,
+    /// Append one JSON line per destroyed socket to FILE, synced before the summary.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
     /// Timeout for connecting to HAProxy and for each answer.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub api_timeout: Duration,
@@ -276,7 +296,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             emit(|out| report::write_list(out, json, filter.netns.as_deref(), query.filter(), &sockets, ms))?;
             Ok(0)
         }
-        Command::Kill { filter, processes, dry_run, no_verify, allow_catch_all } => {
+        Command::Kill { filter, processes, dry_run, no_verify, allow_catch_all, max, audit_log } => {
             let f = filter.to_filter();
             let query = Query::new(f)?;
             if query.filter().is_catch_all() && !allow_catch_all {
@@ -284,8 +304,12 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             let ns = open_netns(filter.netns.as_deref())?;
             let mut engine = Engine::open(ns.as_ref())?;
+            if let Some(path) = &audit_log {
+                engine.set_audit(Some(Arc::new(AuditLog::open(path, command_line(), filter.netns.clone())?)));
+            }
             install_cancel_handler();
-            let opts = KillOptions { dry_run, verify: !no_verify, processes, ..KillOptions::default() };
+            let max = (max > 0 && !dry_run).then_some(max);
+            let opts = KillOptions { dry_run, verify: !no_verify, processes, max, ..KillOptions::default() };
             let rep = engine.kill(&query, &opts)?;
             emit(|out| report::write_kill(out, json, filter.netns.as_deref(), query.filter(), &rep))?;
             if !json {
@@ -309,6 +333,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 deadline: a.deadline,
                 api_timeout: a.api_timeout,
                 poll: Duration::from_millis(100),
+                audit_log: a.audit_log,
+                command_line: command_line(),
             };
             install_cancel_handler();
             let rep = haproxy::run(&opts)?;

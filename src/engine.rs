@@ -4,11 +4,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
+use crate::audit::AuditLog;
 use crate::diag::{bytecode, socket::DESTROY_BATCH, DestroyResult, DiagSocket, DumpStatus};
 use crate::error::{Error, Result};
 use crate::filter::{Family, Filter, TcpState};
@@ -26,6 +28,7 @@ pub struct Engine {
     diag: [DiagSocket; 2],
     /// `None` when /proc cannot tell: then every family is always dumped.
     stat: Option<SockStat>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 /// Destroy sets smaller than this are not worth a second thread.
@@ -190,12 +193,18 @@ impl Engine {
     pub fn open(netns: Option<&Netns>) -> Result<Engine> {
         // Everything bound to the namespace is opened on the thread that entered it.
         let here = || -> Result<Engine> {
-            Ok(Engine { diag: [DiagSocket::open()?, DiagSocket::open()?], stat: SockStat::open().ok() })
+            Ok(Engine { diag: [DiagSocket::open()?, DiagSocket::open()?], stat: SockStat::open().ok(), audit: None })
         };
         match netns {
             Some(ns) => ns.run(here)?,
             None => here(),
         }
+    }
+
+    /// Records every destroyed socket in `log` (appended per batch, synced at
+    /// the end of each [`Engine::destroy`]).
+    pub fn set_audit(&mut self, log: Option<Arc<AuditLog>>) {
+        self.audit = log;
     }
 
     /// The families of `query` worth walking now: a family with no TCP socket in
@@ -266,26 +275,38 @@ impl Engine {
     ) -> Result<Vec<Acted>> {
         let t0 = Instant::now();
         let [d0, d1] = &mut self.diag;
+        let audit = self.audit.as_deref();
         let rest = sockets.split_off(sockets.len().min(1));
         let mut acted = Vec::with_capacity(sockets.len() + rest.len());
-        acted.extend(destroy_batches(d0, sockets, pass, started, already)?);
+        let probe = destroy_batches(d0, sockets, pass, started, already, audit);
+        // Whatever happens next, what was destroyed is on disk first.
+        let synced = || audit.map_or(Ok(()), AuditLog::sync);
+        acted.extend(probe.inspect_err(|_| drop(synced()))?);
         let done = already + acted.iter().filter(|a| a.outcome == Outcome::Destroyed).count();
-        if rest.len() < PARALLEL_DESTROY_MIN {
-            acted.extend(destroy_batches(d0, rest, pass, started, done)?);
+        let result = if rest.len() < PARALLEL_DESTROY_MIN {
+            destroy_batches(d0, rest, pass, started, done, audit).map(|a| acted.extend(a))
         } else {
             let mut left = rest;
             let right = left.split_off(left.len() / 2);
             let (a, b) = std::thread::scope(|scope| {
-                let other = scope.spawn(|| destroy_batches(d1, right, pass, started, done));
-                let a = destroy_batches(d0, left, pass, started, done);
+                let other = scope.spawn(|| destroy_batches(d1, right, pass, started, done, audit));
+                let a = destroy_batches(d0, left, pass, started, done, audit);
                 (a, other.join())
             });
-            let b = b.map_err(|_| Error::Other("destroy thread panicked".into()))?;
             // A half cut short by CANCEL leaves fewer results than sockets,
             // which is how the caller sees the kill was interrupted.
-            acted.extend(a?);
-            acted.extend(b?);
-        }
+            match (a, b) {
+                (Ok(a), Ok(Ok(b))) => {
+                    acted.extend(a);
+                    acted.extend(b);
+                    Ok(())
+                }
+                (Err(e), _) | (_, Ok(Err(e))) => Err(e),
+                (_, Err(_)) => Err(Error::Other("destroy thread panicked".into())),
+            }
+        };
+        synced()?;
+        result?;
         debug!(count = acted.len(), elapsed_us = t0.elapsed().as_micros() as u64, "destroy pass done");
         Ok(acted)
     }
@@ -395,6 +416,7 @@ fn destroy_batches(
     pass: u32,
     started: Instant,
     already: usize,
+    audit: Option<&AuditLog>,
 ) -> Result<Vec<Acted>> {
     let total = sockets.len();
     let mut acted = Vec::with_capacity(total);
@@ -412,14 +434,20 @@ fn destroy_batches(
         let refs: Vec<&Socket> = batch.iter().collect();
         let results = diag.destroy(&refs)?;
         let at_ms = started.elapsed().as_millis() as u64;
+        let batch_start = acted.len();
+        let mut fatal = None;
         for (sock, res) in batch.into_iter().zip(results) {
             let (outcome, errno) = match res {
                 DestroyResult::Destroyed => (Outcome::Destroyed, None),
                 DestroyResult::Gone => (Outcome::AlreadyGone, None),
                 DestroyResult::Unknown => (Outcome::Unacknowledged, None),
-                DestroyResult::Failed(libc::EPERM) => return Err(Error::NoPermission { destroyed }),
+                DestroyResult::Failed(libc::EPERM) => {
+                    fatal.get_or_insert(Error::NoPermission { destroyed });
+                    (Outcome::Failed, Some(libc::EPERM))
+                }
                 DestroyResult::Failed(libc::EOPNOTSUPP) if sock.state != Some(TcpState::TimeWait) => {
-                    return Err(Error::DestroyUnsupported { destroyed })
+                    fatal.get_or_insert(Error::DestroyUnsupported { destroyed });
+                    (Outcome::Failed, Some(libc::EOPNOTSUPP))
                 }
                 DestroyResult::Failed(e) => (Outcome::Failed, Some(e)),
             };
@@ -428,6 +456,13 @@ fn destroy_batches(
                 destroyed += 1;
             }
             acted.push(Acted { socket: sock, outcome, pass, at_ms, errno });
+        }
+        // The batch's destroys happened: record them before anything can stop us.
+        if let Some(a) = audit {
+            a.record(&acted[batch_start..])?;
+        }
+        if let Some(e) = fatal {
+            return Err(e);
         }
     }
     Ok(acted)

@@ -16,6 +16,7 @@
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod diag;

@@ -135,7 +135,10 @@ pub fn run_in_new_netns<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T> {
             unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
                 Error::Other(format!("cannot create a private network namespace (unshare: {e}; needs CAP_SYS_ADMIN)"))
             })?;
-            loopback_up().map_err(|e| Error::Other(format!("cannot bring up loopback in the new namespace: {e}")))?;
+            loopback_up().map_err(|e| {
+                let why = if e.raw_os_error() == Some(libc::EPERM) { " (needs CAP_NET_ADMIN)" } else { "" };
+                Error::Other(format!("cannot bring up loopback in the new namespace: {e}{why}"))
+            })?;
             Ok(f())
         });
         handle.join().map_err(|_| Error::Other("namespace worker thread panicked".into()))?

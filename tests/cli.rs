@@ -385,3 +385,38 @@ fn bad_filters_are_usage_errors() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn audit_log_records_every_destroyed_socket() {
+    in_private_netns(|| {
+        let mut lab = Lab::start();
+        let path = std::env::temp_dir().join(format!("sockkill-audit-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, "{\"earlier\":true}\n").unwrap(); // appended to, never truncated
+        let out = sockkill_kill(&["kill", "--json", "--dst", "127.0.0.2", "--audit-log", path.to_str().unwrap()]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let destroyed: BTreeSet<u64> = json(&out)["sockets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["outcome"] == "destroyed")
+            .map(|s| s["cookie"].as_u64().unwrap())
+            .collect();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[0]["earlier"], true);
+        let logged: BTreeSet<u64> = lines[1..].iter().map(|l| l["cookie"].as_u64().unwrap()).collect();
+        assert_eq!(logged, destroyed);
+        assert_eq!(destroyed.len(), 4);
+        for l in &lines[1..] {
+            assert_eq!(l["event"], "destroyed");
+            assert!(l["time"].as_str().unwrap().ends_with('Z'));
+            assert!(l["command"].as_str().unwrap().contains("--audit-log"));
+            assert!(l["peer"].as_str().unwrap().starts_with("127.0.0.2:"));
+        }
+        for c in lab.conns_a.iter_mut() {
+            c.assert_killed();
+        }
+        let _ = std::fs::remove_file(&path);
+    });
+}

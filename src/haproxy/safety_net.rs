@@ -41,6 +41,10 @@ pub struct Options {
     pub deadline: Duration,
     pub api_timeout: Duration,
     pub poll: Duration,
+    /// Append one JSON line per destroyed socket here.
+    pub audit_log: Option<std::path::PathBuf>,
+    /// Recorded in the audit log.
+    pub command_line: String,
 }
 
 /// A socket HAProxy closed by itself, and when it was first seen gone.
@@ -120,6 +124,14 @@ pub fn run(opts: &Options) -> Result<Report> {
     let mut engine = Engine::open(ns.as_ref())?;
     if !opts.dry_run && !crate::check::has_cap_net_admin() {
         return Err(Error::NoPermission { destroyed: 0 });
+    }
+    if let (Some(path), false) = (&opts.audit_log, opts.dry_run) {
+        let label = ns.as_ref().map(|n| n.label().to_string());
+        engine.set_audit(Some(std::sync::Arc::new(crate::audit::AuditLog::open(
+            path,
+            opts.command_line.clone(),
+            label,
+        )?)));
     }
     let query = Query::new(Filter {
         dst: vec![server_ip.into()],
