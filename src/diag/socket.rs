@@ -62,6 +62,19 @@ impl DiagSocket {
         Ok(DiagSocket { sock, seq: 0, buf: vec![0; RECV_BUF], out: Vec::with_capacity(DESTROY_BATCH * 72) })
     }
 
+    /// Wraps an already-open socket, for tests that feed crafted replies
+    /// through the real receive loop (e.g. one end of a datagram socketpair).
+    #[doc(hidden)]
+    pub fn from_socket(sock: NlSocket) -> DiagSocket {
+        DiagSocket { sock, seq: 0, buf: vec![0; RECV_BUF], out: Vec::new() }
+    }
+
+    /// Sets SO_RCVBUF, for tests of lost acks (the kernel drops what does not fit).
+    #[doc(hidden)]
+    pub fn set_recv_buffer(&self, bytes: usize) -> Result<()> {
+        self.sock.set_rx_buf_sz(bytes).map_err(|e| Error::netlink("setsockopt", e))
+    }
+
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq

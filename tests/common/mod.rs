@@ -6,6 +6,8 @@
 //! never at risk. Processes spawned from such a thread inherit its namespace.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod farm;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
