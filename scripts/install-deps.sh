@@ -11,6 +11,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v cc >/dev/null || need+=(gcc)
+[ -x /usr/bin/time ] || need+=(time)  # the benchmark's peak-RSS measurement
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
