@@ -15,7 +15,7 @@ use crate::engine::{Engine, KillOptions, Query, CANCEL};
 use crate::error::{Error, Result};
 use crate::filter::{parse_cidr, Family, Filter, PortRange, StateSet};
 use crate::netns::Netns;
-use crate::{check, haproxy, report};
+use crate::{check, haproxy, metrics, report};
 
 /// Default `--max`: see README (blast radius).
 pub const DEFAULT_MAX: usize = 10_000;
@@ -86,11 +86,28 @@ pub enum Command {
         /// Append one JSON line per destroyed socket to FILE, synced before the summary.
         #[arg(long, value_name = "FILE")]
         audit_log: Option<PathBuf>,
+        /// Enforcement window: keep destroying new matching connections until
+        /// DURATION after the start (e.g. while a rollout propagates).
+        #[arg(long = "for", value_name = "DURATION", value_parser = duration, conflicts_with_all = ["dry_run", "no_verify"])]
+        window: Option<Duration>,
+        /// With --for: how often to dump (one kernel-filtered dump per interval).
+        #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = duration, requires = "window")]
+        interval: Duration,
+        /// Write a Prometheus node_exporter textfile with the run's counts (atomically).
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
     },
     /// HAProxy safety net: take a server out, wait, then destroy the TCP
     /// connections HAProxy's processes still hold to it, and verify.
     #[command(after_help = EXIT_CODES)]
     Haproxy(HaproxyArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `sockkill man | man -l -`.
+    Man,
     /// Self-probe: create a loopback pair, list it, destroy it, say what works.
     #[command(after_help = EXIT_CODES)]
     Check {
@@ -173,6 +190,13 @@ pub struct HaproxyArgs {
     /// Append one JSON line per destroyed socket to FILE, synced before the summary.
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Keep enforcing until DURATION after the start: new connections to the
+    /// server are destroyed too; clean is judged at the end of the window.
+    #[arg(long = "for", value_name = "DURATION", value_parser = duration, conflicts_with = "dry_run")]
+    pub window: Option<Duration>,
+    /// Write a Prometheus node_exporter textfile with the run's counts (atomically).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
     /// Timeout for connecting to HAProxy and for each answer.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub api_timeout: Duration,
@@ -285,6 +309,10 @@ fn open_netns(spec: Option<&str>) -> Result<Option<Netns>> {
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     let json = cli.json;
+    {
+        use std::io::IsTerminal;
+        report::set_color(io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()));
+    }
     match cli.command {
         Command::List { filter, processes } => {
             let started = Instant::now();
@@ -296,7 +324,18 @@ pub fn run(cli: Cli) -> Result<i32> {
             emit(|out| report::write_list(out, json, filter.netns.as_deref(), query.filter(), &sockets, ms))?;
             Ok(0)
         }
-        Command::Kill { filter, processes, dry_run, no_verify, allow_catch_all, max, audit_log } => {
+        Command::Kill {
+            filter,
+            processes,
+            dry_run,
+            no_verify,
+            allow_catch_all,
+            max,
+            audit_log,
+            window,
+            interval,
+            metrics_file,
+        } => {
             let f = filter.to_filter();
             let query = Query::new(f)?;
             if query.filter().is_catch_all() && !allow_catch_all {
@@ -309,8 +348,23 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             install_cancel_handler();
             let max = (max > 0 && !dry_run).then_some(max);
-            let opts = KillOptions { dry_run, verify: !no_verify, processes, max, ..KillOptions::default() };
+            let opts =
+                KillOptions { dry_run, verify: !no_verify, processes, max, window, interval, ..KillOptions::default() };
             let rep = engine.kill(&query, &opts)?;
+            if let Some(path) = &metrics_file {
+                let s = &rep.summary;
+                let m = metrics::Metrics {
+                    command: "kill",
+                    matched: s.matched,
+                    destroyed: s.destroyed,
+                    already_gone: s.already_gone,
+                    failed: s.failed + s.unacknowledged,
+                    remaining: s.remaining.unwrap_or(0),
+                    duration: Duration::from_millis(s.duration_ms),
+                    exit_code: rep.exit_code(),
+                };
+                metrics::write(path, &m)?;
+            }
             emit(|out| report::write_kill(out, json, filter.netns.as_deref(), query.filter(), &rep))?;
             if !json {
                 // The summary also goes to the log, so it survives a closed stdout.
@@ -335,11 +389,37 @@ pub fn run(cli: Cli) -> Result<i32> {
                 poll: Duration::from_millis(100),
                 audit_log: a.audit_log,
                 command_line: command_line(),
+                window: a.window,
             };
             install_cancel_handler();
             let rep = haproxy::run(&opts)?;
+            if let Some(path) = &a.metrics_file {
+                let count = |o| rep.destroyed.iter().filter(|x| x.outcome == o).count();
+                let m = metrics::Metrics {
+                    command: "haproxy",
+                    matched: rep.initial,
+                    destroyed: count(crate::Outcome::Destroyed),
+                    already_gone: count(crate::Outcome::AlreadyGone),
+                    failed: count(crate::Outcome::Failed) + count(crate::Outcome::Unacknowledged),
+                    remaining: rep.remaining.len(),
+                    duration: Duration::from_millis(rep.duration_ms),
+                    exit_code: rep.exit_code(),
+                };
+                metrics::write(path, &m)?;
+            }
             emit(|out| report::write_haproxy(out, json, &rep))?;
             Ok(rep.exit_code())
+        }
+        Command::Completions { shell } => {
+            emit(|out| {
+                clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "sockkill", out);
+                Ok(())
+            })?;
+            Ok(0)
+        }
+        Command::Man => {
+            emit(|out| clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(out))?;
+            Ok(0)
         }
         Command::Check { netns } => {
             let ns = open_netns(netns.as_deref())?;

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -123,11 +123,23 @@ pub struct KillOptions {
     pub processes: bool,
     /// Refuse, destroying nothing, when the first dump matches more than this.
     pub max: Option<usize>,
+    /// Keep destroying new matching connections until this long after the
+    /// start (`--for`), one kernel-filtered dump per `interval`.
+    pub window: Option<Duration>,
+    pub interval: Duration,
 }
 
 impl Default for KillOptions {
     fn default() -> Self {
-        KillOptions { dry_run: false, verify: true, max_passes: 3, processes: false, max: None }
+        KillOptions {
+            dry_run: false,
+            verify: true,
+            max_passes: 3,
+            processes: false,
+            max: None,
+            window: None,
+            interval: Duration::from_millis(100),
+        }
     }
 }
 
@@ -359,22 +371,35 @@ impl Engine {
                 break;
             }
             current = self.collect(query)?;
-            let mut new: Vec<&mut Socket> = current.iter_mut().filter(|s| !seen.contains(&s.cookie())).collect();
-            if !new.is_empty() {
-                debug!(count = new.len(), "new matching connections appeared during the kill");
-                if opts.processes {
-                    let owners = owners_map(new.iter().map(|s| s.inode));
-                    for s in &mut new {
-                        s.owners = Some(owners.get(&s.inode).cloned().unwrap_or_default().into_boxed_slice());
-                    }
-                }
-                report.summary.new_during_kill += new.len();
-                seen.extend(new.iter().map(|s| s.cookie()));
-            }
+            note_new(&mut current, &mut seen, &mut report.summary, opts.processes);
             if report.summary.interrupted {
                 report.remaining = Some(current);
                 break;
             }
+        }
+        if let (Some(window), true) = (opts.window, opts.verify) {
+            // Enforcement window: whatever matches from now on is new; one dump per interval.
+            while !report.summary.interrupted && started.elapsed() < window {
+                std::thread::sleep(opts.interval.min(window.saturating_sub(started.elapsed())));
+                if CANCEL.load(Ordering::Relaxed) {
+                    report.summary.interrupted = true;
+                    break;
+                }
+                let mut found = self.collect(query)?;
+                note_new(&mut found, &mut seen, &mut report.summary, opts.processes);
+                let found: Vec<Socket> = found.into_iter().filter(|s| !refused.contains(&s.cookie())).collect();
+                if found.is_empty() {
+                    continue;
+                }
+                pass += 1;
+                let wanted = found.len();
+                let destroyed_so_far = report.sockets.iter().filter(|a| a.outcome == Outcome::Destroyed).count();
+                let acted = self.destroy(found, pass, started, destroyed_so_far)?;
+                refused.extend(acted.iter().filter(|a| a.outcome == Outcome::Failed).map(|a| a.socket.cookie()));
+                report.summary.interrupted |= acted.len() < wanted;
+                report.sockets.extend(acted);
+            }
+            report.remaining = Some(self.collect(query)?);
         }
         report.summary.passes = pass;
         Ok(finish(report, &original, started))
@@ -466,6 +491,24 @@ fn destroy_batches(
         }
     }
     Ok(acted)
+}
+
+/// Counts the sockets in `current` not seen before as new arrivals (looking up
+/// their owners when asked) and remembers them.
+fn note_new(current: &mut [Socket], seen: &mut HashSet<u64>, summary: &mut KillSummary, processes: bool) {
+    let mut new: Vec<&mut Socket> = current.iter_mut().filter(|s| !seen.contains(&s.cookie())).collect();
+    if new.is_empty() {
+        return;
+    }
+    debug!(count = new.len(), "new matching connections appeared during the kill");
+    if processes {
+        let owners = owners_map(new.iter().map(|s| s.inode));
+        for s in &mut new {
+            s.owners = Some(owners.get(&s.inode).cloned().unwrap_or_default().into_boxed_slice());
+        }
+    }
+    summary.new_during_kill += new.len();
+    seen.extend(new.iter().map(|s| s.cookie()));
 }
 
 fn finish(mut report: KillReport, original: &HashSet<u64>, started: Instant) -> KillReport {

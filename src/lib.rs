@@ -24,6 +24,7 @@ pub mod engine;
 pub mod error;
 pub mod filter;
 pub mod haproxy;
+pub mod metrics;
 pub mod netns;
 pub mod procfs;
 pub mod report;

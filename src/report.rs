@@ -15,6 +15,26 @@ use crate::sock::Socket;
 /// Version of the JSON documents; bumped only on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
+static COLOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Colour the action column of tables (only for a terminal, and not with NO_COLOR).
+pub fn set_color(on: bool) {
+    COLOR.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn color_of(tag: &str) -> Option<&'static str> {
+    if !COLOR.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    match tag {
+        "destroyed" => Some("\x1b[32m"),
+        "FAILED" | "no-ack" => Some("\x1b[31m"),
+        "REMAINS" => Some("\x1b[33m"),
+        "would-destroy" => Some("\x1b[36m"),
+        _ => None,
+    }
+}
+
 #[derive(Serialize)]
 struct ListDoc<'a> {
     schema_version: u32,
@@ -123,10 +143,22 @@ fn write_table<'a, W: Write>(
     for (tag, s) in rows {
         for (i, w) in widths.iter().enumerate().take(last).skip(first) {
             cell(i, tag, s, &mut buf);
+            let color = if i == 0 { color_of(&buf) } else { None };
+            if let Some(c) = color {
+                write!(out, "{c}")?;
+            }
             if i + 1 == last {
-                writeln!(out, "{buf}")?;
+                write!(out, "{buf}")?;
             } else {
-                write!(out, "{buf:<w$}  ")?;
+                write!(out, "{buf:<w$}")?;
+            }
+            if color.is_some() {
+                write!(out, "\x1b[0m")?;
+            }
+            if i + 1 == last {
+                writeln!(out)?;
+            } else {
+                write!(out, "  ")?;
             }
         }
     }

@@ -41,6 +41,8 @@ pub struct Options {
     pub deadline: Duration,
     pub api_timeout: Duration,
     pub poll: Duration,
+    /// Keep enforcing (`--for`): not clean before this long after the start.
+    pub window: Option<Duration>,
     /// Append one JSON line per destroyed socket here.
     pub audit_log: Option<std::path::PathBuf>,
     /// Recorded in the audit log.
@@ -205,6 +207,9 @@ fn enforce(
     let mut last_seen = (!prev.is_empty()).then_some(Duration::ZERO);
     let mut ours: HashSet<u64> = HashSet::new();
     let mut pass = 0;
+    let window = opts.window.unwrap_or(Duration::ZERO);
+    let deadline = opts.deadline.max(window + opts.settle);
+    let progress = Progress::new();
     loop {
         let now = started.elapsed();
         let current = engine.collect(query)?;
@@ -219,11 +224,12 @@ fn enforce(
         }
         report.last_seen_ms = last_seen.map(ms);
         let quiet_for = now.saturating_sub(last_seen.unwrap_or(Duration::ZERO));
-        if current.is_empty() && quiet_for >= opts.settle {
+        progress.show(now, opts, current.len(), quiet_for);
+        if current.is_empty() && quiet_for >= opts.settle && now >= window {
             report.clean = true;
             return Ok(());
         }
-        if now >= opts.deadline || CANCEL.load(Ordering::Relaxed) {
+        if now >= deadline || CANCEL.load(Ordering::Relaxed) {
             report.interrupted = CANCEL.load(Ordering::Relaxed);
             report.remaining = current;
             return Ok(());
@@ -240,6 +246,38 @@ fn enforce(
             prev = current.into_iter().map(|s| (s.cookie(), s)).collect();
         }
         std::thread::sleep(opts.poll);
+    }
+}
+
+/// One status line on stderr while waiting, only when stderr is a terminal.
+struct Progress(bool);
+
+impl Progress {
+    fn new() -> Progress {
+        use std::io::IsTerminal;
+        Progress(std::io::stderr().is_terminal())
+    }
+
+    fn show(&self, now: Duration, opts: &Options, sockets: usize, quiet: Duration) {
+        if !self.0 {
+            return;
+        }
+        let phase = if now < opts.grace { "grace" } else { "enforcing" };
+        eprint!(
+            "\r\x1b[K{phase} {:.1}s (grace {:.1}s, deadline {:.1}s): {sockets} sockets to the server, quiet for {:.1}s",
+            now.as_secs_f64(),
+            opts.grace.as_secs_f64(),
+            opts.deadline.as_secs_f64(),
+            quiet.as_secs_f64()
+        );
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if self.0 {
+            eprint!("\r\x1b[K");
+        }
     }
 }
 

@@ -81,7 +81,10 @@ fn sysctl(path: &str, value: &str) {
 impl Farm {
     /// Builds the farm in the calling thread's network namespace (which must be private).
     pub fn build(groups: &[Group]) -> io::Result<Farm> {
-        sysctl("/proc/sys/net/ipv4/ip_local_port_range", "10000 65000");
+        // Ephemeral ports (listeners' bind(0), other clients) stay above the
+        // explicit source ports (10000..60000): a wildcard listener on such a
+        // port would collide with a client bound to it.
+        sysctl("/proc/sys/net/ipv4/ip_local_port_range", "60001 65000");
         sysctl("/proc/sys/net/core/somaxconn", "65535");
         let mut farm = Farm { parks: Vec::new(), ports: Vec::new(), groups: groups.to_vec() };
         for (gi, g) in groups.iter().enumerate() {
