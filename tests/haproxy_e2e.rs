@@ -337,6 +337,22 @@ fn reload_old_worker_keeps_s1_until_sockkill() {
         assert_eq!(haproxy_sockets_to(S1, &[old_worker]).len(), s1.len());
         assert!(s1.iter_mut().all(|c| c.ask().is_ok_and(|t| t == "s1")));
 
+        // The master CLI lists the old worker too: a dry run through it sees the lingering sockets.
+        let (rc, doc, err) = run_json(&[
+            "haproxy",
+            "--json",
+            "--dry-run",
+            "--socket",
+            &h.sock("admin.sock"),
+            "--master-socket",
+            &h.sock("master.sock"),
+            "--addr",
+            S1,
+        ]);
+        assert_eq!(rc, 1, "{err}\n{doc}");
+        assert!(doc["pids"].as_array().unwrap().iter().any(|p| *p == old_worker), "{doc}");
+        assert_eq!(doc["remaining"].as_array().unwrap().len(), s1.len());
+
         let (rc, doc, err) = run_json(&["haproxy", "--json", "--socket", &h.sock("admin.sock"), "--addr", S1]);
         assert_eq!(rc, 0, "{err}\n{doc}\n{}", h.log());
         assert_eq!(doc["master_pid"], h.child.id());

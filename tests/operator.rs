@@ -118,7 +118,10 @@ fn completions_and_man_page_cover_every_subcommand() {
         for sub in subcommands {
             assert!(text.contains(sub), "{shell} completion lacks {sub}");
         }
-        assert!(text.contains("dst") && text.contains("server") && text.contains("netns"), "{shell} completion lacks flags");
+        assert!(
+            text.contains("dst") && text.contains("server") && text.contains("netns"),
+            "{shell} completion lacks flags"
+        );
     }
     let out = sockkill(&["man"]);
     assert_eq!(code(&out), 0);
