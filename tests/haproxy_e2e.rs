@@ -142,6 +142,15 @@ impl Haproxy {
             Api::new(admin.clone(), Duration::from_secs(2)).is_ok_and(|a| a.command("show info").is_ok())
         });
         wait_until(Duration::from_secs(5), "the frontend", || TcpStream::connect(FRONT).is_ok());
+        if master_worker {
+            // The master serves its CLI from its event loop, after its signal
+            // handlers are in place: only then may a test send it SIGUSR2.
+            let master = Endpoint::parse(&h.sock("master.sock"));
+            wait_until(Duration::from_secs(10), "the master CLI", || {
+                Api::new(master.clone(), Duration::from_secs(2))
+                    .is_ok_and(|a| a.command("show proc").is_ok_and(|t| t.contains("worker")))
+            });
+        }
         h
     }
 
@@ -177,6 +186,14 @@ impl Drop for Haproxy {
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The standard lab: s1 and s2 answering with their names, HAProxy in front.
+/// The listeners live as long as the returned tuple.
+fn lab(master_worker: bool) -> (TcpListener, TcpListener, Haproxy) {
+    let s1 = tag_server(S1, "s1");
+    let s2 = tag_server(S2, "s2");
+    (s1, s2, Haproxy::start(master_worker, &[("s1", S1), ("s2", S2)], ""))
 }
 
 /// HAProxy's sockets to `server` (any state but LISTEN/TIME-WAIT), from the kernel.
@@ -251,9 +268,7 @@ fn run_json(args: &[&str]) -> (i32, serde_json::Value, String) {
 fn plain_server_removal() {
     let _g = serial();
     in_private_netns(|| {
-        let _s1 = tag_server(S1, "s1");
-        let _s2 = tag_server(S2, "s2");
-        let h = Haproxy::start(false, &[("s1", S1), ("s2", S2)], "");
+        let (_s1, _s2, h) = lab(false);
         let (mut s1, mut s2) = clients(4);
         assert_eq!(haproxy_sockets_to(S1, &haproxy_pids(&h)).len(), s1.len());
 
@@ -272,9 +287,7 @@ fn plain_server_removal() {
 fn no_shutdown_means_sockkill_destroys_every_s1_socket() {
     let _g = serial();
     in_private_netns(|| {
-        let _s1 = tag_server(S1, "s1");
-        let _s2 = tag_server(S2, "s2");
-        let h = Haproxy::start(false, &[("s1", S1), ("s2", S2)], "");
+        let (_s1, _s2, h) = lab(false);
         let (mut s1, mut s2) = clients(4);
         let before: Vec<u64> = haproxy_sockets_to(S1, &haproxy_pids(&h)).iter().map(|s| s.cookie()).collect();
         assert_eq!(before.len(), s1.len());
@@ -313,22 +326,19 @@ fn no_shutdown_means_sockkill_destroys_every_s1_socket() {
 fn reload_old_worker_keeps_s1_until_sockkill() {
     let _g = serial();
     in_private_netns(|| {
-        let _s1 = tag_server(S1, "s1");
-        let _s2 = tag_server(S2, "s2");
-        let h = Haproxy::start(true, &[("s1", S1), ("s2", S2)], "");
+        let (_s1, _s2, h) = lab(true);
         let old_worker = h.worker_pid();
         let (mut s1, mut s2) = clients(4);
 
         // Reload without s1: the master forks a new worker; the old one keeps its sessions.
         fs::write(h.dir.join("haproxy.cfg"), config(&h.dir, &[("s2", S2)], "")).unwrap();
         unsafe { libc::kill(h.child.id() as i32, libc::SIGUSR2) };
-        wait_until(Duration::from_secs(10), "the new worker", || {
-            h.api()
-                .command("show info")
-                .ok()
-                .and_then(|t| parse::parse_info(&t).ok())
-                .is_some_and(|i| i.pid != old_worker)
-        });
+        let end = Instant::now() + Duration::from_secs(10);
+        let new_worker = || h.api().command("show info").ok().and_then(|t| parse::parse_info(&t).ok());
+        while new_worker().is_none_or(|i| i.pid == old_worker) {
+            assert!(Instant::now() < end, "no new worker 10 s after SIGUSR2; HAProxy's log:\n{}", h.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let master = Api::new(Endpoint::parse(&h.sock("master.sock")), Duration::from_secs(2)).unwrap();
         let procs = parse::parse_proc(&master.command("show proc").unwrap()).unwrap();
         assert!(procs.iter().any(|p| p.pid == old_worker && p.old), "old worker draining: {procs:?}");
@@ -451,9 +461,7 @@ fn connect_retry_syn_sent_sockets_end() {
 fn errors_are_one_line_exit_2_and_change_nothing() {
     let _g = serial();
     in_private_netns(|| {
-        let _s1 = tag_server(S1, "s1");
-        let _s2 = tag_server(S2, "s2");
-        let h = Haproxy::start(false, &[("s1", S1), ("s2", S2)], "");
+        let (_s1, _s2, h) = lab(false);
         let (mut s1, _s2c) = clients(4);
         let pids = haproxy_pids(&h);
         let before = haproxy_sockets_to(S1, &pids).len();
@@ -513,9 +521,7 @@ fn errors_are_one_line_exit_2_and_change_nothing() {
 fn dry_run_detects_lingering_sockets() {
     let _g = serial();
     in_private_netns(|| {
-        let _s1 = tag_server(S1, "s1");
-        let _s2 = tag_server(S2, "s2");
-        let h = Haproxy::start(false, &[("s1", S1), ("s2", S2)], "");
+        let (_s1, _s2, h) = lab(false);
         let (mut s1, _s2c) = clients(4);
         let (rc, doc, err) =
             run_json(&["haproxy", "--json", "--dry-run", "--socket", &h.sock("admin.sock"), "--server", "be/s1"]);
