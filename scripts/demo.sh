@@ -75,6 +75,8 @@ ip netns exec "$NS" haproxy -W -db -S "$DIR/master.sock" -f "$DIR/haproxy.cfg" >
 HAPROXY=$!  # ip netns exec execs haproxy: this is the master's pid
 for _ in $(seq 50); do [ -S "$DIR/admin.sock" ] && break; sleep 0.1; done
 for _ in $(seq 50); do in_ns bash -c 'exec 3<>/dev/tcp/127.0.0.10/8000' 2>/dev/null && break; sleep 0.1; done
+# The master answers its CLI once its signal handlers are set: only then is a reload (SIGUSR2) safe.
+for _ in $(seq 100); do echo "show proc" | socat - "$DIR/master.sock" 2>/dev/null | grep -q worker && break; sleep 0.1; done
 
 say "Four long-lived clients through HAProxy (each asks 'who' every 200 ms)"
 for i in 1 2 3 4; do

@@ -323,6 +323,27 @@ impl Engine {
         Ok(acted)
     }
 
+    /// One destroy pass over `found`, recorded in `report`. Sockets the kernel
+    /// refused before are not retried (if still there, the next dump reports
+    /// them); a pass cut short by a signal marks the report interrupted.
+    fn destroy_pass(
+        &mut self,
+        found: Vec<Socket>,
+        pass: u32,
+        started: Instant,
+        refused: &mut HashSet<u64>,
+        report: &mut KillReport,
+    ) -> Result<()> {
+        let targets: Vec<Socket> = found.into_iter().filter(|s| !refused.contains(&s.cookie())).collect();
+        let wanted = targets.len();
+        let destroyed_so_far = report.sockets.iter().filter(|a| a.outcome == Outcome::Destroyed).count();
+        let acted = self.destroy(targets, pass, started, destroyed_so_far)?;
+        refused.extend(acted.iter().filter(|a| a.outcome == Outcome::Failed).map(|a| a.socket.cookie()));
+        report.summary.interrupted |= acted.len() < wanted;
+        report.sockets.extend(acted);
+        Ok(())
+    }
+
     /// Destroys every socket matching `query`: collect, check `--max`, destroy,
     /// re-dump, and again (up to `max_passes`) until nothing matches.
     pub fn kill(&mut self, query: &Query, opts: &KillOptions) -> Result<KillReport> {
@@ -358,15 +379,7 @@ impl Engine {
                 break;
             }
             pass += 1;
-            // Refused sockets are not retried; if still there, the next dump reports them.
-            let targets: Vec<Socket> = current.into_iter().filter(|s| !refused.contains(&s.cookie())).collect();
-            let destroyed_so_far = report.sockets.iter().filter(|a| a.outcome == Outcome::Destroyed).count();
-            let acted = self.destroy(targets, pass, started, destroyed_so_far)?;
-            refused.extend(acted.iter().filter(|a| a.outcome == Outcome::Failed).map(|a| a.socket.cookie()));
-            if acted.len() < wanted {
-                report.summary.interrupted = true;
-            }
-            report.sockets.extend(acted);
+            self.destroy_pass(current, pass, started, &mut refused, &mut report)?;
             if !opts.verify {
                 break;
             }
@@ -387,17 +400,11 @@ impl Engine {
                 }
                 let mut found = self.collect(query)?;
                 note_new(&mut found, &mut seen, &mut report.summary, opts.processes);
-                let found: Vec<Socket> = found.into_iter().filter(|s| !refused.contains(&s.cookie())).collect();
-                if found.is_empty() {
+                if found.iter().all(|s| refused.contains(&s.cookie())) {
                     continue;
                 }
                 pass += 1;
-                let wanted = found.len();
-                let destroyed_so_far = report.sockets.iter().filter(|a| a.outcome == Outcome::Destroyed).count();
-                let acted = self.destroy(found, pass, started, destroyed_so_far)?;
-                refused.extend(acted.iter().filter(|a| a.outcome == Outcome::Failed).map(|a| a.socket.cookie()));
-                report.summary.interrupted |= acted.len() < wanted;
-                report.sockets.extend(acted);
+                self.destroy_pass(found, pass, started, &mut refused, &mut report)?;
             }
             report.remaining = Some(self.collect(query)?);
         }
