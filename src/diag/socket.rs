@@ -55,7 +55,7 @@ impl DiagSocket {
         sock.bind_auto().map_err(|e| Error::netlink("bind", e))?;
         // Acks without a copy of the request: smaller, so more fit in the buffer.
         let _ = sock.set_cap_ack(true);
-        if set_rcvbuf_force(&sock, RCVBUF_FORCE).is_err() {
+        if nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &RCVBUF_FORCE).is_err() {
             // Unprivileged: the normal limit (rmem_max) holds ~250 small acks.
             let _ = sock.set_rx_buf_sz(RCVBUF_FORCE);
         }
@@ -199,25 +199,5 @@ impl DiagSocket {
             })?;
         }
         Ok(results)
-    }
-}
-
-fn set_rcvbuf_force(sock: &NlSocket, size: usize) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let val = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-    // SAFETY: setsockopt with a valid fd and a pointer to a live c_int of the given size.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&val as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }

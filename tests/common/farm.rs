@@ -141,17 +141,8 @@ impl Farm {
 
     fn new_park(&mut self) -> io::Result<()> {
         let (tx, rx) = UnixStream::pair()?;
-        let big: libc::c_int = 256 << 20;
-        // SAFETY: setsockopt on our fd with a c_int.
-        unsafe {
-            libc::setsockopt(
-                tx.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUFFORCE,
-                (&big as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        // Room for every parked message; root may exceed wmem_max.
+        let _ = nix::sys::socket::setsockopt(&tx, nix::sys::socket::sockopt::SndBufForce, &(256 << 20));
         self.parks.push((tx, rx));
         Ok(())
     }
