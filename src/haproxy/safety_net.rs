@@ -371,22 +371,19 @@ fn namespace_of(pids: &[u32], explicit: Option<&str>) -> Result<Option<Netns>> {
     if let Some(spec) = explicit {
         return Netns::open(spec).map(Some);
     }
-    let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+    // One open namespace per distinct inode, kept for use (no second open).
+    let mut seen: BTreeMap<u64, (u32, Netns)> = BTreeMap::new();
     for &pid in pids {
         let ns = Netns::open(&pid.to_string())?;
-        seen.entry(ns.inode()?).or_insert(pid);
+        seen.entry(ns.inode()?).or_insert((pid, ns));
     }
     if seen.len() > 1 {
-        let list: Vec<String> = seen.iter().map(|(ino, pid)| format!("pid {pid} in net:[{ino}]")).collect();
+        let list: Vec<String> = seen.iter().map(|(ino, (pid, _))| format!("pid {pid} in net:[{ino}]")).collect();
         return Err(Error::Haproxy(format!(
             "the HAProxy processes span several network namespaces ({}): give --pid and --netns",
             list.join(", ")
         )));
     }
-    let Some((&ino, &pid)) = seen.iter().next() else { return Ok(None) };
-    if ino == netns::current_netns_inode()? {
-        Ok(None)
-    } else {
-        Netns::open(&pid.to_string()).map(Some)
-    }
+    let Some((ino, (_, ns))) = seen.into_iter().next() else { return Ok(None) };
+    Ok((ino != netns::current_netns_inode()?).then_some(ns))
 }
