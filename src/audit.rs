@@ -1,6 +1,11 @@
-//! A durable audit trail: one JSON line per destroyed socket, appended to a
-//! file and synced before the command prints its summary (stderr alone is
-//! lost under cron or Ansible).
+//! A durable audit trail (`--audit-log`): JSON lines appended to a file.
+//!
+//! Events: `start` (written and synced before anything is destroyed, so an
+//! unwritable log stops the run while nothing is changed yet), `destroyed`
+//! (one per destroyed socket, written after every batch of destroys), and
+//! `end` (the run's counts and exit code). The file is synced at the start,
+//! after every destroy pass and at the end: stderr alone is lost under cron or
+//! Ansible.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -10,10 +15,12 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use serde::Serialize;
+use serde_json::json;
 
-use crate::engine::{Acted, Outcome};
+use crate::diag::Outcome;
 use crate::error::{Error, Result};
 use crate::procfs::Owner;
+use crate::socket::TcpSocket;
 
 /// An open audit log, shared by the threads that destroy.
 #[derive(Debug)]
@@ -25,8 +32,8 @@ pub struct AuditLog {
 }
 
 #[derive(Serialize)]
-struct Line<'a> {
-    time: String,
+struct Destroyed<'a> {
+    time: &'a str,
     event: &'static str,
     local: std::net::SocketAddr,
     peer: std::net::SocketAddr,
@@ -40,31 +47,82 @@ struct Line<'a> {
     command: &'a str,
 }
 
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Checks that `path` can be an audit log without opening it: it is missing
+/// (it will be created) or a regular file. A FIFO, device or directory is
+/// refused before anything could block on it.
+pub fn check_path(path: &Path) -> Result<()> {
+    let fail = |reason: String| Error::Audit { path: path.to_path_buf(), reason };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) => Err(fail(format!("is {}, not a regular file", crate::netns::file_kind(&m)))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            match std::fs::metadata(dir) {
+                Ok(d) if d.is_dir() => Ok(()),
+                Ok(_) => Err(fail(format!("{} is not a directory", dir.display()))),
+                Err(e) => Err(fail(format!("cannot open: directory {}: {e}", dir.display()))),
+            }
+        }
+        Err(e) => Err(fail(format!("cannot open: {e}"))),
+    }
+}
+
 impl AuditLog {
-    /// Opens `path` for appending (created 0600 if missing). `command` is the
-    /// command line to record with every line.
+    /// Opens `path` for appending (created 0600 if missing), and writes and
+    /// syncs the `start` event. `command` is the command line to record with
+    /// every line. Errors when the file cannot be opened, is not a regular
+    /// file, or the start event cannot be written to disk.
     pub fn open(path: &Path, command: String, netns: Option<String>) -> Result<AuditLog> {
+        check_path(path)?;
+        let fail = |reason: String| Error::Audit { path: path.to_path_buf(), reason };
+        // Non-blocking: should the path turn into a FIFO after the check, open fails instead of waiting.
         let file = OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
             .open(path)
-            .map_err(|e| Error::Other(format!("cannot open audit log {}: {e}", path.display())))?;
-        Ok(AuditLog { path: path.to_path_buf(), file: Mutex::new(BufWriter::new(file)), command, netns })
+            .map_err(|e| fail(format!("cannot open: {e}")))?;
+        let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(fail(format!("is {}, not a regular file", crate::netns::file_kind(&meta))));
+        }
+        let log = AuditLog { path: path.to_path_buf(), file: Mutex::new(BufWriter::new(file)), command, netns };
+        let start = json!({
+            "time": now(),
+            "event": "start",
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "netns": log.netns,
+            "command": log.command,
+        });
+        log.write_line(&start)?;
+        log.sync()?;
+        Ok(log)
     }
 
-    fn fail(&self, e: io::Error) -> Error {
-        Error::Other(format!("writing audit log {}: {e} (stopped before destroying more)", self.path.display()))
+    fn fail(&self, e: impl std::fmt::Display) -> Error {
+        Error::Audit { path: self.path.clone(), reason: format!("writing: {e}") }
     }
 
-    /// Appends a line for every destroyed socket in `acted`.
-    pub(crate) fn record(&self, acted: &[Acted]) -> Result<()> {
-        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    fn write_line<T: Serialize>(&self, value: &T) -> Result<()> {
         let mut w = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        for a in acted.iter().filter(|a| a.outcome == Outcome::Destroyed) {
-            let s = &a.socket;
-            let line = Line {
-                time: time.clone(),
+        serde_json::to_writer(&mut *w, value).map_err(|e| self.fail(e))?;
+        w.write_all(b"\n").map_err(|e| self.fail(e))
+    }
+
+    /// Appends a `destroyed` line for every destroyed socket of one batch and
+    /// writes them to the file.
+    pub(crate) fn record<'a>(&self, batch: impl Iterator<Item = (&'a TcpSocket, Outcome)>) -> Result<()> {
+        let time = now();
+        let mut w = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        for (s, _) in batch.filter(|(_, o)| *o == Outcome::Destroyed) {
+            let line = Destroyed {
+                time: &time,
                 event: "destroyed",
                 local: s.local(),
                 peer: s.peer(),
@@ -75,10 +133,24 @@ impl AuditLog {
                 netns: self.netns.as_deref(),
                 command: &self.command,
             };
-            serde_json::to_writer(&mut *w, &line).map_err(|e| self.fail(io::Error::other(e)))?;
+            serde_json::to_writer(&mut *w, &line).map_err(|e| self.fail(e))?;
             w.write_all(b"\n").map_err(|e| self.fail(e))?;
         }
-        Ok(())
+        w.flush().map_err(|e| self.fail(e))
+    }
+
+    /// Appends the `end` event: the run's exit code, counts and error.
+    pub fn end(&self, exit_code: i32, summary: &impl Serialize, error: Option<&str>) -> Result<()> {
+        let line = json!({
+            "time": now(),
+            "event": "end",
+            "exit_code": exit_code,
+            "summary": summary,
+            "error": error,
+            "command": self.command,
+        });
+        self.write_line(&line)?;
+        self.sync()
     }
 
     /// Writes everything out and syncs it to disk.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::diag::{DestroyResult, DiagSocket};
-use crate::engine::{errno_text, Engine, Query};
+use crate::diag::{errno_text, Outcome, SockDiag};
+use crate::engine::{Engine, Query};
 use crate::error::Result;
 use crate::filter::{Filter, PortRange, StateSet};
 use crate::netns::{self, Netns};
@@ -15,8 +15,11 @@ use crate::netns::{self, Netns};
 /// One probe step and how it went.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
+    /// What was tried.
     pub name: &'static str,
+    /// Whether it worked.
     pub ok: bool,
+    /// What happened.
     pub detail: String,
 }
 
@@ -27,6 +30,7 @@ pub struct CheckReport {
     pub netns: String,
     /// Whether the process holds CAP_NET_ADMIN (effective set).
     pub cap_net_admin: bool,
+    /// What was tried, in order.
     pub steps: Vec<Step>,
     /// Every step passed: sockets can be listed and destroyed here.
     pub ok: bool,
@@ -75,7 +79,7 @@ fn probe() -> Vec<Step> {
     step("loopback TCP pair", true, format!("{caddr} -> {laddr}"));
 
     // One socket to dump and one to destroy with, so the destroy's errno is ours to classify.
-    let (mut engine, mut destroyer) = match Engine::open(None).and_then(|e| Ok((e, DiagSocket::open()?))) {
+    let (mut engine, mut destroyer) = match Engine::open(None).and_then(|e| Ok((e, SockDiag::open()?))) {
         Ok(pair) => pair,
         Err(e) => {
             step("sock_diag netlink socket", false, e.to_string());
@@ -86,8 +90,8 @@ fn probe() -> Vec<Step> {
 
     let filter = Filter {
         dst: vec![laddr.ip().into()],
-        dport: vec![PortRange { lo: laddr.port(), hi: laddr.port() }],
-        sport: vec![PortRange { lo: caddr.port(), hi: caddr.port() }],
+        dport: vec![PortRange::one(laddr.port())],
+        sport: vec![PortRange::one(caddr.port())],
         states: StateSet::ALL,
         ..Filter::default()
     };
@@ -110,18 +114,18 @@ fn probe() -> Vec<Step> {
 
     let destroyed = match destroyer.destroy(&[&target]) {
         Ok(r) => match r.first() {
-            Some(DestroyResult::Destroyed) => step("SOCK_DESTROY", true, "destroyed the probe's client socket by cookie".into()),
-            Some(DestroyResult::Failed(libc::EPERM)) => step(
+            Some(Outcome::Destroyed) => step("SOCK_DESTROY", true, "destroyed the probe's client socket by cookie".into()),
+            Some(Outcome::Failed(libc::EPERM)) => step(
                 "SOCK_DESTROY",
                 false,
                 "EPERM: destroying sockets needs CAP_NET_ADMIN in this network namespace".into(),
             ),
-            Some(DestroyResult::Failed(libc::EOPNOTSUPP)) => step(
+            Some(Outcome::Failed(libc::EOPNOTSUPP)) => step(
                 "SOCK_DESTROY",
                 false,
                 "EOPNOTSUPP: this kernel was built without CONFIG_INET_DIAG_DESTROY; `ss -K` silently does nothing here too".into(),
             ),
-            Some(DestroyResult::Failed(e)) => step("SOCK_DESTROY", false, errno_text(*e)),
+            Some(Outcome::Failed(e)) => step("SOCK_DESTROY", false, errno_text(*e)),
             other => step("SOCK_DESTROY", false, format!("unexpected result {other:?}")),
         },
         Err(e) => step("SOCK_DESTROY", false, e.to_string()),

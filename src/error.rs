@@ -1,49 +1,78 @@
-//! The library's error type. Every variant knows which documented exit code it maps to.
+//! The library's error type.
+//!
+//! An error says what went wrong, not which exit code it gives: that depends
+//! on what the run had done when it happened (see [`crate::engine::Report::exit_code`]).
 
 use std::io;
 use std::path::PathBuf;
 
 /// Everything that can go wrong in sockkill's library.
-///
-/// All variants are "usage or environment" errors (exit code 2): a kill that
-/// merely leaves sockets behind is not an error but a [`crate::KillReport`]
-/// whose `remaining` is non-empty.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A filter flag could not be parsed or makes no sense.
     #[error("invalid filter: {0}")]
     InvalidFilter(String),
 
+    /// A command-line value other than a filter is unusable.
+    #[error("{0}")]
+    Usage(String),
+
     /// A kill filter matches (nearly) everything and `--allow-catch-all` was not given.
-    #[error("refusing a catch-all kill filter: give --dst/--src with a prefix longer than /0, a port range narrower than 1-65535, or --pid (or --allow-catch-all)")]
+    #[error("refusing a catch-all kill filter: give --dst/--src prefixes that leave out part of every address family, a port range that leaves out some ports, or --pid (or --allow-catch-all)")]
     CatchAll,
 
-    /// The filter matched more sockets than the `--max` guard allows.
+    /// The first look matched more sockets than the `--max` guard allows.
     #[error(
         "filter matches {matched} sockets, more than --max {max}: nothing destroyed (raise --max if this is intended)"
     )]
-    TooMany { matched: usize, max: usize },
+    TooMany {
+        /// Targets found.
+        matched: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// A later pass would have destroyed more sockets than `--max`; it was not sent.
+    #[error("a destroy pass would have destroyed {count} sockets, more than --max {max}: it was not sent")]
+    PassTooLarge {
+        /// Targets of the pass.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
 
     /// The namespace named by the user does not exist or is not a network namespace.
     #[error("network namespace {spec}: {reason}")]
-    Netns { spec: String, reason: String },
+    Netns {
+        /// How the user named it.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// A process named with `--pid` (or found through HAProxy) cannot be read.
     #[error("process {pid}: {reason}")]
-    Process { pid: u32, reason: String },
+    Process {
+        /// The pid.
+        pid: u32,
+        /// What is wrong.
+        reason: String,
+    },
 
     /// The kernel refused SOCK_DESTROY with EPERM.
-    #[error("permission denied destroying sockets: SOCK_DESTROY needs CAP_NET_ADMIN in the target network namespace{}", destroyed_note(*destroyed))]
-    NoPermission { destroyed: usize },
+    #[error("permission denied destroying sockets: SOCK_DESTROY needs CAP_NET_ADMIN in the target network namespace")]
+    NoPermission,
 
-    /// The kernel refused SOCK_DESTROY on an established socket with EOPNOTSUPP.
-    #[error("this kernel cannot destroy TCP sockets (EOPNOTSUPP): it was built without CONFIG_INET_DIAG_DESTROY{}", destroyed_note(*destroyed))]
-    DestroyUnsupported { destroyed: usize },
+    /// The kernel refused SOCK_DESTROY on a live socket with EOPNOTSUPP.
+    #[error("this kernel cannot destroy TCP sockets (EOPNOTSUPP): it was built without CONFIG_INET_DIAG_DESTROY")]
+    DestroyUnsupported,
 
     /// A netlink socket operation failed.
     #[error("sock_diag netlink {op}: {source}")]
     Netlink {
+        /// The operation.
         op: &'static str,
+        /// The system's error.
         #[source]
         source: io::Error,
     },
@@ -55,34 +84,45 @@ pub enum Error {
     /// Reading /proc failed.
     #[error("{}: {source}", path.display())]
     Proc {
+        /// The file.
         path: PathBuf,
+        /// The system's error.
         #[source]
         source: io::Error,
     },
 
-    /// Talking to HAProxy failed or HAProxy refused a command.
+    /// Talking to HAProxy failed, or HAProxy refused or answered something unknown.
     #[error("haproxy: {0}")]
     Haproxy(String),
 
-    /// Anything else in the environment (threads, clocks, signals) that failed.
+    /// The audit log could not be opened or written.
+    #[error("audit log {}: {reason}", path.display())]
+    Audit {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// The metrics textfile cannot be written.
+    #[error("metrics file {}: {reason}", path.display())]
+    Metrics {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// A signal (or the caller's cancel request) stopped the run.
+    #[error("interrupted by a signal{0}")]
+    Interrupted(&'static str),
+
+    /// Anything else in the environment (threads, clocks) that failed.
     #[error("{0}")]
     Other(String),
 }
 
-fn destroyed_note(destroyed: usize) -> String {
-    if destroyed == 0 {
-        " (nothing was destroyed)".to_string()
-    } else {
-        format!(" ({destroyed} sockets had been destroyed before this)")
-    }
-}
-
 impl Error {
-    /// The process exit code this error maps to (always 2: usage or environment error).
-    pub fn exit_code(&self) -> i32 {
-        2
-    }
-
     pub(crate) fn netlink(op: &'static str, source: io::Error) -> Self {
         Error::Netlink { op, source }
     }

@@ -2,29 +2,40 @@
 //! user-side match that re-checks what the kernel's bytecode already filtered.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::Socket;
+use crate::TcpSocket;
 
 /// A TCP state as the kernel numbers it (`include/net/tcp_states.h`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum TcpState {
+    /// ESTABLISHED.
     Established = 1,
+    /// SYN-SENT: an outgoing connection waiting for the handshake.
     SynSent = 2,
+    /// SYN-RECV (a full socket, e.g. with TCP Fast Open).
     SynRecv = 3,
+    /// FIN-WAIT-1.
     FinWait1 = 4,
+    /// FIN-WAIT-2.
     FinWait2 = 5,
+    /// TIME-WAIT.
     TimeWait = 6,
+    /// CLOSE (`ss`: UNCONN).
     Close = 7,
+    /// CLOSE-WAIT.
     CloseWait = 8,
+    /// LAST-ACK.
     LastAck = 9,
+    /// LISTEN.
     Listen = 10,
+    /// CLOSING.
     Closing = 11,
     /// A request socket (incoming handshake not yet accepted); `ss` shows it as SYN-RECV.
     NewSynRecv = 12,
@@ -67,6 +78,23 @@ impl TcpState {
             TcpState::Closing => "CLOSING",
         }
     }
+
+    /// The `--state` name that selects this state (the inverse of [`StateSet::parse_name`]).
+    pub fn flag_name(self) -> &'static str {
+        match self {
+            TcpState::Established => "established",
+            TcpState::SynSent => "syn-sent",
+            TcpState::SynRecv | TcpState::NewSynRecv => "syn-recv",
+            TcpState::FinWait1 => "fin-wait-1",
+            TcpState::FinWait2 => "fin-wait-2",
+            TcpState::TimeWait => "time-wait",
+            TcpState::Close => "closed",
+            TcpState::CloseWait => "close-wait",
+            TcpState::LastAck => "last-ack",
+            TcpState::Listen => "listening",
+            TcpState::Closing => "closing",
+        }
+    }
 }
 
 impl fmt::Display for TcpState {
@@ -82,7 +110,7 @@ impl Serialize for TcpState {
 }
 
 /// A set of TCP states, as the kernel's `idiag_states` bit mask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StateSet(u32);
 
 impl StateSet {
@@ -117,11 +145,28 @@ impl StateSet {
         StateSet(self.0 | other.0)
     }
 
+    /// The states in the set, in kernel order.
+    pub fn iter(self) -> impl Iterator<Item = TcpState> {
+        TcpState::ALL.into_iter().filter(move |s| self.contains(*s))
+    }
+
+    /// The distinct `ss` names of the states in the set (SYN-RECV once).
+    pub fn names(self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = Vec::new();
+        for s in self.iter() {
+            if !names.contains(&s.ss_name()) {
+                names.push(s.ss_name());
+            }
+        }
+        names
+    }
+
     /// Parses one `--state` value with `ss`'s names (`established`, `syn-sent`, ...,
     /// `listening`) and groups (`all`, `connected`, `synchronized`).
     pub fn parse_name(name: &str) -> Result<StateSet> {
         use TcpState::*;
         let one = |s: &[TcpState]| s.iter().fold(StateSet::EMPTY, |acc, s| acc.with(*s));
+        let without = |s: &[TcpState]| StateSet(s.iter().fold(StateSet::ALL.0, |acc, s| acc & !(1 << *s as u32)));
         let set = match name.to_ascii_lowercase().as_str() {
             "all" => StateSet::ALL,
             "established" | "estab" => one(&[Established]),
@@ -136,16 +181,9 @@ impl StateSet {
             "listening" | "listen" => one(&[Listen]),
             "closing" => one(&[Closing]),
             // ss: every state but LISTEN and CLOSED ...
-            "connected" => StateSet(StateSet::ALL.0 & !(1 << Listen as u32) & !(1 << Close as u32)),
+            "connected" => without(&[Listen, Close]),
             // ... and of those, not SYN-SENT / SYN-RECV
-            "synchronized" => StateSet(
-                StateSet::ALL.0
-                    & !(1 << Listen as u32)
-                    & !(1 << Close as u32)
-                    & !(1 << SynSent as u32)
-                    & !(1 << SynRecv as u32)
-                    & !(1 << NewSynRecv as u32),
-            ),
+            "synchronized" => without(&[Listen, Close, SynSent, SynRecv, NewSynRecv]),
             _ => {
                 return Err(Error::InvalidFilter(format!(
                     "unknown TCP state {name:?} (expected one of: all, connected, synchronized, established, syn-sent, syn-recv, fin-wait-1, fin-wait-2, time-wait, closed, close-wait, last-ack, listening, closing)"
@@ -162,16 +200,43 @@ impl StateSet {
         }
         names.iter().try_fold(StateSet::EMPTY, |acc, n| Ok(acc.union(StateSet::parse_name(n.as_ref())?)))
     }
+
+    /// `--state` values that select exactly this set (`all` for [`StateSet::ALL`]).
+    pub fn flag_names(self) -> Vec<&'static str> {
+        if self == StateSet::ALL {
+            return vec!["all"];
+        }
+        let mut names: Vec<&'static str> = Vec::new();
+        for s in self.iter() {
+            if !names.contains(&s.flag_name()) {
+                names.push(s.flag_name());
+            }
+        }
+        names
+    }
+}
+
+impl Serialize for StateSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.names())
+    }
 }
 
 /// An inclusive port range (`80` or `8000-8099`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct PortRange {
+    /// The lowest port of the range.
     pub lo: u16,
+    /// The highest port of the range (equal to `lo` for one port).
     pub hi: u16,
 }
 
 impl PortRange {
+    /// The range holding only `port`.
+    pub fn one(port: u16) -> PortRange {
+        PortRange { lo: port, hi: port }
+    }
+
     /// Whether `port` lies in the range.
     pub fn contains(self, port: u16) -> bool {
         (self.lo..=self.hi).contains(&port)
@@ -189,10 +254,7 @@ impl FromStr for PortRange {
         };
         let range = match s.split_once('-') {
             Some((lo, hi)) => PortRange { lo: port(lo)?, hi: port(hi)? },
-            None => {
-                let p = port(s)?;
-                PortRange { lo: p, hi: p }
-            }
+            None => PortRange::one(port(s)?),
         };
         if range.lo > range.hi {
             return Err(Error::InvalidFilter(format!(
@@ -238,7 +300,7 @@ pub fn parse_cidr(s: &str) -> Result<IpNet> {
 }
 
 /// Address family selection (`-4` / `-6`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     /// IPv4 addresses, including IPv4-mapped IPv6 sockets.
@@ -253,6 +315,11 @@ pub fn as_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
         IpAddr::V4(v4) => Some(v4),
         IpAddr::V6(v6) => v6.to_ipv4_mapped(),
     }
+}
+
+/// `ip` with IPv4-mapped IPv6 addresses turned into the IPv4 address they stand for.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    as_ipv4(ip).map_or(ip, IpAddr::V4)
 }
 
 fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
@@ -270,26 +337,20 @@ fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
 /// peer's address and port, `src`/`sport` the local ones, as in `ss`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Filter {
+    /// Peer address prefixes.
     pub dst: Vec<IpNet>,
+    /// Local address prefixes.
     pub src: Vec<IpNet>,
+    /// Peer port ranges.
     pub dport: Vec<PortRange>,
+    /// Local port ranges.
     pub sport: Vec<PortRange>,
-    #[serde(serialize_with = "ser_states")]
+    /// TCP states.
     pub states: StateSet,
+    /// `-4` / `-6`: decided by the socket's local address (IPv4-mapped counts as IPv4).
     pub family: Option<Family>,
     /// Only sockets that are an open file descriptor of one of these processes.
     pub pids: Vec<u32>,
-}
-
-fn ser_states<S: serde::Serializer>(states: &StateSet, s: S) -> std::result::Result<S::Ok, S::Error> {
-    use serde::ser::SerializeSeq;
-    let mut names: Vec<&str> = TcpState::ALL.iter().filter(|st| states.contains(**st)).map(|st| st.ss_name()).collect();
-    names.dedup();
-    let mut seq = s.serialize_seq(Some(names.len()))?;
-    for n in names {
-        seq.serialize_element(n)?;
-    }
-    seq.end()
 }
 
 impl Default for Filter {
@@ -327,53 +388,124 @@ impl Filter {
                 }
             }
         }
+        if self.pids.contains(&0) {
+            return Err(Error::InvalidFilter("pid 0 is not a process".into()));
+        }
         Ok(())
     }
 
-    /// True when the filter does not narrow the address space: no `--dst`/`--src`
-    /// prefix longer than /0, no port range narrower than 1-65535, no `--pid`.
-    /// A kill with such a filter is refused unless explicitly allowed.
+    /// True when the filter does not narrow what it matches: the union of the
+    /// `--dst` (or `--src`) prefixes covers a whole address family, the union of
+    /// the port ranges covers every port a socket in the chosen states can have,
+    /// and no `--pid` is given. A kill with such a filter is refused unless
+    /// explicitly allowed.
     pub fn is_catch_all(&self) -> bool {
-        let narrows_nets = |nets: &[IpNet]| !nets.is_empty() && nets.iter().all(|n| n.prefix_len() > 0);
-        let narrows_ports = |ranges: &[PortRange]| !ranges.is_empty() && !covers_all_ports(ranges);
-        !(narrows_nets(&self.dst)
-            || narrows_nets(&self.src)
-            || narrows_ports(&self.dport)
-            || narrows_ports(&self.sport)
-            || !self.pids.is_empty())
+        // A listener's peer is unspecified (address and port 0), and so is the
+        // local address of one bound to the wildcard: a condition holding those
+        // matches every such listener.
+        let listeners = self.states.contains(TcpState::Listen);
+        let narrows = nets_narrow(&self.dst, listeners)
+            || nets_narrow(&self.src, listeners)
+            || ports_narrow(&self.dport, listeners)
+            || ports_narrow(&self.sport, false);
+        !narrows && self.pids.is_empty()
     }
 
     /// Whether `sock` matches every address, port, state and family condition
     /// (the process condition is checked separately, by inode).
-    pub fn matches(&self, sock: &Socket) -> bool {
+    pub fn matches(&self, sock: &TcpSocket) -> bool {
         let any_net = |nets: &[IpNet], ip| nets.is_empty() || nets.iter().any(|n| net_contains(n, ip));
         let any_port = |ranges: &[PortRange], p| ranges.is_empty() || ranges.iter().any(|r| r.contains(p));
-        let family_ok = match self.family {
-            None => true,
-            Some(Family::V4) => as_ipv4(sock.local().ip()).is_some(),
-            Some(Family::V6) => as_ipv4(sock.local().ip()).is_none(),
-        };
-        family_ok
+        let local = sock.local();
+        let peer = sock.peer();
+        self.family.is_none_or(|f| family_of(local.ip()) == f)
             && sock.state.is_some_and(|s| self.states.contains(s))
-            && any_net(&self.dst, sock.peer().ip())
-            && any_net(&self.src, sock.local().ip())
-            && any_port(&self.dport, sock.peer().port())
-            && any_port(&self.sport, sock.local().port())
+            && any_net(&self.dst, peer.ip())
+            && any_net(&self.src, local.ip())
+            && any_port(&self.dport, peer.port())
+            && any_port(&self.sport, local.port())
+    }
+
+    /// The command-line flags that select exactly this filter, e.g.
+    /// `["--dst", "10.0.0.0/24", "--state", "established"]` (default states are implied).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut push = |flag: &str, value: String| {
+            args.push(flag.to_string());
+            args.push(value);
+        };
+        self.dst.iter().for_each(|n| push("--dst", n.to_string()));
+        self.dport.iter().for_each(|r| push("--dport", r.to_string()));
+        self.src.iter().for_each(|n| push("--src", n.to_string()));
+        self.sport.iter().for_each(|r| push("--sport", r.to_string()));
+        if self.states != StateSet::DEFAULT {
+            self.states.flag_names().into_iter().for_each(|s| push("--state", s.to_string()));
+        }
+        self.pids.iter().for_each(|p| push("--pid", p.to_string()));
+        match self.family {
+            Some(Family::V4) => args.push("-4".into()),
+            Some(Family::V6) => args.push("-6".into()),
+            None => {}
+        }
+        args
     }
 }
 
-/// Whether the union of `ranges` covers every port from 1 to 65535.
-fn covers_all_ports(ranges: &[PortRange]) -> bool {
+impl fmt::Display for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_args().join(" "))
+    }
+}
+
+/// The family a socket counts as for `-4`/`-6`: the one of its local address,
+/// with IPv4-mapped IPv6 counted as IPv4. Connected sockets' two addresses
+/// always agree; a listener's peer is unspecified, so the local side decides.
+pub fn family_of(local: IpAddr) -> Family {
+    if as_ipv4(local).is_some() {
+        Family::V4
+    } else {
+        Family::V6
+    }
+}
+
+/// Whether the union of `nets` leaves out part of both address families (so
+/// it narrows). `unspecified` is set when sockets in the chosen states can
+/// have the unspecified address on this side (listeners): a prefix holding it
+/// then matches every one of them.
+fn nets_narrow(nets: &[IpNet], unspecified: bool) -> bool {
+    if nets.is_empty() {
+        return false;
+    }
+    let agg = IpNet::aggregate(&nets.to_vec());
+    let whole_v4 = IpNet::V4(Ipv4Net::default());
+    let whole_v6 = IpNet::V6(Ipv6Net::default());
+    let covers_family = agg.contains(&whole_v4) || agg.contains(&whole_v6);
+    let holds_unspecified = unspecified
+        && nets.iter().any(|n| {
+            n.contains(&IpAddr::from(Ipv4Addr::UNSPECIFIED)) || n.contains(&IpAddr::from(Ipv6Addr::UNSPECIFIED))
+        });
+    !(covers_family || holds_unspecified)
+}
+
+/// Whether the union of `ranges` leaves out some port a socket can have:
+/// 1-65535, and port 0 as well when `zero_possible` (a listener's peer
+/// port), in which case a range holding 0 matches every such socket.
+fn ports_narrow(ranges: &[PortRange], zero_possible: bool) -> bool {
+    if ranges.is_empty() {
+        return false;
+    }
     let mut sorted = ranges.to_vec();
     sorted.sort_by_key(|r| r.lo);
     let mut next: u32 = 1; // first port not yet covered
-    for r in sorted {
+    for r in &sorted {
         if u32::from(r.lo) > next {
-            return false;
+            break;
         }
         next = next.max(u32::from(r.hi) + 1);
     }
-    next > 65535
+    let covers_1_to_max = next > 65535;
+    let holds_zero = zero_possible && sorted.first().is_some_and(|r| r.lo == 0);
+    !(covers_1_to_max || holds_zero)
 }
 
 #[cfg(test)]
@@ -381,13 +513,13 @@ mod tests {
     use super::*;
     use std::net::SocketAddr;
 
-    fn sock(local: &str, peer: &str) -> Socket {
-        Socket::for_test(local.parse::<SocketAddr>().unwrap(), peer.parse().unwrap(), TcpState::Established)
+    fn sock(local: &str, peer: &str) -> TcpSocket {
+        TcpSocket::for_test(local.parse::<SocketAddr>().unwrap(), peer.parse().unwrap(), TcpState::Established)
     }
 
     #[test]
     fn parses_ports_and_ranges() {
-        assert_eq!("80".parse::<PortRange>().unwrap(), PortRange { lo: 80, hi: 80 });
+        assert_eq!("80".parse::<PortRange>().unwrap(), PortRange::one(80));
         assert_eq!("8000-8099".parse::<PortRange>().unwrap(), PortRange { lo: 8000, hi: 8099 });
         for bad in ["", "65536", "-1", "http", "90-80", "1-", "1-2-3"] {
             assert!(bad.parse::<PortRange>().is_err(), "{bad:?} should fail");
@@ -410,7 +542,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_states() {
+    fn parses_and_names_states() {
         assert_eq!(StateSet::parse_names::<&str>(&[]).unwrap(), StateSet::DEFAULT);
         assert!(!StateSet::DEFAULT.contains(TcpState::Listen));
         assert!(!StateSet::DEFAULT.contains(TcpState::TimeWait));
@@ -420,6 +552,15 @@ mod tests {
         assert!(!s.contains(TcpState::FinWait1));
         assert_eq!(StateSet::parse_name("all").unwrap().bits(), 0x1FFE);
         assert!(StateSet::parse_name("establshed").is_err());
+        // SYN-RECV is two kernel states but one name, listed once.
+        let names = StateSet::ALL.names();
+        assert_eq!(names.iter().filter(|n| **n == "SYN-RECV").count(), 1, "{names:?}");
+        assert_eq!(names.len(), 11);
+        assert_eq!(StateSet::ALL.flag_names(), vec!["all"]);
+        // Every set's flag names select it again.
+        for set in [StateSet::DEFAULT, s, StateSet::parse_name("syn-recv").unwrap()] {
+            assert_eq!(StateSet::parse_names(&set.flag_names()).unwrap(), set);
+        }
     }
 
     #[test]
@@ -436,6 +577,13 @@ mod tests {
         let v6 = Filter { family: Some(Family::V6), ..Filter::default() };
         assert!(!v6.matches(&sock("[::ffff:10.0.1.1]:1000", "[::ffff:10.0.0.7]:80")));
         assert!(v6.matches(&sock("[fd00::1]:1000", "[fd00::2]:80")));
+
+        // A listener bound to a mapped address: its local side decides (IPv4).
+        let mut l = sock("[::ffff:10.77.0.3]:80", "[::]:0");
+        l.state = Some(TcpState::Listen);
+        let states = StateSet::parse_name("listening").unwrap();
+        assert!(Filter { states, ..v4.clone() }.matches(&l));
+        assert!(!Filter { states, ..v6.clone() }.matches(&l));
 
         let six = Filter { dst: vec![parse_cidr("fd00::/64").unwrap()], ..Filter::default() };
         assert!(six.matches(&sock("[fd00::1]:1000", "[fd00::2]:80")));
@@ -459,24 +607,41 @@ mod tests {
     }
 
     #[test]
-    fn catch_all_detection() {
-        let f = |dst: &[&str], dport: &[&str], pids: &[u32]| Filter {
+    fn catch_all_judges_the_union() {
+        let f = |dst: &[&str], dport: &[&str], states: &[&str], pids: &[u32]| Filter {
             dst: dst.iter().map(|s| parse_cidr(s).unwrap()).collect(),
             dport: dport.iter().map(|s| s.parse().unwrap()).collect(),
+            states: StateSet::parse_names(states).unwrap(),
             pids: pids.to_vec(),
             ..Filter::default()
         };
-        assert!(f(&[], &[], &[]).is_catch_all());
-        assert!(f(&["0.0.0.0/0"], &[], &[]).is_catch_all());
-        assert!(f(&["10.0.0.1", "::/0"], &[], &[]).is_catch_all());
-        assert!(f(&[], &["1-65535"], &[]).is_catch_all());
-        assert!(f(&[], &["0-65535"], &[]).is_catch_all());
-        assert!(f(&[], &["1-40000", "40001-65535"], &[]).is_catch_all());
-        assert!(!f(&["10.0.0.1"], &[], &[]).is_catch_all());
-        assert!(!f(&["0.0.0.0/1"], &[], &[]).is_catch_all());
-        assert!(!f(&[], &["80"], &[]).is_catch_all());
-        assert!(!f(&[], &["1-65534"], &[]).is_catch_all());
-        assert!(!f(&[], &[], &[1]).is_catch_all());
+        for (dst, dport, states) in [
+            (&[][..], &[][..], &[][..]),
+            (&["0.0.0.0/0"], &[], &[]),
+            (&["10.0.0.1", "::/0"], &[], &[]),
+            (&["0.0.0.0/1", "128.0.0.0/1"], &[], &[]),
+            (&["::/1", "8000::/1"], &[], &[]),
+            (&[], &["1-65535"], &[]),
+            (&[], &["0-65535"], &[]),
+            (&[], &["1-40000", "40001-65535"], &[]),
+            (&[], &["40001-65535", "1-40000"], &[]),
+            (&[], &["0"], &["listening"]),
+            (&["0.0.0.0"], &[], &["listening"]),
+        ] {
+            assert!(f(dst, dport, states, &[]).is_catch_all(), "{dst:?} {dport:?} {states:?}");
+        }
+        for (dst, dport, states) in [
+            (&["10.0.0.1"][..], &[][..], &[][..]),
+            (&["0.0.0.0/1"], &[], &[]),
+            (&["0.0.0.0/1", "128.0.0.0/2"], &[], &[]),
+            (&[], &["80"], &[]),
+            (&[], &["1-65534"], &[]),
+            (&[], &["0"], &[]), // no listener selected: port 0 matches nothing
+            (&[], &["1-100", "102-65535"], &[]),
+        ] {
+            assert!(!f(dst, dport, states, &[]).is_catch_all(), "{dst:?} {dport:?} {states:?}");
+        }
+        assert!(!f(&[], &[], &[], &[1]).is_catch_all());
     }
 
     #[test]
@@ -488,5 +653,20 @@ mod tests {
         let f =
             Filter { family: Some(Family::V4), dst: vec![parse_cidr("::ffff:10.0.0.1").unwrap()], ..Filter::default() };
         assert!(f.validate().is_ok());
+    }
+
+    #[test]
+    fn serializes_and_displays() {
+        let f = Filter {
+            dst: vec![parse_cidr("10.0.0.0/24").unwrap()],
+            dport: vec![PortRange::one(80)],
+            states: StateSet::ALL,
+            family: Some(Family::V4),
+            ..Filter::default()
+        };
+        assert_eq!(f.to_string(), "--dst 10.0.0.0/24 --dport 80 --state all -4");
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(v["states"].as_array().unwrap().len(), 11);
+        assert_eq!(v["family"], "v4");
     }
 }

@@ -2,36 +2,44 @@
 //! netlink interface and destroy them (`SOCK_DESTROY`), exactly and verifiably.
 //!
 //! The data takes one road: [`Filter`] → [`Query`] (kernel bytecode) →
-//! [`Engine::collect`] (dump) → [`Engine::kill`] (cookie-exact destroys, re-dump
-//! until nothing matches) → [`KillReport`].
+//! [`Engine::collect`] (one dump per family) → a [`Judge`] (which sockets are
+//! targets) → [`Engine::destroy`] (cookie-exact, acknowledged) → look again,
+//! all in one loop ([`engine::Run`]) → [`engine::Report`].
+//!
+//! The entry point for a program (or a test in someone's CI) is [`kill`]: a
+//! namespace and a filter in, a report out.
 //!
 //! ```no_run
-//! use sockkill::{Engine, Filter, KillOptions, Query, filter::parse_cidr};
+//! use sockkill::{kill, Filter, KillOptions, Netns, filter::parse_cidr};
 //! # fn main() -> sockkill::Result<()> {
+//! let ns = Netns::open("my-test-ns")?;
 //! let filter = Filter { dst: vec![parse_cidr("10.0.0.7")?], ..Filter::default() };
-//! let mut engine = Engine::open(None)?;
-//! let report = engine.kill(&Query::new(filter)?, &KillOptions::default())?;
-//! assert_eq!(report.summary.remaining, Some(0));
+//! let report = kill(Some(&ns), filter, &KillOptions::default())?;
+//! assert_eq!(report.report.summary.remaining, Some(0));
 //! # Ok(()) }
 //! ```
+#![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod audit;
+pub mod cancel;
 pub mod check;
-pub mod cli;
 pub mod diag;
 pub mod engine;
 pub mod error;
 pub mod filter;
 pub mod haproxy;
+mod kill;
 pub mod metrics;
 pub mod netns;
 pub mod procfs;
-pub mod report;
-mod sock;
+mod socket;
 
-pub use engine::{Acted, Engine, KillOptions, KillReport, KillSummary, Outcome, Query};
+pub use cancel::Cancel;
+pub use diag::Outcome;
+pub use engine::{Engine, Judge, Query};
 pub use error::{Error, Result};
 pub use filter::{Family, Filter, PortRange, StateSet, TcpState};
+pub use kill::{kill, list, KillOptions, KillReport, OwnerJudge};
 pub use netns::Netns;
-pub use sock::Socket;
+pub use socket::TcpSocket;

@@ -1,8 +1,12 @@
 //! A Prometheus node_exporter textfile (`--metrics-file`), written atomically:
-//! a temporary file in the same directory, synced, then renamed over the target.
+//! a fresh temporary file (unpredictable name, created exclusively) in the
+//! target's directory, synced, renamed over the target, and the directory
+//! synced. The target is checked before a run starts: only a missing path or
+//! a regular file is ever replaced.
 
 use std::fmt::Write as _;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,12 +17,19 @@ use crate::error::{Error, Result};
 pub struct Metrics {
     /// `kill` or `haproxy`.
     pub command: &'static str,
+    /// Targets at the first look.
     pub matched: usize,
+    /// Sockets destroyed.
     pub destroyed: usize,
+    /// Sockets gone before their destroy arrived.
     pub already_gone: usize,
+    /// Destroys refused, unacknowledged, or that did not reach a live socket.
     pub failed: usize,
-    pub remaining: usize,
+    /// Targets at the end; `None` when not verified (the gauge is then left out).
+    pub remaining: Option<usize>,
+    /// Wall time.
     pub duration: Duration,
+    /// The run's exit code.
     pub exit_code: i32,
 }
 
@@ -26,57 +37,134 @@ pub struct Metrics {
 pub fn render(m: &Metrics) -> String {
     let mut out = String::new();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let gauges: [(&str, &str, f64); 8] = [
-        ("sockkill_sockets_matched", "Sockets matching the filter at the first dump.", m.matched as f64),
-        ("sockkill_sockets_destroyed", "Sockets destroyed.", m.destroyed as f64),
-        ("sockkill_sockets_already_gone", "Sockets gone before their destroy arrived.", m.already_gone as f64),
-        ("sockkill_sockets_failed", "Destroys the kernel refused or did not acknowledge.", m.failed as f64),
-        ("sockkill_sockets_remaining", "Sockets still matching at the end.", m.remaining as f64),
-        ("sockkill_duration_seconds", "Wall time of the run.", m.duration.as_secs_f64()),
-        ("sockkill_exit_code", "Exit code of the run (0 clean, 1 sockets remain).", f64::from(m.exit_code)),
-        ("sockkill_last_run_timestamp_seconds", "When the run ended (Unix time).", now as f64),
+    let gauges: [(&str, &str, Option<f64>); 8] = [
+        ("sockkill_sockets_matched", "Sockets matching the filter at the first look.", Some(m.matched as f64)),
+        ("sockkill_sockets_destroyed", "Sockets destroyed.", Some(m.destroyed as f64)),
+        ("sockkill_sockets_already_gone", "Sockets gone before their destroy arrived.", Some(m.already_gone as f64)),
+        (
+            "sockkill_sockets_failed",
+            "Destroys refused, unacknowledged, or not reaching a live socket.",
+            Some(m.failed as f64),
+        ),
+        ("sockkill_sockets_remaining", "Sockets still matching at the end.", m.remaining.map(|r| r as f64)),
+        ("sockkill_duration_seconds", "Wall time of the run.", Some(m.duration.as_secs_f64())),
+        (
+            "sockkill_exit_code",
+            "Exit code of the run (0 clean, 1 sockets remain or stopped after acting, 2 error with nothing destroyed).",
+            Some(f64::from(m.exit_code)),
+        ),
+        ("sockkill_last_run_timestamp_seconds", "When the run ended (Unix time).", Some(now as f64)),
     ];
     for (name, help, value) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{command=\"{}\"}} {value}", m.command);
+        if let Some(value) = value {
+            let _ =
+                writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{command=\"{}\"}} {value}", m.command);
+        }
     }
     out
 }
 
-/// Writes `m` to `path` atomically.
+fn dir_of(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// Checks, before anything is done, that `path` can be replaced by a textfile:
+/// its directory exists, and the path is missing or a regular file (never a
+/// device, FIFO, socket, directory or symbolic link: `/dev/null` stays `/dev/null`).
+pub fn check_target(path: &Path) -> Result<()> {
+    let fail = |reason: String| Error::Metrics { path: path.to_path_buf(), reason };
+    if path.file_name().is_none() {
+        return Err(fail("not a file path".into()));
+    }
+    let dir = dir_of(path);
+    match std::fs::metadata(dir) {
+        Ok(d) if d.is_dir() => {}
+        Ok(_) => return Err(fail(format!("{} is not a directory", dir.display()))),
+        Err(e) => return Err(fail(format!("directory {}: {e}", dir.display()))),
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => Ok(()),
+        Ok(m) => Err(fail(format!("is {}, not a regular file: refusing to replace it", crate::netns::file_kind(&m)))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+/// Writes `m` to `path` atomically. The file keeps the mode of the one it
+/// replaces, or gets 0644 (node_exporter must read it).
 pub fn write(path: &Path, m: &Metrics) -> Result<()> {
-    let fail = |e: std::io::Error| Error::Other(format!("writing metrics file {}: {e}", path.display()));
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| fail(std::io::Error::other("not a file path")))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-    f.write_all(render(m).as_bytes()).and_then(|_| f.sync_all()).map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        fail(e)
-    })
+    check_target(path)?;
+    let fail = |e: std::io::Error| Error::Metrics { path: path.to_path_buf(), reason: e.to_string() };
+    let dir = dir_of(path);
+    let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644);
+    // An unpredictable name, created with O_EXCL: nothing planted in a shared
+    // directory is followed. Dropped (and removed) on any failure below.
+    let mut tmp = tempfile::Builder::new().prefix(".sockkill-").suffix(".prom.tmp").tempfile_in(dir).map_err(fail)?;
+    tmp.write_all(render(m).as_bytes()).map_err(fail)?;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+    tmp.as_file().sync_all().map_err(fail)?;
+    tmp.persist(path).map_err(|e| fail(e.error))?;
+    // The rename itself is durable once the directory is synced.
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(fail)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("sockkill-metrics-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn renders_gauges_and_writes_atomically() {
-        let m =
-            Metrics { command: "kill", matched: 4, destroyed: 3, already_gone: 1, remaining: 0, ..Metrics::default() };
+        let m = Metrics {
+            command: "kill",
+            matched: 4,
+            destroyed: 3,
+            already_gone: 1,
+            remaining: Some(0),
+            ..Metrics::default()
+        };
         let text = render(&m);
         assert!(
             text.contains("# TYPE sockkill_sockets_destroyed gauge\nsockkill_sockets_destroyed{command=\"kill\"} 3\n")
         );
         assert!(text.contains("sockkill_sockets_matched{command=\"kill\"} 4"));
-        let dir = std::env::temp_dir().join(format!("sockkill-metrics-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        assert!(text.contains("sockkill_sockets_remaining{command=\"kill\"} 0"));
+        let unverified = render(&Metrics { remaining: None, ..m.clone() });
+        assert!(!unverified.contains("sockkill_sockets_remaining"), "{unverified}");
+
+        let dir = scratch("write");
         let path = dir.join("sockkill.prom");
         write(&path, &m).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 24);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+        // The mode of a file it replaces is kept.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write(&path, &m).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
         // Nothing else (no temporary file) is left in the directory.
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-        assert!(write(&dir.join("missing/x.prom"), &m).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn refuses_what_it_must_not_replace() {
+        let dir = scratch("refuse");
+        assert!(check_target(&dir.join("missing/x.prom")).is_err());
+        assert!(check_target(&dir).is_err()); // a directory
+        std::fs::write(dir.join("target"), "x").unwrap();
+        std::os::unix::fs::symlink(dir.join("target"), dir.join("link")).unwrap();
+        assert!(check_target(&dir.join("link")).unwrap_err().to_string().contains("symbolic link"));
+        nix::unistd::mkfifo(&dir.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(check_target(&dir.join("fifo")).unwrap_err().to_string().contains("FIFO"));
+        assert!(check_target(Path::new("/dev/null")).unwrap_err().to_string().contains("character device"));
+        assert!(check_target(&dir.join("target")).is_ok());
+        assert!(check_target(&dir.join("new.prom")).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

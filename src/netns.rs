@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, unshare, CloneFlags};
@@ -71,17 +71,31 @@ impl NetnsSpec {
 
 impl Netns {
     /// Opens and checks the namespace named by `spec` (see [`NetnsSpec::parse`]).
+    ///
+    /// The path's type is checked before it is opened, and it is opened
+    /// non-blocking: a FIFO or device given by mistake is refused, never waited on.
     pub fn open(spec: &str) -> Result<Netns> {
         let parsed = NetnsSpec::parse(spec)?;
         let path = parsed.path();
         let err = |reason: String| Error::Netns { spec: spec.to_string(), reason };
-        let file = File::open(&path).map_err(|e| match (&parsed, e.kind()) {
+        let missing = |e: std::io::Error| match (&parsed, e.kind()) {
             (NetnsSpec::Pid(pid), std::io::ErrorKind::NotFound) => err(format!("no process with pid {pid}")),
             (NetnsSpec::Name(_), std::io::ErrorKind::NotFound) => {
                 err(format!("no such network namespace ({} does not exist; see `ip netns list`)", path.display()))
             }
             _ => err(format!("{}: {e}", path.display())),
-        })?;
+        };
+        // Namespace files (/proc/PID/ns/net, bind mounts under /run/netns) are
+        // empty regular files to stat.
+        let meta = std::fs::metadata(&path).map_err(missing)?;
+        if !meta.file_type().is_file() {
+            return Err(err(format!("{} is not a namespace file (it is {})", path.display(), file_kind(&meta))));
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+            .open(&path)
+            .map_err(missing)?;
         let fs = nix::sys::statfs::fstatfs(file.as_fd()).map_err(|e| err(format!("{}: {e}", path.display())))?;
         #[allow(clippy::unnecessary_cast)] // the field's type differs between targets
         if fs.filesystem_type().0 as i64 != NSFS_MAGIC {
@@ -111,38 +125,69 @@ impl Netns {
     /// Runs `f` on a new thread that has entered this namespace, and returns its result.
     /// Sockets `f` creates stay in this namespace wherever they are used afterwards.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        std::thread::scope(|scope| {
-            let handle = scope.spawn(|| {
+        on_own_thread(
+            || {
                 setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| Error::Netns {
                     spec: self.label.clone(),
                     reason: match e {
                         nix::errno::Errno::EPERM => "entering it needs CAP_SYS_ADMIN".to_string(),
                         e => format!("setns: {e}"),
                     },
-                })?;
-                Ok(f())
-            });
-            handle.join().map_err(|_| Error::Other("namespace worker thread panicked".into()))?
-        })
+                })
+            },
+            f,
+        )
     }
+}
+
+/// Runs `enter` then `f` on a dedicated thread (setns and unshare change the
+/// calling thread for good, so never on one a pool will reuse).
+fn on_own_thread<T: Send>(enter: impl FnOnce() -> Result<()> + Send, f: impl FnOnce() -> T + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(|| {
+            enter()?;
+            Ok(f())
+        });
+        handle.join().map_err(|_| Error::Other("namespace worker thread panicked".into()))?
+    })
 }
 
 /// Runs `f` inside a brand-new, empty network namespace (loopback up) on a
 /// dedicated thread; the namespace disappears when `f`'s sockets are closed.
 pub fn run_in_new_netns<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T> {
-    std::thread::scope(|scope| {
-        let handle = scope.spawn(|| {
+    on_own_thread(
+        || {
             unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
                 Error::Other(format!("cannot create a private network namespace (unshare: {e}; needs CAP_SYS_ADMIN)"))
             })?;
             loopback_up().map_err(|e| {
                 let why = if e.raw_os_error() == Some(libc::EPERM) { " (needs CAP_NET_ADMIN)" } else { "" };
                 Error::Other(format!("cannot bring up loopback in the new namespace: {e}{why}"))
-            })?;
-            Ok(f())
-        });
-        handle.join().map_err(|_| Error::Other("namespace worker thread panicked".into()))?
-    })
+            })
+        },
+        f,
+    )
+}
+
+/// What kind of file `meta` describes, for error messages.
+pub fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "a regular file"
+    }
 }
 
 /// The inode of the calling thread's network namespace.

@@ -1,11 +1,14 @@
-//! Socket owners from /proc: which processes hold which socket inodes.
+//! What /proc says about processes: which socket inodes they hold (and under
+//! which fd), their parents, pid namespaces and command lines, and a network
+//! namespace's TCP socket counters.
 //!
-//! Socket inodes are global (sockfs), so this works across network namespaces
-//! as long as /proc shows the processes (same pid namespace).
+//! Socket inodes are global (sockfs), so owners can be found across network
+//! namespaces as long as /proc shows the processes.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -15,30 +18,100 @@ use crate::error::{Error, Result};
 /// A process holding a socket open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Owner {
+    /// Its pid (in the pid namespace sockkill runs in).
     pub pid: u32,
     /// The process's `comm` (short command name).
     pub command: String,
 }
 
-/// The socket inodes among `pid`'s open file descriptors.
-///
-/// Errors when the process does not exist or its fds cannot be read.
-pub fn socket_inodes(pid: u32) -> Result<HashSet<u32>> {
-    let dir = PathBuf::from(format!("/proc/{pid}/fd"));
-    let entries = fs::read_dir(&dir).map_err(|e| Error::Process {
+/// A process, pinned by its start time so that a reused pid is never taken
+/// for it during a long run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Process {
+    /// The pid (in the pid namespace sockkill runs in).
+    pub pid: u32,
+    start: u64,
+}
+
+/// One line of /proc/PID/stat, after the command name.
+fn stat_fields(pid: u32) -> io::Result<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let (_, rest) = stat.rsplit_once(')').ok_or_else(|| io::Error::other("unreadable stat"))?;
+    Ok(rest.split_whitespace().map(str::to_string).collect())
+}
+
+fn process_error(pid: u32, e: &io::Error, what: &str) -> Error {
+    Error::Process {
         pid,
         reason: match e.kind() {
             io::ErrorKind::NotFound => "no such process".to_string(),
-            io::ErrorKind::PermissionDenied => format!("cannot read {}: permission denied", dir.display()),
-            _ => format!("{}: {e}", dir.display()),
+            io::ErrorKind::PermissionDenied => format!("cannot read {what}: permission denied"),
+            _ => format!("{what}: {e}"),
         },
-    })?;
-    // A process that exits while we read simply yields fewer fds.
-    Ok(entries.flatten().filter_map(|e| parse_socket_link(&fs::read_link(e.path()).ok()?)).collect())
+    }
+}
+
+impl Process {
+    /// The process with this pid now. Errors when there is none.
+    pub fn open(pid: u32) -> Result<Process> {
+        let fields = stat_fields(pid).map_err(|e| process_error(pid, &e, &format!("/proc/{pid}/stat")))?;
+        // starttime is field 22 of stat, the 20th after the command name.
+        let start = fields
+            .get(19)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::Process { pid, reason: format!("unreadable /proc/{pid}/stat") })?;
+        Ok(Process { pid, start })
+    }
+
+    /// Whether this very process (not a later one with its pid) still runs
+    /// (a zombie, exited but not yet reaped, does not).
+    pub fn alive(&self) -> bool {
+        stat_fields(self.pid).is_ok_and(|f| {
+            let running = f.first().is_some_and(|state| state != "Z" && state != "X");
+            running && f.get(19).and_then(|s| s.parse::<u64>().ok()) == Some(self.start)
+        })
+    }
+
+    /// `(fd, inode)` of every socket among its open descriptors, or `None`
+    /// when it has exited (or its pid now belongs to another process): then it
+    /// holds nothing. Errors only when /proc refuses to show its descriptors.
+    pub fn socket_fds(&self) -> Result<Option<Vec<(u32, u32)>>> {
+        let dir = PathBuf::from(format!("/proc/{}/fd", self.pid));
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(process_error(self.pid, &e, &dir.display().to_string())),
+        };
+        // A process that exits while we read simply yields fewer fds.
+        let fds: Vec<(u32, u32)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let fd = e.file_name().to_str()?.parse().ok()?;
+                Some((fd, parse_socket_link(&fs::read_link(e.path()).ok()?)?))
+            })
+            .collect();
+        // Read, then check it is still the same process: a pid reused during the
+        // read would otherwise lend us another process's sockets.
+        Ok(self.alive().then_some(fds))
+    }
+
+    /// The short command name (empty when it cannot be read).
+    pub fn command(&self) -> String {
+        command(self.pid)
+    }
 }
 
 fn parse_socket_link(target: &std::path::Path) -> Option<u32> {
     target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The socket inodes among `pid`'s open file descriptors. Errors when the
+/// process does not exist or its fds cannot be read.
+pub fn socket_inodes(pid: u32) -> Result<HashSet<u32>> {
+    let p = Process::open(pid)?;
+    let fds = p.socket_fds()?.ok_or_else(|| Error::Process { pid, reason: "no such process".into() })?;
+    Ok(fds.into_iter().map(|(_, inode)| inode).collect())
 }
 
 /// The short command name of `pid` (empty when it cannot be read).
@@ -46,15 +119,36 @@ pub fn command(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim_end().to_string()).unwrap_or_default()
 }
 
+/// The command line of `pid`, one argument per element (empty when unreadable).
+pub fn cmdline(pid: u32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The parent pid of `pid`, from /proc/PID/stat.
 pub fn parent_pid(pid: u32) -> Result<u32> {
-    let path = PathBuf::from(format!("/proc/{pid}/stat"));
-    let stat = fs::read_to_string(&path).map_err(|source| Error::Proc { path: path.clone(), source })?;
-    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+    stat_fields(pid)
+        .map_err(|e| process_error(pid, &e, &format!("/proc/{pid}/stat")))?
+        .get(1)
         .and_then(|p| p.parse().ok())
-        .ok_or_else(|| Error::Process { pid, reason: format!("unreadable {}", path.display()) })
+        .ok_or_else(|| Error::Process { pid, reason: format!("unreadable /proc/{pid}/stat") })
+}
+
+/// `pid`'s pid in each nested pid namespace, outermost (ours) first, innermost
+/// (the process's own) last: the `NSpid:` line of /proc/PID/status.
+pub fn nspid(pid: u32) -> Option<Vec<u32>> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    line.split_whitespace().map(|p| p.parse().ok()).collect()
+}
+
+/// The inode of `pid`'s namespace of kind `kind` (`net`, `pid`, `mnt`...).
+pub fn namespace_inode(pid: u32, kind: &str) -> Result<u64> {
+    let path = PathBuf::from(format!("/proc/{pid}/ns/{kind}"));
+    fs::metadata(&path).map(|m| m.ino()).map_err(|e| process_error(pid, &e, &path.display().to_string()))
 }
 
 /// Every pid currently in /proc.
@@ -62,6 +156,28 @@ pub fn all_pids() -> Vec<u32> {
     fs::read_dir("/proc")
         .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
         .unwrap_or_default()
+}
+
+/// Maps socket inodes to the processes holding them, for the inodes in `wanted`.
+/// Scans every process's fds: expensive on a busy host, so only done on request.
+pub fn owners_of(wanted: &HashSet<u32>) -> HashMap<u32, Vec<Owner>> {
+    let mut map: HashMap<u32, Vec<Owner>> = HashMap::new();
+    if wanted.is_empty() {
+        return map;
+    }
+    for pid in all_pids() {
+        let Ok(p) = Process::open(pid) else { continue };
+        let Ok(Some(fds)) = p.socket_fds() else { continue };
+        let mut comm = None;
+        for (_, inode) in fds.into_iter().filter(|(_, i)| wanted.contains(i)) {
+            let command = comm.get_or_insert_with(|| command(pid)).clone();
+            let owners = map.entry(inode).or_default();
+            if !owners.iter().any(|o| o.pid == pid) {
+                owners.push(Owner { pid, command });
+            }
+        }
+    }
+    map
 }
 
 /// A namespace's TCP socket counters (`/proc/net/sockstat` and `sockstat6`),
@@ -97,7 +213,7 @@ impl SockStat {
     pub fn read(&self) -> Option<TcpCounts> {
         use std::os::unix::fs::FileExt;
         let text = |f: &fs::File| {
-            let mut buf = vec![0u8; 4096];
+            let mut buf = [0u8; 1024];
             let n = f.read_at(&mut buf, 0).ok()?;
             String::from_utf8(buf[..n].to_vec()).ok()
         };
@@ -126,24 +242,6 @@ pub fn parse_sockstat(v4: &str, v6: &str) -> Option<TcpCounts> {
     })
 }
 
-/// Maps socket inodes to the processes holding them, for the inodes in `wanted`.
-/// Scans every process's fds: expensive on a busy host, so only done on request.
-pub fn owners_of(wanted: &HashSet<u32>) -> HashMap<u32, Vec<Owner>> {
-    let mut map: HashMap<u32, Vec<Owner>> = HashMap::new();
-    if wanted.is_empty() {
-        return map;
-    }
-    for pid in all_pids() {
-        let Ok(inodes) = socket_inodes(pid) else { continue };
-        let mut comm = None;
-        for inode in inodes.intersection(wanted) {
-            let command = comm.get_or_insert_with(|| command(pid)).clone();
-            map.entry(*inode).or_default().push(Owner { pid, command });
-        }
-    }
-    map
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,16 +261,44 @@ mod tests {
         assert_eq!(parse_sockstat(v4, v6), Some(TcpCounts { inuse4: 3, inuse6: 7, tw: 2 }));
         assert_eq!(parse_sockstat("TCP: inuse x", v6), None);
         assert_eq!(parse_sockstat("", ""), None);
-        let here = SockStat::open().unwrap().read().unwrap();
-        let _ = here.inuse4 + here.inuse6 + here.tw;
+    }
+
+    #[test]
+    fn reads_the_live_counters_of_this_namespace() {
+        // A listener of our own shows in the counters we read.
+        let before = SockStat::open().unwrap().read().expect("sockstat parses");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let after = SockStat::open().unwrap().read().unwrap();
+        assert!(after.inuse4 >= 1, "{after:?}");
+        assert!(after.inuse4 + 1 >= before.inuse4, "{before:?} {after:?}");
+        drop(l);
     }
 
     #[test]
     fn reads_own_process() {
         let me = std::process::id();
-        assert!(socket_inodes(me).is_ok());
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = Process::open(me).unwrap();
+        assert!(p.alive());
+        let fds = p.socket_fds().unwrap().unwrap();
+        let ours = {
+            use std::os::fd::AsRawFd;
+            l.as_raw_fd() as u32
+        };
+        assert!(fds.iter().any(|(fd, inode)| *fd == ours && *inode != 0), "{fds:?}");
         assert!(!command(me).is_empty());
         assert!(parent_pid(me).is_ok());
+        assert_eq!(nspid(me).and_then(|v| v.first().copied()), Some(me));
+        assert!(namespace_inode(me, "net").is_ok());
+        assert!(!cmdline(me).is_empty());
         assert!(socket_inodes(u32::MAX).is_err());
+        // A process that is gone holds nothing (no error).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = Process::open(child.id());
+        child.wait().unwrap();
+        if let Ok(gone) = gone {
+            assert_eq!(gone.socket_fds().unwrap(), None);
+            assert!(!gone.alive());
+        }
     }
 }

@@ -1,20 +1,20 @@
 //! Library-level tests against the real kernel, in private network namespaces:
 //! what the kernel's bytecode filter returns by itself, and cookie-exact destroys.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 
 use common::*;
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
-use sockkill::diag::{bytecode, DestroyResult, DiagSocket};
+use nix::sys::socket::{self, sockopt};
+use sockkill::diag::{bytecode, Outcome, SockDiag};
 use sockkill::filter::parse_cidr;
-use sockkill::{Filter, Socket, StateSet};
+use sockkill::{Filter, StateSet, TcpSocket};
 
 fn kernel_dump(filter: &Filter) -> BTreeSet<(String, String)> {
-    let mut diag = DiagSocket::open().unwrap();
+    let mut diag = SockDiag::open().unwrap();
     let bc = bytecode::compile(filter);
     let mut out = BTreeSet::new();
     for af in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
@@ -31,6 +31,7 @@ fn kernel_dump(filter: &Filter) -> BTreeSet<(String, String)> {
 /// D_COND), a wrong jump or a wrong byte order shows up here.
 #[test]
 fn bytecode_filters_in_the_kernel() {
+    require!(Netns);
     in_private_netns(|| {
         let a = Echo::start("127.0.0.2:0");
         let a2 = Echo::start("127.0.0.2:0");
@@ -40,6 +41,8 @@ fn bytecode_filters_in_the_kernel() {
         let mapped: SocketAddr = format!("[::ffff:127.0.0.4]:{}", dual.addr.port()).parse().unwrap();
         let _conns: Vec<Conn> =
             [a.addr, a.addr, a2.addr, b.addr, v6.addr, mapped].into_iter().map(Conn::open).collect();
+        // A listener bound to an IPv4-mapped address: IPv4 for -4/-6 (its peer is unspecified).
+        let _mapped_listener = std::net::TcpListener::bind("[::ffff:127.0.0.5]:0").unwrap();
 
         let everything = Filter { states: StateSet::ALL, ..Filter::default() };
         let all = kernel_dump(&everything);
@@ -71,12 +74,15 @@ fn bytecode_filters_in_the_kernel() {
             f(&["127.0.0.2"], &[], &[pa.as_str()], &[]),
             f(&["127.0.0.2", "::1"], &["127.0.0.1", "::1"], &[pa.as_str(), p6.as_str()], &[]),
             Filter { family: Some(sockkill::Family::V4), ..f(&[], &[], &[], &[]) },
+            Filter { family: Some(sockkill::Family::V6), ..f(&[], &[], &[], &[]) },
+            Filter { family: Some(sockkill::Family::V4), ..f(&[], &[], &[pa.as_str()], &[]) },
+            Filter { family: Some(sockkill::Family::V6), ..f(&[], &[], &[], &[p6.as_str()]) },
         ];
         for filter in cases {
             let by_kernel = kernel_dump(&filter);
             let mut by_user = BTreeSet::new();
             for af in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-                DiagSocket::open()
+                SockDiag::open()
                     .unwrap()
                     .dump(af, StateSet::ALL, &[], |s| {
                         if filter.matches(&s) {
@@ -92,33 +98,24 @@ fn bytecode_filters_in_the_kernel() {
     });
 }
 
-fn connect_from(local: SocketAddr, to: SocketAddr) -> TcpStream {
-    let fd = socket::socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
-    socket::setsockopt(&fd, sockopt::ReuseAddr, &true).unwrap();
-    let SocketAddr::V4(l) = local else { unreachable!() };
-    let SocketAddr::V4(t) = to else { unreachable!() };
-    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(l)).unwrap();
-    socket::connect(fd.as_raw_fd(), &SockaddrIn::from(t)).unwrap();
-    TcpStream::from(fd)
-}
-
 fn abort_close(s: TcpStream) {
     // SO_LINGER 0: close sends RST, leaving no TIME-WAIT on this 4-tuple.
     socket::setsockopt(&s, sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 }).unwrap();
     drop(s);
 }
 
-fn find(dst: &str, local: SocketAddr) -> Vec<Socket> {
+fn find(dst: &str, local: SocketAddr) -> Vec<TcpSocket> {
     dump_dst(dst).into_iter().filter(|s| s.local() == local).collect()
 }
 
 /// A socket id from an earlier dump never hits a newer connection on the same 4-tuple.
 #[test]
 fn stale_cookie_is_already_gone_and_spares_the_new_connection() {
+    require!(Netns);
     in_private_netns(|| {
         let up = Echo::start("127.0.0.2:0");
         let local: SocketAddr = "127.0.0.1:40123".parse().unwrap();
-        let old = connect_from(local, up.addr);
+        let old = connect_from(local, up.addr).unwrap();
         let mut c = Conn { local, peer: up.addr, stream: old.try_clone().unwrap() };
         c.assert_alive();
         let old_sock = find("127.0.0.2", local).pop().expect("old socket dumped");
@@ -127,7 +124,7 @@ fn stale_cookie_is_already_gone_and_spares_the_new_connection() {
         abort_close(old);
 
         // Same 4-tuple, new connection (new cookie).
-        let stream = connect_from(local, up.addr);
+        let stream = connect_from(local, up.addr).unwrap();
         stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
         let mut new = Conn { local, peer: up.addr, stream };
         new.assert_alive();
@@ -136,17 +133,18 @@ fn stale_cookie_is_already_gone_and_spares_the_new_connection() {
         assert_ne!(new_sock.cookie(), old_sock.cookie());
 
         assert_not_root_netns();
-        let mut diag = DiagSocket::open().unwrap();
-        assert_eq!(diag.destroy(&[&old_sock]).unwrap(), vec![DestroyResult::Gone]);
+        let mut diag = SockDiag::open().unwrap();
+        assert_eq!(diag.destroy(&[&old_sock]).unwrap(), vec![Outcome::AlreadyGone]);
         new.assert_alive();
 
         // Through the engine the stale socket counts as already gone, not failed.
         let mut engine = sockkill::Engine::open(None).unwrap();
-        let acted = engine.destroy(vec![old_sock], 1, std::time::Instant::now(), 0).unwrap();
-        assert_eq!(acted[0].outcome, sockkill::Outcome::AlreadyGone);
+        let pass = engine.destroy(&[old_sock], None, None);
+        assert!(pass.error.is_none());
+        assert_eq!(pass.outcomes, vec![(0, Outcome::AlreadyGone)]);
         new.assert_alive();
 
-        assert_eq!(diag.destroy(&[&new_sock]).unwrap(), vec![DestroyResult::Destroyed]);
+        assert_eq!(diag.destroy(&[&new_sock]).unwrap(), vec![Outcome::Destroyed]);
         new.assert_killed();
     });
 }
@@ -154,17 +152,101 @@ fn stale_cookie_is_already_gone_and_spares_the_new_connection() {
 /// Many destroys in one sendmsg, each acknowledged.
 #[test]
 fn pipelined_destroys_are_all_acknowledged() {
+    require!(Netns);
     in_private_netns(|| {
         let up = Echo::start("127.0.0.2:0");
         let conns: Vec<TcpStream> = (0..600).map(|_| TcpStream::connect(up.addr).unwrap()).collect();
         let targets = dump_dst("127.0.0.2");
         assert_eq!(targets.len(), 600);
         assert_not_root_netns();
-        let refs: Vec<&Socket> = targets.iter().collect();
-        let results = DiagSocket::open().unwrap().destroy(&refs).unwrap();
+        let refs: Vec<&TcpSocket> = targets.iter().collect();
+        let results = SockDiag::open().unwrap().destroy(&refs).unwrap();
         assert_eq!(results.len(), 600);
-        assert!(results.iter().all(|r| *r == DestroyResult::Destroyed), "{results:?}");
+        assert!(results.iter().all(|r| *r == Outcome::Destroyed), "{results:?}");
         assert!(dump_dst("127.0.0.2").is_empty());
         drop(conns);
+    });
+}
+
+/// The sock_diag socket is connected to the kernel: another netlink socket
+/// in the namespace that sends to its port id (to forge a DONE or an ack) is
+/// refused, while an unconnected socket would have taken the message.
+#[test]
+fn only_the_kernel_can_talk_to_our_socket() {
+    require!(Netns);
+    in_private_netns(|| {
+        use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
+        let ours = SockDiag::open().unwrap();
+        let port = ours.port_id().unwrap();
+        let mut forger = Socket::new(NETLINK_SOCK_DIAG).unwrap();
+        forger.bind_auto().unwrap();
+        // An NLMSG_DONE with sequence number 1 (the first dump's).
+        let mut done = vec![0u8; 20];
+        done[0..4].copy_from_slice(&20u32.to_ne_bytes());
+        done[4..6].copy_from_slice(&3u16.to_ne_bytes());
+        done[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        let err = forger.send_to(&done, &NlAddr::new(port, 0), 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED), "{err}");
+
+        // The same message to a socket that is merely bound is delivered: the
+        // connect() is what closes the door.
+        let mut open_door = Socket::new(NETLINK_SOCK_DIAG).unwrap();
+        let addr = open_door.bind_auto().unwrap();
+        assert_eq!(forger.send_to(&done, &NlAddr::new(addr.port_number(), 0), 0).unwrap(), 20);
+        drop(ours);
+    });
+}
+
+/// An SO_REUSEPORT listener group: the kernel's lookup for a destroy reaches
+/// one member at a time, so a cookie of another member answers ENOENT while
+/// that member lives. The kill keeps passing while passes make progress, each
+/// socket is counted once, and the counts add up to what matched.
+#[test]
+fn reuseport_listener_groups_are_counted_once() {
+    require!(Netns);
+    in_private_netns(|| {
+        let addr: SocketAddr = "127.0.0.3:7070".parse().unwrap();
+        let listeners: Vec<std::net::TcpListener> = (0..12)
+            .map(|_| {
+                let fd = socket::socket(
+                    socket::AddressFamily::Inet,
+                    socket::SockType::Stream,
+                    socket::SockFlag::SOCK_CLOEXEC,
+                    None,
+                )
+                .unwrap();
+                socket::setsockopt(&fd, sockopt::ReusePort, &true).unwrap();
+                let SocketAddr::V4(a) = addr else { unreachable!() };
+                socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &socket::SockaddrIn::from(a)).unwrap();
+                socket::listen(&fd, socket::Backlog::new(16).unwrap()).unwrap();
+                std::net::TcpListener::from(fd)
+            })
+            .collect();
+        let out = sockkill_kill(&["kill", "--json", "--state", "listening", "--src", "127.0.0.3", "--sport", "7070"]);
+        let doc = json(&out);
+        let s = &doc["summary"];
+        let matched = s["matched"].as_u64().unwrap();
+        assert_eq!(matched, 12, "{s}");
+        let sum: u64 = ["destroyed", "already_gone", "not_found", "failed", "unacknowledged"]
+            .iter()
+            .map(|k| s[*k].as_u64().unwrap())
+            .sum();
+        assert_eq!(sum, doc["sockets"].as_array().unwrap().len() as u64, "{s}");
+        assert!(sum <= matched + s["new_during_kill"].as_u64().unwrap(), "counts exceed what matched: {s}");
+        // The kernel's own view: every listener of the group is gone, and the exit code says so.
+        let left = sockkill::list(
+            None,
+            Filter { states: StateSet::parse_name("listening").unwrap(), ..Filter::default() },
+            false,
+        )
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.local() == addr)
+        .count();
+        assert_eq!(s["remaining"].as_u64().unwrap() as usize, left, "{s}");
+        assert_eq!(code(&out), if left == 0 { 0 } else { 1 }, "{s}\n{}", stderr(&out));
+        assert_eq!(left, 0, "passes stopped while they still made progress: {s}");
+        assert!(s["passes"].as_u64().unwrap() > 1, "{s}");
+        drop(listeners);
     });
 }

@@ -1,6 +1,7 @@
 //! What an operator uses around the core: the enforcement window, the metrics
 //! textfile, shell completions and the man page.
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Write};
@@ -50,6 +51,7 @@ fn reconnecting_client(to: std::net::SocketAddr, stop: Arc<AtomicBool>, lives: A
 
 #[test]
 fn enforcement_window_ends_every_connection_made_during_it() {
+    require!(Netns);
     in_private_netns(|| {
         let up = Echo::start("127.0.0.2:0");
         let stop = Arc::new(AtomicBool::new(false));
@@ -58,14 +60,20 @@ fn enforcement_window_ends_every_connection_made_during_it() {
             let (stop, lives) = (stop.clone(), lives.clone());
             std::thread::spawn(move || reconnecting_client(up.addr, stop, lives))
         };
-        std::thread::sleep(Duration::from_millis(200));
+        wait_until(Duration::from_secs(5), "the client's first connection", || !lives.lock().unwrap().is_empty());
         let out = sockkill_kill(&["kill", "--json", "--dst", "127.0.0.2", "--for", "2s", "--interval", "100ms"]);
         let exited = Instant::now();
         let doc = json(&out);
         assert!(matches!(code(&out), 0 | 1), "{}", stderr(&out));
         assert_eq!(code(&out), if doc["summary"]["remaining"] == 0 { 0 } else { 1 });
-        // A connection made after the window stays up.
-        std::thread::sleep(Duration::from_millis(1500));
+        // A connection made after the window stays up (for a second, well past the interval).
+        wait_until(Duration::from_secs(10), "a connection after the window, alive for a second", || {
+            lives.lock().unwrap().iter().any(|l| {
+                l.opened > exited + Duration::from_millis(100)
+                    && l.ended.is_none()
+                    && l.opened.elapsed() > Duration::from_secs(1)
+            })
+        });
         stop.store(true, Ordering::Relaxed);
         client.join().unwrap();
         let lives = lives.lock().unwrap().clone();
@@ -85,6 +93,7 @@ fn enforcement_window_ends_every_connection_made_during_it() {
 
 #[test]
 fn metrics_file_is_written_atomically() {
+    require!(Netns);
     in_private_netns(|| {
         let up = Echo::start("127.0.0.2:0");
         let mut conns: Vec<Conn> = (0..3).map(|_| Conn::open(up.addr)).collect();
@@ -108,28 +117,115 @@ fn metrics_file_is_written_atomically() {
     });
 }
 
+/// Each subcommand's completions offer that subcommand's own flags.
 #[test]
-fn completions_and_man_page_cover_every_subcommand() {
-    let subcommands = ["list", "kill", "haproxy", "check", "completions", "man"];
-    for shell in ["bash", "zsh", "fish"] {
-        let out = sockkill(&["completions", shell]);
-        assert_eq!(code(&out), 0, "{shell}: {}", stderr(&out));
-        let text = String::from_utf8_lossy(&out.stdout);
-        for sub in subcommands {
-            assert!(text.contains(sub), "{shell} completion lacks {sub}");
+fn completions_offer_each_subcommands_own_flags() {
+    let own: [(&str, &[&str]); 6] = [
+        ("list", &["--dst", "--dport", "--src", "--sport", "--state", "--pid", "--netns", "--processes"]),
+        (
+            "kill",
+            &[
+                "--dst",
+                "--dry-run",
+                "--no-verify",
+                "--allow-catch-all",
+                "--max",
+                "--audit-log",
+                "--for",
+                "--interval",
+                "--metrics-file",
+            ],
+        ),
+        (
+            "haproxy",
+            &[
+                "--socket",
+                "--server",
+                "--addr",
+                "--master-socket",
+                "--grace",
+                "--settle",
+                "--deadline",
+                "--api-timeout",
+                "--no-shutdown",
+                "--for",
+                "--max",
+            ],
+        ),
+        ("check", &["--netns"]),
+        ("completions", &[]),
+        ("man", &["--out"]),
+    ];
+    let bash = String::from_utf8(sockkill(&["completions", "bash"]).stdout).unwrap();
+    let fish = String::from_utf8(sockkill(&["completions", "fish"]).stdout).unwrap();
+    let zsh = String::from_utf8(sockkill(&["completions", "zsh"]).stdout).unwrap();
+    for (sub, flags) in own {
+        // bash: the subcommand's `opts="..."` line.
+        let block =
+            bash.split(&format!("sockkill__subcmd__{sub})")).nth(1).unwrap_or_else(|| panic!("bash: no {sub} block"));
+        let opts = block.lines().find(|l| l.trim_start().starts_with("opts=")).unwrap();
+        // zsh: the subcommand's `(sub)` block, up to the next one.
+        let zblock: String = zsh
+            .lines()
+            .skip_while(|l| l.trim() != format!("({sub})"))
+            .take_while(|l| l.trim() != ";;")
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(!zblock.is_empty(), "zsh: no {sub} block");
+        for flag in flags {
+            assert!(opts.split_whitespace().any(|o| o == *flag), "bash {sub}: no {flag} in {opts}");
+            let name = flag.trim_start_matches("--");
+            assert!(
+                fish.lines().any(|l| l.contains(&format!("__fish_sockkill_using_subcommand {sub}\""))
+                    && l.contains(&format!(" -l {name} "))),
+                "fish {sub}: no {flag}"
+            );
+            assert!(
+                zblock.lines().any(
+                    |l| l.starts_with('\'') && (l.contains(&format!("{flag}=")) || l.contains(&format!("{flag}[")))
+                ),
+                "zsh {sub}: no {flag}"
+            );
         }
-        assert!(
-            text.contains("dst") && text.contains("server") && text.contains("netns"),
-            "{shell} completion lacks flags"
-        );
     }
-    let out = sockkill(&["man"]);
-    assert_eq!(code(&out), 0);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with(".ie") || text.contains(".TH"), "not roff");
-    for sub in subcommands {
-        assert!(text.contains(sub), "man page lacks {sub}");
-    }
+    // Flags of one subcommand are not offered for another.
+    let check = bash.split("sockkill__subcmd__check)").nth(1).unwrap();
+    let opts = check.lines().find(|l| l.trim_start().starts_with("opts=")).unwrap();
+    assert!(!opts.contains("--dry-run") && !opts.contains("--socket"), "{opts}");
     let out = sockkill(&["completions", "tcsh"]);
     assert_eq!(code(&out), 2);
+}
+
+/// Every man page a page refers to is written, each with EXIT STATUS and EXAMPLES.
+#[test]
+fn man_pages_exist_for_every_reference() {
+    let dir = std::env::temp_dir().join(format!("sockkill-man-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = sockkill(&["man", "--out", dir.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let pages: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    for sub in ["", "-list", "-kill", "-haproxy", "-check", "-completions", "-man"] {
+        assert!(pages.contains(&format!("sockkill{sub}.1")), "sockkill{sub}.1 missing: {pages:?}");
+    }
+    for page in &pages {
+        let text = std::fs::read_to_string(dir.join(page)).unwrap();
+        assert!(text.contains(".SH \"EXIT STATUS\"") && text.contains(".SH EXAMPLES"), "{page}");
+        // Every sockkill-NAME(1) it mentions exists.
+        for piece in text.split("sockkill\\-").skip(1) {
+            let name: String = piece.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+            let rest = &piece[name.len()..];
+            if rest.starts_with("(1)") || rest.starts_with("\\fR(1)") {
+                assert!(
+                    pages.contains(&format!("sockkill-{name}.1")),
+                    "{page} refers to sockkill-{name}(1), which is missing"
+                );
+            }
+        }
+    }
+    // The page on stdout renders (man -l - reads it).
+    let out = sockkill(&["man"]);
+    assert_eq!(code(&out), 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH sockkill"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

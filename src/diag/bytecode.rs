@@ -35,10 +35,14 @@ const OP_LEN: usize = 4;
 /// One condition of an alternative, before jump offsets are known.
 #[derive(Debug, Clone)]
 enum Cond {
-    /// Source (local) or destination (peer) address prefix; `None` = any address of that family.
+    /// Source (local) or destination (peer) address prefix (prefix 0: any address of that family).
     Host { dst: bool, family: u8, prefix_len: u8, addr: Vec<u8> },
     /// Port >= or <= a bound, on the source or destination side.
     Port { code: u8, port: u16 },
+    /// The inner condition must not hold: `[cond] [JMP to reject]`, where a
+    /// false condition skips the JMP (the only negation the verifier allows:
+    /// every `yes` must step to the next op).
+    Not(Box<Cond>),
 }
 
 impl Cond {
@@ -46,6 +50,7 @@ impl Cond {
         match self {
             Cond::Host { addr, .. } => OP_LEN + 8 + addr.len(),
             Cond::Port { .. } => 2 * OP_LEN,
+            Cond::Not(inner) => inner.len() + OP_LEN,
         }
     }
 }
@@ -82,10 +87,14 @@ fn groups(filter: &Filter) -> Vec<Group> {
     if !filter.sport.is_empty() {
         groups.push(filter.sport.iter().map(|r| port_range(false, *r)).collect());
     }
-    if filter.family == Some(Family::V4) && filter.dst.is_empty() && filter.src.is_empty() {
-        // An AF_INET /0 condition matches IPv4 sockets and IPv4-mapped ones in the v6 dump.
-        let any_v4 = Cond::Host { dst: true, family: libc::AF_INET as u8, prefix_len: 0, addr: vec![0; 4] };
-        groups.push(vec![vec![any_v4]]);
+    // -4/-6 look at the local address (a listener's peer is unspecified): an
+    // AF_INET /0 source condition holds for IPv4 sockets and for IPv4-mapped
+    // ones in the AF_INET6 dump, and for nothing else.
+    let any_v4_local = Cond::Host { dst: false, family: libc::AF_INET as u8, prefix_len: 0, addr: vec![0; 4] };
+    match filter.family {
+        Some(Family::V4) if filter.src.is_empty() => groups.push(vec![vec![any_v4_local]]),
+        Some(Family::V6) => groups.push(vec![vec![Cond::Not(Box::new(any_v4_local))]]),
+        _ => {}
     }
     groups
 }
@@ -132,6 +141,14 @@ fn push_op(out: &mut Vec<u8>, code: u8, yes: usize, no: usize) {
 
 fn emit(out: &mut Vec<u8>, cond: &Cond, no: usize) {
     match cond {
+        Cond::Not(inner) => {
+            // [inner][JMP]: a true inner condition steps to the JMP, which
+            // always takes `no` (the failure target, `no - inner_len` from it);
+            // a false one skips the JMP and goes on.
+            let inner_len = inner.len();
+            emit(out, inner, inner_len + OP_LEN);
+            push_op(out, BC_JMP, OP_LEN, no - inner_len);
+        }
         Cond::Host { dst, family, prefix_len, addr } => {
             push_op(out, if *dst { BC_D_COND } else { BC_S_COND }, cond.len(), no);
             // struct inet_diag_hostcond { u8 family; u8 prefix_len; int port; __be32 addr[]; }

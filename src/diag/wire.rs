@@ -1,9 +1,10 @@
 //! The bytes of sock_diag: requests we send and the replies we read. No I/O here.
 //!
 //! Requests are built with netlink-packet-core / netlink-packet-sock-diag; the
-//! bytecode attribute they lack is appended by hand. Replies are decoded
-//! header by header with `NetlinkBuffer::new_checked`, and of each socket only
-//! the fixed `inet_diag_msg` is parsed: attributes are not requested, and
+//! bytecode attribute they lack is appended by hand (`INET_DIAG_REQ_BYTECODE`,
+//! the one extension this module adds to those crates). Replies are decoded
+//! header by header with `NetlinkBuffer::new_checked`, and of each TCP socket
+//! only the fixed `inet_diag_msg` is parsed: attributes are not requested, and
 //! skipping them means a kernel that sends new or resized ones still parses.
 
 use netlink_packet_core::{
@@ -11,22 +12,52 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags};
+use netlink_packet_sock_diag::unix::{self, ShowFlags, UnixRequest, UnixResponse};
 use netlink_packet_sock_diag::{SockDiagDestroy, SockDiagMessage, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY};
 
 use crate::error::{Error, Result};
 use crate::filter::StateSet;
-use crate::sock::Socket;
+use crate::socket::TcpSocket;
 
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const NLA_HDR_LEN: usize = 4;
+const INET_REQUEST_LEN: usize = 56;
+
+/// The longest bytecode program one request attribute can carry (its length is a u16).
+pub const MAX_BYTECODE: usize = u16::MAX as usize - NLA_HDR_LEN;
 
 fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
+fn push_message<T>(out: &mut Vec<u8>, msg: NetlinkMessage<T>)
+where
+    T: netlink_packet_core::NetlinkSerializable + std::fmt::Debug,
+{
+    let mut msg = msg;
+    msg.finalize();
+    let start = out.len();
+    out.resize(start + msg.buffer_len(), 0);
+    msg.serialize(&mut out[start..]);
+}
+
+fn header(flags: u16, seq: u32) -> NetlinkHeader {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = seq;
+    header
+}
+
 /// Appends a dump request for one address family's TCP sockets in `states`,
 /// filtered in the kernel by `bytecode` (see [`super::bytecode`]; empty = none).
-pub fn encode_dump(out: &mut Vec<u8>, family: u8, states: StateSet, bytecode: &[u8], seq: u32) {
+/// Errors when the bytecode does not fit in one attribute.
+pub fn encode_dump(out: &mut Vec<u8>, family: u8, states: StateSet, bytecode: &[u8], seq: u32) -> Result<()> {
+    if bytecode.len() > MAX_BYTECODE {
+        return Err(Error::InvalidFilter(format!(
+            "the filter compiles to {} bytes of kernel bytecode, more than the {MAX_BYTECODE} one request carries: use fewer --dst/--src/--dport/--sport values",
+            bytecode.len()
+        )));
+    }
     let mut socket_id = SocketId::new_v4();
     socket_id.cookie = [0xff; 8]; // INET_DIAG_NOCOOKIE: not asking for one socket
     let req = InetRequest {
@@ -36,29 +67,24 @@ pub fn encode_dump(out: &mut Vec<u8>, family: u8, states: StateSet, bytecode: &[
         states: StateFlags::from_bits_retain(states.bits()),
         socket_id,
     };
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = seq;
-    let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(SockDiagMessage::InetRequest(req)));
-    msg.finalize();
     let start = out.len();
-    let base_len = msg.buffer_len();
-    out.resize(start + base_len, 0);
-    msg.serialize(&mut out[start..]);
+    let payload = NetlinkPayload::from(SockDiagMessage::InetRequest(req));
+    push_message(out, NetlinkMessage::new(header(NLM_F_REQUEST | NLM_F_DUMP, seq), payload));
     if !bytecode.is_empty() {
-        let nla_len = NLA_HDR_LEN + bytecode.len();
+        let nla_len = NLA_HDR_LEN + bytecode.len(); // <= u16::MAX, checked above
         out.extend_from_slice(&(nla_len as u16).to_ne_bytes());
         out.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
         out.extend_from_slice(bytecode);
-        out.resize(start + align4(base_len + nla_len), 0);
+        out.resize(start + align4(out.len() - start), 0);
         let total = (out.len() - start) as u32;
         NetlinkBuffer::new(&mut out[start..]).set_length(total);
     }
+    Ok(())
 }
 
 /// Appends a SOCK_DESTROY request (with NLM_F_ACK) for exactly the socket `sock`
 /// that a dump returned: same family, addresses, ports, interface and cookie.
-pub fn encode_destroy(out: &mut Vec<u8>, sock: &Socket, seq: u32) {
+pub fn encode_destroy(out: &mut Vec<u8>, sock: &TcpSocket, seq: u32) {
     let req = InetRequest {
         family: sock.af,
         protocol: IPPROTO_TCP,
@@ -66,50 +92,104 @@ pub fn encode_destroy(out: &mut Vec<u8>, sock: &Socket, seq: u32) {
         states: StateFlags::from_bits_retain(StateSet::ALL.bits()),
         socket_id: sock.id.clone(),
     };
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_ACK;
-    header.sequence_number = seq;
     let payload = NetlinkPayload::from(SockDiagDestroy::new(SockDiagMessage::InetRequest(req)));
-    let mut msg = NetlinkMessage::new(header, payload);
-    msg.finalize();
-    let start = out.len();
-    out.resize(start + msg.buffer_len(), 0);
-    msg.serialize(&mut out[start..]);
+    push_message(out, NetlinkMessage::new(header(NLM_F_REQUEST | NLM_F_ACK, seq), payload));
+}
+
+/// Appends a request for one unix socket by inode, asking for its peer's inode
+/// (with NLM_F_ACK: a single-socket answer is otherwise not followed by anything).
+pub fn encode_unix_peer(out: &mut Vec<u8>, inode: u32, seq: u32) {
+    let req = UnixRequest {
+        state_flags: unix::StateFlags::all(),
+        inode,
+        show_flags: ShowFlags::PEER,
+        cookie: [0xff; 8], // any cookie: the inode names the socket
+    };
+    let payload = NetlinkPayload::from(SockDiagMessage::UnixRequest(req));
+    push_message(out, NetlinkMessage::new(header(NLM_F_REQUEST | NLM_F_ACK, seq), payload));
 }
 
 /// One message of a reply datagram.
 #[derive(Debug)]
 pub enum Reply {
-    /// A socket of a dump. `interrupted` is the kernel's NLM_F_DUMP_INTR: the
-    /// table changed under the dump and its view may be inconsistent.
-    Socket { seq: u32, socket: Socket, interrupted: bool },
-    /// End of a dump.
-    Done { seq: u32, interrupted: bool },
-    /// An ack (`errno == 0`) or an error (`errno` positive, e.g. `libc::ENOENT`).
-    Ack { seq: u32, errno: i32 },
+    /// A TCP socket of a dump. `interrupted` is the kernel's NLM_F_DUMP_INTR:
+    /// the table changed under the dump and its view may be inconsistent.
+    Socket {
+        /// The request's sequence number.
+        seq: u32,
+        /// The socket.
+        socket: TcpSocket,
+        /// NLM_F_DUMP_INTR was set.
+        interrupted: bool,
+    },
+    /// A unix socket and its peer's inode (0 when unconnected).
+    Unix {
+        /// The request's sequence number.
+        seq: u32,
+        /// The socket's inode.
+        inode: u32,
+        /// The peer's inode.
+        peer: u32,
+    },
+    /// End of a dump; `errno` is the kernel's verdict on the whole dump (0 = complete).
+    Done {
+        /// The request's sequence number.
+        seq: u32,
+        /// NLM_F_DUMP_INTR was set.
+        interrupted: bool,
+        /// A positive errno when the kernel ended the dump with an error.
+        errno: i32,
+    },
+    /// A request succeeded (NLMSG_ERROR with code 0).
+    Ack {
+        /// The request's sequence number.
+        seq: u32,
+    },
+    /// A request failed with a positive errno (e.g. `libc::ENOENT`).
+    Error {
+        /// The request's sequence number.
+        seq: u32,
+        /// The kernel's errno.
+        errno: i32,
+    },
 }
 
 /// Decodes every netlink message in one datagram, handing each to `each`
 /// (no allocation per message: a dump datagram carries hundreds of sockets).
 pub fn decode_each(datagram: &[u8], mut each: impl FnMut(Reply)) -> Result<()> {
+    let decode = |e: netlink_packet_core::DecodeError| Error::Decode(e.to_string());
     let mut rest = datagram;
     while !rest.is_empty() {
-        let buf = NetlinkBuffer::new_checked(rest).map_err(|e| Error::Decode(e.to_string()))?;
+        let buf = NetlinkBuffer::new_checked(rest).map_err(decode)?;
         let len = buf.length() as usize;
         let seq = buf.sequence_number();
         let interrupted = buf.flags() & NLM_F_DUMP_INTR != 0;
         match buf.message_type() {
-            NLMSG_DONE => each(Reply::Done { seq, interrupted }),
+            NLMSG_DONE => {
+                // The payload is the dump's final status (a negative errno), when present.
+                let errno = buf
+                    .payload()
+                    .get(..4)
+                    .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]).saturating_neg().max(0));
+                each(Reply::Done { seq, interrupted, errno });
+            }
             NLMSG_ERROR => {
-                let err = ErrorBuffer::new_checked(buf.payload()).map_err(|e| Error::Decode(e.to_string()))?;
-                let errno = err.code().map_or(0, |c| c.get().saturating_neg());
-                each(Reply::Ack { seq, errno });
+                let err = ErrorBuffer::new_checked(buf.payload()).map_err(decode)?;
+                match err.code().map_or(0, |c| c.get().saturating_neg()) {
+                    0 => each(Reply::Ack { seq }),
+                    errno => each(Reply::Error { seq, errno }),
+                }
             }
             SOCK_DIAG_BY_FAMILY => {
                 let payload = buf.payload();
-                let h = InetResponseHeader::parse(payload).map_err(|e| Error::Decode(e.to_string()))?;
-                let socket = Socket::from_kernel(h.family, h.state, h.socket_id, h.uid, h.inode);
-                each(Reply::Socket { seq, socket, interrupted });
+                if payload.first() == Some(&(libc::AF_UNIX as u8)) {
+                    let r = UnixResponse::parse(payload).map_err(decode)?;
+                    each(Reply::Unix { seq, inode: r.header.inode, peer: r.peer().unwrap_or(0) });
+                } else {
+                    let h = InetResponseHeader::parse(payload).map_err(decode)?;
+                    let socket = TcpSocket::from_kernel(h.family, h.state, h.socket_id, h.uid, h.inode);
+                    each(Reply::Socket { seq, socket, interrupted });
+                }
             }
             // NLMSG_NOOP / NLMSG_OVERRUN or anything new: nothing for us.
             _ => {}
@@ -126,8 +206,51 @@ pub fn decode(datagram: &[u8]) -> Result<Vec<Reply>> {
     Ok(out)
 }
 
+/// A dump request as the kernel reads it (for tests of the encoder).
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub struct DumpRequest {
+    pub flags: u16,
+    pub seq: u32,
+    pub family: u8,
+    pub protocol: u8,
+    pub states: u32,
+    pub bytecode: Vec<u8>,
+}
+
+/// Reads back a dump request built by [`encode_dump`] (for tests of the encoder).
+#[doc(hidden)]
+pub fn decode_dump_request(bytes: &[u8]) -> Result<DumpRequest> {
+    let decode = |e: netlink_packet_core::DecodeError| Error::Decode(e.to_string());
+    let buf = NetlinkBuffer::new_checked(bytes).map_err(decode)?;
+    if buf.message_type() != SOCK_DIAG_BY_FAMILY || buf.length() as usize != bytes.len() {
+        return Err(Error::Decode("not one SOCK_DIAG_BY_FAMILY request".into()));
+    }
+    let payload = buf.payload();
+    let req = InetRequest::parse(payload).map_err(decode)?;
+    let mut bytecode = Vec::new();
+    if let Some(attr) = payload.get(INET_REQUEST_LEN..).filter(|a| !a.is_empty()) {
+        let (Some(len), Some(ty)) = (attr.get(0..2), attr.get(2..4)) else {
+            return Err(Error::Decode("short attribute".into()));
+        };
+        let len = usize::from(u16::from_ne_bytes([len[0], len[1]]));
+        if u16::from_ne_bytes([ty[0], ty[1]]) != INET_DIAG_REQ_BYTECODE || len < NLA_HDR_LEN {
+            return Err(Error::Decode("not a bytecode attribute".into()));
+        }
+        bytecode = attr.get(NLA_HDR_LEN..len).ok_or_else(|| Error::Decode("attribute past the end".into()))?.to_vec();
+    }
+    Ok(DumpRequest {
+        flags: buf.flags(),
+        seq: buf.sequence_number(),
+        family: req.family,
+        protocol: req.protocol,
+        states: req.states.bits(),
+        bytecode,
+    })
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::filter::TcpState;
 
@@ -141,7 +264,7 @@ mod tests {
     #[test]
     fn dump_request_known_bytes() {
         let mut out = Vec::new();
-        encode_dump(&mut out, libc::AF_INET as u8, StateSet::DEFAULT, &[], 7);
+        encode_dump(&mut out, libc::AF_INET as u8, StateSet::DEFAULT, &[], 7).unwrap();
         assert_eq!(out.len(), 16 + 56);
         assert_eq!(&out[0..4], &ne32(72));
         assert_eq!(&out[4..6], &ne16(20)); // SOCK_DIAG_BY_FAMILY
@@ -156,19 +279,34 @@ mod tests {
     #[test]
     fn dump_request_with_bytecode_fixes_length() {
         let mut out = vec![0xAA]; // appending after existing bytes
-        encode_dump(&mut out, libc::AF_INET6 as u8, StateSet::ALL, &[1, 4, 8, 0, 0, 0, 0, 0], 1);
+        encode_dump(&mut out, libc::AF_INET6 as u8, StateSet::ALL, &[1, 4, 8, 0, 0, 0, 0, 0], 1).unwrap();
         let msg = &out[1..];
         assert_eq!(msg.len(), 72 + 4 + 8);
         assert_eq!(&msg[0..4], &ne32(84));
         assert_eq!(&msg[72..74], &ne16(12));
         assert_eq!(&msg[74..76], &ne16(INET_DIAG_REQ_BYTECODE));
         assert_eq!(&msg[76..], &[1, 4, 8, 0, 0, 0, 0, 0]);
+        let back = decode_dump_request(msg).unwrap();
+        assert_eq!(back.bytecode, vec![1, 4, 8, 0, 0, 0, 0, 0]);
+        assert_eq!(back.family, libc::AF_INET6 as u8);
+    }
+
+    #[test]
+    fn oversized_bytecode_is_an_error_not_a_truncated_length() {
+        let mut out = Vec::new();
+        assert!(encode_dump(&mut out, 2, StateSet::ALL, &vec![0; MAX_BYTECODE], 1).is_ok());
+        out.clear();
+        assert!(encode_dump(&mut out, 2, StateSet::ALL, &vec![0; MAX_BYTECODE + 4], 1).is_err());
+        assert!(out.is_empty());
     }
 
     #[test]
     fn destroy_request_carries_the_exact_socket_id() {
-        let mut s =
-            Socket::for_test("10.0.0.1:4000".parse().unwrap(), "10.0.0.2:80".parse().unwrap(), TcpState::Established);
+        let mut s = TcpSocket::for_test(
+            "10.0.0.1:4000".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+            TcpState::Established,
+        );
         s.id.cookie = [1, 2, 3, 4, 5, 6, 7, 8];
         s.id.interface_id = 3;
         let mut out = Vec::new();
@@ -185,8 +323,21 @@ mod tests {
         assert_eq!(&out[64..72], &[1, 2, 3, 4, 5, 6, 7, 8]);
     }
 
+    #[test]
+    fn unix_peer_request_known_bytes() {
+        let mut out = Vec::new();
+        encode_unix_peer(&mut out, 0x1234, 5);
+        assert_eq!(out.len(), 16 + 24);
+        assert_eq!(&out[4..6], &ne16(20));
+        assert_eq!(&out[6..8], &ne16(NLM_F_REQUEST | NLM_F_ACK));
+        assert_eq!(out[16], libc::AF_UNIX as u8);
+        assert_eq!(&out[24..28], &ne32(0x1234)); // udiag_ino
+        assert_eq!(&out[28..32], &ne32(4)); // UDIAG_SHOW_PEER
+        assert_eq!(&out[32..40], &[0xff; 8]);
+    }
+
     /// A reply as the kernel builds it: header + inet_diag_msg (72 bytes) + one attribute.
-    pub(crate) fn socket_reply(seq: u32, flags: u16, state: u8) -> Vec<u8> {
+    pub(crate) fn socket_reply(seq: u32, flags: u16, state: u8, cookie: u32) -> Vec<u8> {
         let mut m = Vec::new();
         m.extend_from_slice(&ne32(0)); // length, fixed below
         m.extend_from_slice(&ne16(SOCK_DIAG_BY_FAMILY));
@@ -199,13 +350,13 @@ mod tests {
         m.extend_from_slice(&[127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         m.extend_from_slice(&[127, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         m.extend_from_slice(&ne32(0)); // ifindex
-        m.extend_from_slice(&ne32(0x1234)); // cookie low
+        m.extend_from_slice(&ne32(cookie)); // cookie low
         m.extend_from_slice(&ne32(0x1)); // cookie high
         m.extend_from_slice(&[0; 8]); // expires, rqueue
         m.extend_from_slice(&ne32(0)); // wqueue
         m.extend_from_slice(&ne32(1000)); // uid
         m.extend_from_slice(&ne32(98765)); // inode
-                                           // an attribute type no version of us knows, with an odd length
+                                           // An attribute type no version of us knows, with an odd length.
         m.extend_from_slice(&ne16(4 + 5));
         m.extend_from_slice(&ne16(99));
         m.extend_from_slice(&[1, 2, 3, 4, 5, 0, 0, 0]);
@@ -226,18 +377,25 @@ mod tests {
         m
     }
 
+    pub(crate) fn done(seq: u32, code: i32) -> Vec<u8> {
+        let mut m = vec![0; 20];
+        m[0..4].copy_from_slice(&ne32(20));
+        m[4..6].copy_from_slice(&ne16(NLMSG_DONE));
+        m[6..8].copy_from_slice(&ne16(2));
+        m[8..12].copy_from_slice(&ne32(seq));
+        m[16..20].copy_from_slice(&code.to_ne_bytes());
+        m
+    }
+
     #[test]
-    fn decodes_sockets_acks_and_done() {
-        let mut dg = socket_reply(3, 2, 1);
+    fn decodes_sockets_acks_errors_and_done() {
+        let mut dg = socket_reply(3, 2, 1, 0x1234);
         dg.extend(ack(9, 0));
         dg.extend(ack(10, -libc::ENOENT));
-        let mut done = vec![0; 20];
-        done[0..4].copy_from_slice(&ne32(20));
-        done[4..6].copy_from_slice(&ne16(NLMSG_DONE));
-        done[8..12].copy_from_slice(&ne32(3));
-        dg.extend(done);
+        dg.extend(done(3, 0));
+        dg.extend(done(4, -libc::ENOMEM));
         let replies = decode(&dg).unwrap();
-        assert_eq!(replies.len(), 4);
+        assert_eq!(replies.len(), 5);
         match &replies[0] {
             Reply::Socket { seq: 3, socket, interrupted: false } => {
                 assert_eq!(socket.local(), "127.0.0.1:5000".parse().unwrap());
@@ -248,31 +406,29 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(replies[1], Reply::Ack { seq: 9, errno: 0 }));
-        assert!(matches!(replies[2], Reply::Ack { seq: 10, errno: libc::ENOENT }));
-        assert!(matches!(replies[3], Reply::Done { seq: 3, interrupted: false }));
+        assert!(matches!(replies[1], Reply::Ack { seq: 9 }));
+        assert!(matches!(replies[2], Reply::Error { seq: 10, errno: libc::ENOENT }));
+        assert!(matches!(replies[3], Reply::Done { seq: 3, interrupted: false, errno: 0 }));
+        assert!(matches!(replies[4], Reply::Done { seq: 4, errno: libc::ENOMEM, .. }));
     }
 
     #[test]
     fn reports_dump_interrupted() {
-        let dg = socket_reply(3, 2 | NLM_F_DUMP_INTR, 1);
+        let dg = socket_reply(3, 2 | NLM_F_DUMP_INTR, 1, 1);
         assert!(matches!(decode(&dg).unwrap()[0], Reply::Socket { interrupted: true, .. }));
     }
 
     #[test]
-    fn truncated_and_bad_lengths_are_errors_not_panics() {
-        let dg = socket_reply(3, 2, 1);
+    fn truncated_and_bad_lengths_are_errors() {
+        let dg = socket_reply(3, 2, 1, 1);
         for cut in [1, 15, 16, 40, 87] {
-            let mut short = dg[..cut].to_vec();
-            if cut >= 4 {
-                // length claims the full message: longer than the buffer
-                assert!(decode(&short).is_err(), "cut at {cut}");
-                // length claims exactly the cut: payload too short for inet_diag_msg
-                let l = cut as u32;
-                short[0..4].copy_from_slice(&ne32(l));
-                let _ = decode(&short); // must not panic; an error when it is not a full header
-            } else {
-                assert!(decode(&short).is_err());
+            // The length field claims the full message: longer than the buffer.
+            assert!(decode(&dg[..cut]).is_err(), "cut at {cut}");
+            if cut >= 16 {
+                // The length claims exactly the cut: the payload is too short for inet_diag_msg.
+                let mut short = dg[..cut].to_vec();
+                short[0..4].copy_from_slice(&ne32(cut as u32));
+                assert!(decode(&short).is_err(), "cut at {cut} with a matching length");
             }
         }
         let mut zero = dg.clone();

@@ -1,7 +1,9 @@
 //! The HAProxy safety net: a client of the engine that knows HAProxy's runtime
-//! API. The engine never knows HAProxy exists.
+//! API and its processes. The engine never knows HAProxy exists.
 
 pub mod api;
+pub mod discovery;
+pub mod judge;
 pub mod parse;
 pub mod safety_net;
 

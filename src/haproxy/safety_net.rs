@@ -1,31 +1,35 @@
 //! `sockkill haproxy`: ask HAProxy to let go of a server, wait for it, then
 //! destroy what its processes still hold to that server, and verify.
 //!
-//! This module talks to HAProxy and to the engine; it never sees netlink bytes.
+//! This module says what a target is (through [`HaproxyJudge`]) and talks to
+//! HAProxy; the loop itself is the engine's, and it never sees netlink bytes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::{info, warn};
 
 use super::api::{Api, Endpoint};
-use super::parse::{self, Info};
-use crate::engine::{Acted, Engine, Outcome, Query, CANCEL};
+use super::discovery::{self, Worker};
+use super::judge::{Closed, HaproxyJudge, Target};
+use super::parse::{self, ServerState, WaitAnswer};
+use crate::audit::AuditLog;
+use crate::cancel::Cancel;
+use crate::diag::Outcome;
+use crate::engine::enforce::{Entry, Policy, Run, Spared, Summary};
+use crate::engine::{Engine, Query};
 use crate::error::{Error, Result};
-use crate::filter::{Filter, PortRange, StateSet};
-use crate::netns::{self, Netns};
-use crate::procfs;
-use crate::sock::Socket;
+use crate::filter::{canonical_ip, Filter, PortRange, StateSet};
+use crate::socket::TcpSocket;
 
 /// What to do; see `sockkill haproxy --help`.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The worker's stats socket (`PATH` or `HOST:PORT`).
     pub socket: String,
-    /// The master CLI socket (`-S`), to list workers with `show proc`.
+    /// The master CLI socket (`-S`); found from the master's command line when not given.
     pub master_socket: Option<String>,
     /// `(backend, server)`.
     pub server: Option<(String, String)>,
@@ -33,77 +37,125 @@ pub struct Options {
     pub addr: Option<SocketAddr>,
     /// HAProxy processes to act for, instead of discovering them.
     pub pids: Vec<u32>,
+    /// The processes' network namespace, instead of theirs from /proc.
     pub netns: Option<String>,
+    /// Send no state-changing command to HAProxy; only enforce.
     pub no_shutdown: bool,
+    /// Change nothing, destroy nothing: report what lingers now.
     pub dry_run: bool,
+    /// How long HAProxy gets to close the sessions itself.
     pub grace: Duration,
+    /// Clean only once no target was seen for this long.
     pub settle: Duration,
+    /// Give up (not clean) this long after the start.
     pub deadline: Duration,
+    /// Timeout for connecting to HAProxy and for each answer.
     pub api_timeout: Duration,
+    /// Time between looks.
     pub poll: Duration,
-    /// Keep enforcing (`--for`): not clean before this long after the start.
+    /// Keep enforcing until this long after the start.
     pub window: Option<Duration>,
-    /// Append one JSON line per destroyed socket here.
-    pub audit_log: Option<std::path::PathBuf>,
-    /// Recorded in the audit log.
-    pub command_line: String,
+    /// Refuse (before any command is sent) when more targets than this match,
+    /// and send no later pass larger than this.
+    pub max: Option<usize>,
+    /// Stops the run early when raised.
+    pub cancel: Option<Cancel>,
+    /// Records every destroyed socket.
+    pub audit: Option<Arc<AuditLog>>,
 }
 
-/// A socket HAProxy closed by itself, and when it was first seen gone.
+/// Counts of a [`Report`].
 #[derive(Debug, Clone, Serialize)]
-pub struct Closed {
-    #[serde(flatten)]
-    pub socket: Socket,
-    pub at_ms: u64,
+pub struct HaproxySummary {
+    /// Targets at the start.
+    pub initial: usize,
+    /// Targets HAProxy closed by itself.
+    pub closed_by_haproxy: usize,
+    /// Sockets destroyed by sockkill.
+    pub destroyed: usize,
+    /// Sockets gone before their destroy arrived.
+    pub already_gone: usize,
+    /// Destroys refused, unacknowledged, or not reaching a live socket.
+    pub failed: usize,
+    /// Targets at the end.
+    pub remaining: usize,
+    /// Sockets of other servers left alone.
+    pub other_server: usize,
+    /// Sockets left alone because HAProxy could not tell whose they are.
+    pub ambiguous: usize,
+    /// No target for the settle period at the end.
+    pub clean: bool,
 }
 
 /// The outcome of a safety-net run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Report {
+    /// Nothing was changed or destroyed on purpose.
     pub dry_run: bool,
+    /// HAProxy's version (`show info`).
     pub haproxy_version: String,
-    /// The HAProxy processes whose sockets were considered.
+    /// The HAProxy processes whose sockets were considered (our pids).
     pub pids: Vec<u32>,
+    /// The same, with HAProxy's own pids.
+    pub workers: Vec<Worker>,
+    /// The worker that answered `--socket`.
+    pub answering_pid: u32,
+    /// The master process, in master-worker mode.
     pub master_pid: Option<u32>,
+    /// The master CLI used to reach the other workers.
+    pub master_cli: Option<String>,
     /// `backend/server`, when named.
     pub server: Option<String>,
+    /// The server's address.
     pub server_addr: SocketAddr,
-    /// State-changing commands sent to HAProxy.
+    /// Commands sent to HAProxy.
     pub commands_sent: Vec<String>,
-    /// Matching sockets at the start.
+    /// `set server ... state maint` was sent (sockkill never takes it back).
+    pub server_left_in_maintenance: bool,
+    /// HAProxy >= 3.0: the answer to `wait <grace> srv-removable`.
+    pub wait_answer: Option<WaitAnswer>,
+    /// Targets at the start.
     pub initial: usize,
+    /// Targets HAProxy closed by itself, and when.
     pub closed_by_haproxy: Vec<Closed>,
-    /// Every destroy, with pass and time.
-    pub destroyed: Vec<Acted>,
-    pub remaining: Vec<Socket>,
-    /// HAProxy's own session count for the server at the end (`show stat` scur).
+    /// Every target sockkill acted on (as `kill`'s `sockets`).
+    pub destroyed: Vec<Entry>,
+    /// Targets at the end.
+    pub remaining: Vec<TcpSocket>,
+    /// Sockets to the address that HAProxy attributes to another server (left alone).
+    pub other_server: Vec<Spared>,
+    /// Sockets to the address whose server HAProxy cannot tell while others
+    /// share the address (left alone; the run is not clean while one remains).
+    pub ambiguous: Vec<Spared>,
+    /// Workers that exited during the run (e.g. an old worker done with its last session).
+    pub workers_exited: Vec<u32>,
+    /// HAProxy's session count for the server at the end (`show stat` scur).
     pub scur: Option<u64>,
-    /// No matching socket for the settle period.
+    /// No target for the settle period.
     pub clean: bool,
-    /// When a matching socket was last seen (ms since start).
+    /// When a target was last seen (ms since start).
     pub last_seen_ms: Option<u64>,
+    /// A signal stopped the run.
     pub interrupted: bool,
+    /// Wall time.
     pub duration_ms: u64,
+    /// What stopped the run early, if an error did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Counts.
+    pub summary: HaproxySummary,
+    /// The engine's counts (for metrics and the exit code).
+    #[serde(skip)]
+    pub engine: Summary,
+    #[serde(skip)]
+    exit_code: i32,
 }
 
 impl Report {
-    /// 0 = clean, 1 = sockets remain (or, for a dry run, linger now).
+    /// The documented exit code: 0 clean, 1 sockets remain (or a signal or an
+    /// error came after something was done), 2 error with nothing done.
     pub fn exit_code(&self) -> i32 {
-        if self.clean {
-            0
-        } else {
-            1
-        }
-    }
-
-    /// Destroyed sockets per pid and state, for the summary.
-    pub fn destroyed_by_pid_state(&self) -> BTreeMap<String, BTreeMap<String, usize>> {
-        let mut out: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-        for a in self.destroyed.iter().filter(|a| a.outcome == Outcome::Destroyed) {
-            let owner = a.socket.owners.as_ref().and_then(|o| o.first()).map_or("?".to_string(), |o| o.pid.to_string());
-            *out.entry(owner).or_default().entry(a.socket.state_name().to_string()).or_default() += 1;
-        }
-        out
+        self.exit_code
     }
 }
 
@@ -111,174 +163,150 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-/// Runs the safety net. Errors (exit 2) happen before anything is changed or destroyed.
+/// Runs the safety net. An `Err` means nothing was changed or destroyed;
+/// anything that goes wrong later is in the report's `error`.
 pub fn run(opts: &Options) -> Result<Report> {
     let started = Instant::now();
-    let api = Api::new(Endpoint::parse(&opts.socket), opts.api_timeout)?;
-    let info = parse::parse_info(&api.command("show info")?)?;
-    info!(version = %info.version, pid = info.pid, endpoint = %api.endpoint(), "connected to HAProxy");
-
-    let server_addr = resolve_addr(&api, opts)?;
-    // Mapped IPv6 (::ffff:a.b.c.d) stands for the IPv4 address in the filter.
-    let server_ip = crate::filter::as_ipv4(server_addr.ip()).map_or(server_addr.ip(), std::net::IpAddr::V4);
-    let (pids, master_pid) = haproxy_pids(&info, opts)?;
-    let ns = namespace_of(&pids, opts.netns.as_deref())?;
+    let cancel = opts.cancel.as_ref();
+    let api = Api::new(Endpoint::parse(&opts.socket), opts.api_timeout, opts.cancel.clone())?;
+    let (info, answering) = discovery::identify(&api)?;
+    let config = servers_state(&api)?;
+    let server_addr = resolve_addr(&config, opts)?;
+    let topo = discovery::discover(answering, opts.master_socket.as_deref(), &opts.pids, opts.api_timeout, cancel)?;
+    let pids: Vec<u32> = topo.workers.iter().map(|w| w.pid).collect();
+    info!(?pids, master = ?topo.master, "HAProxy processes");
+    let ns = discovery::namespace_of(&pids, opts.netns.as_deref())?;
     let mut engine = Engine::open(ns.as_ref())?;
     if !opts.dry_run && !crate::check::has_cap_net_admin() {
-        return Err(Error::NoPermission { destroyed: 0 });
-    }
-    if let (Some(path), false) = (&opts.audit_log, opts.dry_run) {
-        let label = ns.as_ref().map(|n| n.label().to_string());
-        engine.set_audit(Some(std::sync::Arc::new(crate::audit::AuditLog::open(
-            path,
-            opts.command_line.clone(),
-            label,
-        )?)));
+        return Err(Error::NoPermission);
     }
     let query = Query::new(Filter {
-        dst: vec![server_ip.into()],
-        dport: vec![PortRange { lo: server_addr.port(), hi: server_addr.port() }],
+        // Mapped IPv6 (::ffff:a.b.c.d) stands for the IPv4 address in the filter.
+        dst: vec![canonical_ip(server_addr.ip()).into()],
+        dport: vec![PortRange::one(server_addr.port())],
         // Any state but LISTEN and TIME-WAIT; never the source address
         // (`source ... usesrc clientip` makes it the client's).
         states: StateSet::DEFAULT,
-        pids: pids.clone(),
         ..Filter::default()
     })?;
-    let initial = engine.collect(&query)?;
-
-    let mut report = Report {
-        dry_run: opts.dry_run,
-        haproxy_version: info.version.clone(),
-        pids,
-        master_pid,
-        server: opts.server.as_ref().map(|(b, s)| format!("{b}/{s}")),
-        server_addr,
-        commands_sent: Vec::new(),
-        initial: initial.len(),
-        closed_by_haproxy: Vec::new(),
-        destroyed: Vec::new(),
-        remaining: Vec::new(),
-        scur: None,
-        clean: false,
-        last_seen_ms: None,
-        interrupted: false,
-        duration_ms: 0,
+    let master_api = match &topo.master_cli {
+        Some(cli) => match Api::new(cli.clone(), opts.api_timeout, opts.cancel.clone()) {
+            Ok(a) => Some(a),
+            Err(e) if opts.master_socket.is_some() => return Err(e),
+            Err(e) => {
+                warn!(%e, "the master CLI named in the master's command line is not usable: old workers cannot be asked");
+                None
+            }
+        },
+        None => None,
     };
+    let target = match &opts.server {
+        Some((backend, server)) => Target::Named { backend: backend.clone(), server: server.clone() },
+        None => Target::Gone,
+    };
+    let judge =
+        HaproxyJudge::new(target, server_addr, config, topo.workers.clone(), topo.answering.pid, api, master_api)?;
+    let policy = Policy {
+        dry_run: opts.dry_run,
+        verify: true,
+        passes: None,
+        grace: opts.grace,
+        settle: opts.settle,
+        deadline: Some(opts.deadline),
+        window: opts.window,
+        interval: opts.poll,
+        max: opts.max,
+    };
+    let mut run = Run::start(&mut engine, &query, policy, judge, cancel, opts.audit.as_deref())?;
+    let initial = run.matched();
 
-    if opts.dry_run {
-        report.clean = initial.is_empty();
-        report.last_seen_ms = (!initial.is_empty()).then_some(0);
-        report.remaining = initial;
-        report.scur = scur(&api, opts);
-        report.duration_ms = ms(started.elapsed());
-        return Ok(report);
-    }
-
-    if let (Some((b, s)), false) = (&opts.server, opts.no_shutdown) {
-        let mut cmds = vec![format!("set server {b}/{s} state maint"), format!("shutdown sessions server {b}/{s}")];
-        if parse::version_at_least(&info.version, 3, 0) {
-            cmds.push(format!("wait {}ms srv-removable {b}/{s}", ms(opts.grace)));
-        }
-        for cmd in cmds {
-            let answer = api.command(&cmd)?;
-            parse::check_answer(&cmd, &answer)?;
-            info!(cmd = %cmd, "sent to HAProxy");
-            report.commands_sent.push(cmd);
-        }
-    }
-
-    enforce(&mut engine, &query, opts, started, initial, &mut report)?;
-    report.scur = scur(&api, opts);
-    report.duration_ms = ms(started.elapsed());
-    Ok(report)
-}
-
-/// The timeline: poll until `grace`, then destroy in passes; clean once nothing
-/// matched for `settle`; give up at `deadline`.
-fn enforce(
-    engine: &mut Engine,
-    query: &Query,
-    opts: &Options,
-    started: Instant,
-    initial: Vec<Socket>,
-    report: &mut Report,
-) -> Result<()> {
-    let mut prev: HashMap<u64, Socket> = initial.into_iter().map(|s| (s.cookie(), s)).collect();
-    let mut last_seen = (!prev.is_empty()).then_some(Duration::ZERO);
-    let mut ours: HashSet<u64> = HashSet::new();
-    let mut pass = 0;
-    let window = opts.window.unwrap_or(Duration::ZERO);
-    let deadline = opts.deadline.max(window + opts.settle);
-    let progress = Progress::new();
-    loop {
-        let now = started.elapsed();
-        let current = engine.collect(query)?;
-        let live: HashSet<u64> = current.iter().map(|s| s.cookie()).collect();
-        for (cookie, s) in prev.drain() {
-            if !live.contains(&cookie) && !ours.contains(&cookie) {
-                report.closed_by_haproxy.push(Closed { socket: s, at_ms: ms(now) });
+    // HAProxy's own shutdown, unless told not to. Nothing is sent after a signal.
+    let mut commands_sent = Vec::new();
+    let mut maintenance = false;
+    let mut wait_answer = None;
+    let mut failure = None;
+    if let (Some((b, s)), false, false) = (&opts.server, opts.no_shutdown, opts.dry_run) {
+        let api = run.judge_mut().api();
+        for cmd in [format!("set server {b}/{s} state maint"), format!("shutdown sessions server {b}/{s}")] {
+            match api.command(&cmd).and_then(|a| parse::expect_empty(&cmd, &a)) {
+                Ok(()) => {
+                    info!(cmd = %cmd, "sent to HAProxy");
+                    maintenance |= cmd.ends_with("state maint");
+                    commands_sent.push(cmd);
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
             }
         }
-        if !current.is_empty() {
-            last_seen = Some(now);
-        }
-        report.last_seen_ms = last_seen.map(ms);
-        let quiet_for = now.saturating_sub(last_seen.unwrap_or(Duration::ZERO));
-        progress.show(now, opts, current.len(), quiet_for);
-        if current.is_empty() && quiet_for >= opts.settle && now >= window {
-            report.clean = true;
-            return Ok(());
-        }
-        if now >= deadline || CANCEL.load(Ordering::Relaxed) {
-            report.interrupted = CANCEL.load(Ordering::Relaxed);
-            report.remaining = current;
-            return Ok(());
-        }
-        if now >= opts.grace && !current.is_empty() {
-            pass += 1;
-            let destroyed_before = report.destroyed.iter().filter(|a| a.outcome == Outcome::Destroyed).count();
-            let acted = engine.destroy(current, pass, started, destroyed_before)?;
-            ours.extend(acted.iter().map(|a| a.socket.cookie()));
-            report.destroyed.extend(acted);
-            // What a signal left un-acted shows up again in the next collect.
-            prev = HashMap::new();
-        } else {
-            prev = current.into_iter().map(|s| (s.cookie(), s)).collect();
-        }
-        std::thread::sleep(opts.poll);
-    }
-}
-
-/// One status line on stderr while waiting, only when stderr is a terminal.
-struct Progress(bool);
-
-impl Progress {
-    fn new() -> Progress {
-        use std::io::IsTerminal;
-        Progress(std::io::stderr().is_terminal())
-    }
-
-    fn show(&self, now: Duration, opts: &Options, sockets: usize, quiet: Duration) {
-        if !self.0 {
-            return;
-        }
-        let phase = if now < opts.grace { "grace" } else { "enforcing" };
-        eprint!(
-            "\r\x1b[K{phase} {:.1}s (grace {:.1}s, deadline {:.1}s): {sockets} sockets to the server, quiet for {:.1}s",
-            now.as_secs_f64(),
-            opts.grace.as_secs_f64(),
-            opts.deadline.as_secs_f64(),
-            quiet.as_secs_f64()
-        );
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        if self.0 {
-            eprint!("\r\x1b[K");
+        if failure.is_none() && parse::version_at_least(&info.version, 3, 0) {
+            // Waits until the server has no session left, or the grace period ends.
+            let cmd = format!("wait {}ms srv-removable {b}/{s}", ms(opts.grace));
+            match api.command_within(&cmd, opts.grace + api.timeout()).and_then(|a| parse::parse_wait(&cmd, &a)) {
+                Ok(answer) => {
+                    info!(cmd = %cmd, ?answer, "HAProxy answered");
+                    wait_answer = Some(answer);
+                    commands_sent.push(cmd);
+                }
+                Err(e) => failure = Some(e),
+            }
         }
     }
+    let (enf, mut judge) = match failure {
+        Some(Error::Interrupted(_)) => run.interrupt(),
+        Some(e) => run.stop(e),
+        None => run.finish(),
+    };
+    let abandoned = cancel.is_some_and(Cancel::is_abandoned);
+    let scur = if abandoned { None } else { scur(judge.api(), opts) };
+    let count = |o: fn(&Outcome) -> bool| enf.sockets.iter().filter(|e| o(&e.outcome)).count();
+    let remaining = enf.remaining.clone().unwrap_or_default();
+    let exit_code = enf.exit_code(maintenance || !commands_sent.is_empty());
+    let summary = HaproxySummary {
+        initial,
+        closed_by_haproxy: judge.closed.len(),
+        destroyed: count(|o| *o == Outcome::Destroyed),
+        already_gone: count(|o| *o == Outcome::AlreadyGone),
+        failed: count(|o| matches!(o, Outcome::Failed(_) | Outcome::Unacknowledged | Outcome::NotFound)),
+        remaining: remaining.len(),
+        other_server: enf.kept.len(),
+        ambiguous: enf.unsure.len(),
+        clean: enf.clean,
+    };
+    let workers_exited = judge.exited().to_vec();
+    let answering_pid = topo.answering.pid;
+    let duration_ms = ms(started.elapsed());
+    Ok(Report {
+        dry_run: opts.dry_run,
+        haproxy_version: info.version,
+        pids,
+        workers: topo.workers,
+        answering_pid,
+        master_pid: topo.master,
+        master_cli: topo.master_cli.map(|c| c.to_string()),
+        server: opts.server.as_ref().map(|(b, s)| format!("{b}/{s}")),
+        server_addr,
+        commands_sent,
+        server_left_in_maintenance: maintenance,
+        wait_answer,
+        initial,
+        closed_by_haproxy: judge.closed,
+        destroyed: enf.sockets,
+        remaining,
+        other_server: enf.kept,
+        ambiguous: enf.unsure,
+        workers_exited,
+        scur,
+        clean: enf.clean,
+        last_seen_ms: enf.last_seen_ms,
+        interrupted: enf.summary.interrupted,
+        duration_ms,
+        error: enf.error.map(|e| e.to_string()),
+        summary,
+        engine: enf.summary,
+        exit_code,
+    })
 }
 
 fn scur(api: &Api, opts: &Options) -> Option<u64> {
@@ -292,19 +320,26 @@ fn scur(api: &Api, opts: &Options) -> Option<u64> {
     }
 }
 
-/// The server's address: `--addr`, else `show servers state` by name.
-fn resolve_addr(api: &Api, opts: &Options) -> Result<SocketAddr> {
+/// The current worker's servers, every backend.
+fn servers_state(api: &Api) -> Result<Vec<ServerState>> {
+    let cmd = "show servers state";
+    let answer = api.command(cmd)?;
+    parse::check_query(cmd, &answer)?;
+    parse::parse_servers_state(&answer)
+}
+
+/// The server's address: `--addr`, else the named server's in `show servers state`.
+fn resolve_addr(config: &[ServerState], opts: &Options) -> Result<SocketAddr> {
     let Some((b, s)) = &opts.server else {
         return opts.addr.ok_or_else(|| Error::Haproxy("give --server BACKEND/SERVER or --addr IP:PORT".into()));
     };
-    let cmd = format!("show servers state {b}");
-    let answer = api.command(&cmd)?;
-    parse::check_answer(&cmd, &answer)?;
-    let states = parse::parse_servers_state(&answer)?;
-    let st = states
+    if !config.iter().any(|st| &st.backend == b) {
+        return Err(Error::Haproxy(format!("no backend {b} (`show servers state`)")));
+    }
+    let st = config
         .iter()
         .find(|st| &st.backend == b && &st.name == s)
-        .ok_or_else(|| Error::Haproxy(format!("no server {s} in backend {b} (`show servers state {b}`)")))?;
+        .ok_or_else(|| Error::Haproxy(format!("no server {s} in backend {b} (`show servers state`)")))?;
     let named = st.addr.map(|ip| SocketAddr::new(ip, st.port));
     match (opts.addr, named) {
         (Some(given), Some(named)) => {
@@ -320,70 +355,4 @@ fn resolve_addr(api: &Api, opts: &Options) -> Result<SocketAddr> {
         }
         (None, None) => Err(Error::Haproxy(format!("server {b}/{s} has no address in HAProxy: give --addr IP:PORT"))),
     }
-}
-
-fn is_haproxy(pid: u32) -> bool {
-    procfs::command(pid) == "haproxy"
-}
-
-/// The HAProxy processes to act for: `--pid`, else the master CLI's workers,
-/// else the answering worker and, under a master, every HAProxy child of it.
-fn haproxy_pids(info: &Info, opts: &Options) -> Result<(Vec<u32>, Option<u32>)> {
-    if !opts.pids.is_empty() {
-        for &pid in &opts.pids {
-            procfs::socket_inodes(pid)?;
-        }
-        return Ok((opts.pids.clone(), None));
-    }
-    if let Some(ms) = &opts.master_socket {
-        let api = Api::new(Endpoint::parse(ms), opts.api_timeout)?;
-        let procs = parse::parse_proc(&api.command("show proc")?)?;
-        let master = procs.iter().find(|p| p.kind == "master").map(|p| p.pid);
-        let workers: Vec<u32> = procs.iter().filter(|p| p.kind == "worker").map(|p| p.pid).collect();
-        if workers.is_empty() {
-            return Err(Error::Haproxy("the master CLI lists no workers".into()));
-        }
-        return Ok((workers, master));
-    }
-    let pid = info.pid;
-    if !is_haproxy(pid) {
-        return Err(Error::Haproxy(format!(
-            "`show info` names pid {pid}, which is not an haproxy process here (another pid namespace?): give --pid"
-        )));
-    }
-    let parent = procfs::parent_pid(pid)?;
-    if parent > 1 && is_haproxy(parent) {
-        let mut children: Vec<u32> = procfs::all_pids()
-            .into_iter()
-            .filter(|&p| procfs::parent_pid(p).ok() == Some(parent) && is_haproxy(p))
-            .collect();
-        children.sort_unstable();
-        if !children.contains(&pid) {
-            children.push(pid);
-        }
-        return Ok((children, Some(parent)));
-    }
-    Ok((vec![pid], None))
-}
-
-/// The one network namespace the processes live in (or `--netns`); `None` = ours.
-fn namespace_of(pids: &[u32], explicit: Option<&str>) -> Result<Option<Netns>> {
-    if let Some(spec) = explicit {
-        return Netns::open(spec).map(Some);
-    }
-    // One open namespace per distinct inode, kept for use (no second open).
-    let mut seen: BTreeMap<u64, (u32, Netns)> = BTreeMap::new();
-    for &pid in pids {
-        let ns = Netns::open(&pid.to_string())?;
-        seen.entry(ns.inode()?).or_insert((pid, ns));
-    }
-    if seen.len() > 1 {
-        let list: Vec<String> = seen.iter().map(|(ino, (pid, _))| format!("pid {pid} in net:[{ino}]")).collect();
-        return Err(Error::Haproxy(format!(
-            "the HAProxy processes span several network namespaces ({}): give --pid and --netns",
-            list.join(", ")
-        )));
-    }
-    let Some((ino, (_, ns))) = seen.into_iter().next() else { return Ok(None) };
-    Ok((ino != netns::current_netns_inode()?).then_some(ns))
 }

@@ -60,15 +60,16 @@ fn source_ip(to: IpAddr) -> IpAddr {
     }
 }
 
-fn connect_from(ip: IpAddr, port: u16, to: SocketAddr) -> io::Result<TcpStream> {
+/// A connection from exactly `local` to `to` (SO_REUSEADDR: one local
+/// address:port may serve one connection to each of several peers).
+pub fn connect_from(local: SocketAddr, to: SocketAddr) -> io::Result<TcpStream> {
     use nix::sys::socket::{
         bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
     };
     let family = if to.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    // Listener ports differ, so one source port serves one connection per listener.
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    bind(fd.as_raw_fd(), &SockaddrStorage::from(SocketAddr::new(ip, port)))?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(local))?;
     connect(fd.as_raw_fd(), &SockaddrStorage::from(to))?;
     Ok(TcpStream::from(fd))
 }
@@ -98,7 +99,8 @@ impl Farm {
                 let to = SocketAddr::new(g.connect_ip, port);
                 let mut batch: Vec<RawFd> = Vec::with_capacity(2 * PAIRS_PER_MSG);
                 for i in 0..chunk {
-                    let c = connect_from(source_ip(g.connect_ip), FIRST_SOURCE_PORT + i as u16, to)?;
+                    let from = SocketAddr::new(source_ip(g.connect_ip), FIRST_SOURCE_PORT + i as u16);
+                    let c = connect_from(from, to)?;
                     let (s, _) = listener.accept()?;
                     batch.push(c.into_raw_fd());
                     batch.push(s.into_raw_fd());

@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sockkill::{Engine, Filter, Query, Socket};
+use sockkill::{Engine, Filter, Query, TcpSocket};
+
+#[allow(unused_imports)]
+pub use farm::connect_from;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sockkill");
 
@@ -44,6 +47,67 @@ pub fn assert_ns_not_root(path: &str) {
     assert_ne!(target, ino("/proc/self/ns/net").expect("main thread netns"), "{path} is the root namespace");
     if let Ok(root) = ino("/proc/1/ns/net") {
         assert_ne!(target, root, "{path} is pid 1's namespace");
+    }
+}
+
+/// What a test needs from the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Private network namespaces (root, or root in a user namespace: `unshare -Ur cargo test`).
+    Netns,
+    /// Real root: `ip netns add` (mounts under /run/netns), other users' processes.
+    Root,
+}
+
+fn can_unshare_netns() -> bool {
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| {
+        std::thread::spawn(|| nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_ok()).join().unwrap_or(false)
+    })
+}
+
+fn is_real_root() -> bool {
+    // Root in the initial user namespace maps the whole uid range onto itself.
+    let full_map = std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]);
+    nix::unistd::geteuid().is_root() && full_map
+}
+
+/// Whether the machine gives what `need` asks for. When it does not, the test
+/// is skipped with a message — except under CI (`CI=true`), where a lost
+/// capability must never turn the run green: there it fails.
+pub fn can(need: Need, test: &str) -> bool {
+    let ok = match need {
+        Need::Netns => can_unshare_netns(),
+        Need::Root => is_real_root() && can_unshare_netns(),
+    };
+    if !ok {
+        let why = match need {
+            Need::Netns => "cannot create a network namespace (run as root, or `unshare -Ur cargo test`)",
+            Need::Root => "needs real root (named namespaces under /run/netns, other users' processes)",
+        };
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "{test}: {why}, and CI=true forbids skipping");
+        eprintln!("SKIPPED {test}: {why}");
+    }
+    ok
+}
+
+/// Skips the calling test (returns) unless the machine gives `$need`.
+#[macro_export]
+macro_rules! require {
+    ($need:ident) => {
+        if !$crate::common::can($crate::common::Need::$need, module_path!()) {
+            return;
+        }
+    };
+}
+
+/// Polls `cond` every 20 ms until it holds; panics after `limit` naming `what`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -191,7 +255,7 @@ pub fn code(out: &Output) -> i32 {
 }
 
 /// The kernel's view, through our own dump: sockets whose peer is in `dst`.
-pub fn dump_dst(dst: &str) -> Vec<Socket> {
+pub fn dump_dst(dst: &str) -> Vec<TcpSocket> {
     let filter = Filter { dst: vec![sockkill::filter::parse_cidr(dst).expect("cidr")], ..Filter::default() };
     Engine::open(None).expect("engine").collect(&Query::new(filter).expect("query")).expect("dump")
 }

@@ -1,6 +1,6 @@
 //! One TCP socket as the kernel's sock_diag dump described it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 
 use netlink_packet_sock_diag::inet::SocketId;
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -15,31 +15,42 @@ use crate::procfs::Owner;
 /// Kept small (a kill may hold hundreds of thousands): addresses live only in
 /// the id, and are read through the accessors.
 #[derive(Debug, Clone)]
-pub struct Socket {
+pub struct TcpSocket {
     pub(crate) id: SocketId,
     pub(crate) af: u8,
     /// `None` for a state number this program does not know.
     pub state: Option<TcpState>,
+    /// The socket's owning user id.
     pub uid: u32,
-    /// The socket's inode (0 for sockets without a file, e.g. TIME-WAIT).
+    /// The socket's inode (0 for sockets no file refers to: TIME-WAIT, orphans).
     pub inode: u32,
     /// Processes holding the socket open, when they were looked up.
     pub owners: Option<Box<[Owner]>>,
 }
 
-impl Socket {
-    pub(crate) fn from_kernel(af: u8, state: u8, id: SocketId, uid: u32, inode: u32) -> Socket {
-        Socket { id, af, state: TcpState::from_kernel(state), uid, inode, owners: None }
+impl TcpSocket {
+    pub(crate) fn from_kernel(af: u8, state: u8, id: SocketId, uid: u32, inode: u32) -> TcpSocket {
+        TcpSocket { id, af, state: TcpState::from_kernel(state), uid, inode, owners: None }
     }
 
-    /// The local address and port (`src`).
+    fn addr(&self, ip: IpAddr, port: u16) -> SocketAddr {
+        match ip {
+            // A link-local address means nothing without its interface: keep it as the scope.
+            IpAddr::V6(v6) if v6.is_unicast_link_local() => {
+                SocketAddr::V6(SocketAddrV6::new(v6, port, 0, self.id.interface_id))
+            }
+            ip => SocketAddr::new(ip, port),
+        }
+    }
+
+    /// The local address and port (`src`); IPv6 link-local addresses carry the interface as scope.
     pub fn local(&self) -> SocketAddr {
-        SocketAddr::new(self.id.source_address, self.id.source_port)
+        self.addr(self.id.source_address, self.id.source_port)
     }
 
-    /// The peer address and port (`dst`).
+    /// The peer address and port (`dst`); IPv6 link-local addresses carry the interface as scope.
     pub fn peer(&self) -> SocketAddr {
-        SocketAddr::new(self.id.destination_address, self.id.destination_port)
+        self.addr(self.id.destination_address, self.id.destination_port)
     }
 
     /// The kernel's socket cookie, unique for the life of the namespace.
@@ -69,7 +80,7 @@ impl Socket {
         self.state.map_or("UNKNOWN", TcpState::ss_name)
     }
 
-    /// A one-line description of the owners, `-` when there are none known.
+    /// A one-line description of the owners: empty when not looked up, `-` when there are none.
     pub fn owners_text(&self) -> String {
         match &self.owners {
             None => String::new(),
@@ -94,8 +105,9 @@ impl Socket {
         Ok(())
     }
 
-    #[cfg(test)]
-    pub(crate) fn for_test(local: SocketAddr, peer: SocketAddr, state: TcpState) -> Socket {
+    /// A socket as a dump would return it, for tests of code above the kernel.
+    #[doc(hidden)]
+    pub fn for_test(local: SocketAddr, peer: SocketAddr, state: TcpState) -> TcpSocket {
         let id = SocketId {
             source_port: local.port(),
             destination_port: peer.port(),
@@ -105,11 +117,21 @@ impl Socket {
             cookie: [0; 8],
         };
         let af = if local.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET } as u8;
-        Socket::from_kernel(af, state as u8, id, 0, 0)
+        TcpSocket::from_kernel(af, state as u8, id, 0, 0)
+    }
+
+    /// Sets the cookie and inode, for tests of code above the kernel.
+    #[doc(hidden)]
+    pub fn with_ids(mut self, cookie: u64, inode: u32) -> TcpSocket {
+        let lo = (cookie as u32).to_ne_bytes();
+        let hi = ((cookie >> 32) as u32).to_ne_bytes();
+        self.id.cookie = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]];
+        self.inode = inode;
+        self
     }
 }
 
-impl Serialize for Socket {
+impl Serialize for TcpSocket {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
         self.serialize_fields(&mut map)?;
@@ -123,15 +145,30 @@ mod tests {
 
     #[test]
     fn stays_small_and_serializes_its_fields() {
-        assert!(std::mem::size_of::<Socket>() <= 88, "{}", std::mem::size_of::<Socket>());
-        let mut s = Socket::for_test("[::1]:5".parse().unwrap(), "[::1]:80".parse().unwrap(), TcpState::SynSent);
-        s.id.cookie = [7, 0, 0, 0, 1, 0, 0, 0];
+        assert!(std::mem::size_of::<TcpSocket>() <= 88, "{}", std::mem::size_of::<TcpSocket>());
+        let s = TcpSocket::for_test("[::1]:5".parse().unwrap(), "[::1]:80".parse().unwrap(), TcpState::SynSent)
+            .with_ids((1u64 << 32) + 7, 9);
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["family"], "inet6");
         assert_eq!(v["state"], "SYN-SENT");
         assert_eq!(v["local"], "[::1]:5");
         assert_eq!(v["peer"], "[::1]:80");
         assert_eq!(v["cookie"], (1u64 << 32) + 7);
+        assert_eq!(v["inode"], 9);
         assert!(v.get("owners").is_none());
+    }
+
+    #[test]
+    fn link_local_addresses_carry_their_interface() {
+        let mut s = TcpSocket::for_test(
+            "[fe80::1]:22".parse().unwrap(),
+            "[fe80::2]:5000".parse().unwrap(),
+            TcpState::Established,
+        );
+        s.id.interface_id = 3;
+        assert_eq!(s.local().to_string(), "[fe80::1%3]:22");
+        assert_eq!(s.peer().to_string(), "[fe80::2%3]:5000");
+        let g = TcpSocket::for_test("[fd00::1]:22".parse().unwrap(), "[fd00::2]:1".parse().unwrap(), TcpState::Listen);
+        assert_eq!(g.local().to_string(), "[fd00::1]:22");
     }
 }

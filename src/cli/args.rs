@@ -1,0 +1,426 @@
+//! The command line as the user typed it (clap definitions): parsing only.
+//! Cross-checks and everything that needs the system happen in `plan`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use ipnet::IpNet;
+use sockkill::filter::{parse_cidr, Family, Filter, PortRange, StateSet};
+
+/// Default `--max`: see README (blast radius).
+pub const DEFAULT_MAX: usize = 10_000;
+
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  list, check:  0 success, 2 error
+  kill, haproxy:
+                0 no matching socket remains at the end (a dry run: nothing matches)
+                1 matching sockets remain, or a signal or an error stopped the run
+                  after something was destroyed (or HAProxy's state was changed);
+                  the report is printed all the same
+                2 error or signal before anything was done: nothing destroyed";
+
+/// Find TCP sockets by address through sock_diag and destroy them (SOCK_DESTROY).
+#[derive(Debug, Parser)]
+#[command(name = "sockkill", version, disable_help_flag = true, disable_help_subcommand = true)]
+#[command(after_help = EXIT_CODES, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes, listed after the subcommand's own.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// One JSON document on stdout instead of the human table (also for errors).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print help.
+    #[arg(short, long, action = clap::ArgAction::Help, global = true)]
+    help: Option<bool>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List matching TCP sockets (read-only; needs no privilege in the current namespace).
+    #[command(after_help = EXIT_CODES)]
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Show the owning pid/command of each socket (scans /proc: expensive on busy hosts).
+        #[arg(short, long, help_heading = "List options")]
+        processes: bool,
+    },
+    /// Destroy matching TCP sockets, then verify that none remain.
+    #[command(after_help = EXIT_CODES)]
+    Kill {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        kill: KillArgs,
+    },
+    /// HAProxy safety net: take a server out, wait, then destroy the TCP
+    /// connections HAProxy's processes still hold to it, and verify.
+    #[command(after_help = EXIT_CODES)]
+    Haproxy(HaproxyArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print a man page (roff): `sockkill man | man -l -`; `--out DIR` writes one per subcommand.
+    Man {
+        /// Write sockkill.1 and sockkill-SUBCOMMAND.1 into DIR instead of printing sockkill.1.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Self-probe: create a loopback pair, list it, destroy it, say what works.
+    #[command(after_help = EXIT_CODES)]
+    Check {
+        /// Probe inside this namespace (NAME under /run/netns, PATH, or PID) instead of a throwaway one.
+        #[arg(long, value_name = "NS")]
+        netns: Option<String>,
+    },
+}
+
+/// The socket filter shared by list and kill.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Filter")]
+pub struct FilterArgs {
+    /// Peer address or CIDR (a bare IP means /32 or /128); repeatable (OR).
+    #[arg(long, value_name = "CIDR", value_parser = cidr)]
+    pub dst: Vec<IpNet>,
+    /// Peer port or range LO-HI; repeatable (OR).
+    #[arg(long, value_name = "PORT", value_parser = port_range)]
+    pub dport: Vec<PortRange>,
+    /// Local address or CIDR; repeatable (OR).
+    #[arg(long, value_name = "CIDR", value_parser = cidr)]
+    pub src: Vec<IpNet>,
+    /// Local port or range LO-HI; repeatable (OR).
+    #[arg(long, value_name = "PORT", value_parser = port_range)]
+    pub sport: Vec<PortRange>,
+    /// TCP state as ss names it (established, syn-sent, ..., listening, all, connected);
+    /// repeatable. Default: every state except listening and time-wait.
+    #[arg(long = "state", value_name = "STATE", value_parser = state)]
+    pub states: Vec<StateSet>,
+    /// IPv4 only, by local address (including IPv4-mapped IPv6 sockets).
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// IPv6 only, by local address (excluding IPv4-mapped sockets).
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+    /// Only sockets held open by this process; repeatable.
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Vec<u32>,
+    /// Network namespace: NAME under /run/netns, a PATH (contains /), or a PID (its /proc/PID/ns/net).
+    #[arg(long, value_name = "NS")]
+    pub netns: Option<String>,
+}
+
+/// Options of `sockkill kill` beyond the filter.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Kill options")]
+pub struct KillArgs {
+    /// Show the owning pid/command of each socket (scans /proc).
+    #[arg(short, long)]
+    pub processes: bool,
+    /// Do everything but destroy; exits 1 when something matches (a detector).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Skip the final dump that checks nothing matches any more.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Allow a filter that does not narrow the address space (kills everything matching).
+    #[arg(long)]
+    pub allow_catch_all: bool,
+    /// Refuse, destroying nothing, when more sockets than this match (0 = no limit).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX)]
+    pub max: usize,
+    /// Append JSON lines (start, destroyed, end events) to FILE, synced to disk.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Enforcement window: keep destroying new matching connections until
+    /// DURATION after the start (e.g. while a rollout propagates); at most 24h.
+    #[arg(long = "for", value_name = "DURATION", value_parser = duration, conflicts_with_all = ["dry_run", "no_verify"])]
+    pub window: Option<Duration>,
+    /// With --for: how often to dump (one kernel-filtered dump per interval); at least 10ms.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = duration, requires = "window")]
+    pub interval: Duration,
+    /// Write a Prometheus node_exporter textfile with the run's counts (atomically).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+}
+
+/// Options of `sockkill haproxy`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).multiple(true).args(["server", "addr"])))]
+#[command(next_help_heading = "HAProxy")]
+pub struct HaproxyArgs {
+    /// HAProxy's stats socket (runtime API, `level admin`): a unix socket PATH or HOST:PORT.
+    #[arg(long, value_name = "PATH|HOST:PORT")]
+    pub socket: String,
+    /// The server to take out; its address comes from `show servers state`.
+    #[arg(long, value_name = "BACKEND/SERVER", value_parser = backend_server)]
+    pub server: Option<(String, String)>,
+    /// The server's address: alone, it means every server at this address that
+    /// the current configuration no longer has there (e.g. removed by a reload).
+    #[arg(long, value_name = "IP:PORT", value_parser = server_addr)]
+    pub addr: Option<SocketAddr>,
+    /// The master CLI socket (`haproxy -W -S ...`), to ask old workers; found in
+    /// the master's command line when not given.
+    #[arg(long, value_name = "PATH|HOST:PORT")]
+    pub master_socket: Option<String>,
+    /// Act for these HAProxy processes instead of discovering them; repeatable.
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Vec<u32>,
+    /// The processes' network namespace (default: found from /proc/PID/ns/net).
+    #[arg(long, value_name = "NS")]
+    pub netns: Option<String>,
+    /// Send no state-changing command to HAProxy; only enforce.
+    #[arg(long)]
+    pub no_shutdown: bool,
+    /// Change nothing, destroy nothing: report lingering sockets now; exit 1 if any.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// How long HAProxy gets to close the sessions itself (at most 1h).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration, help_heading = "Timing")]
+    pub grace: Duration,
+    /// Clean only once no matching socket was seen for this long (at most 1h).
+    #[arg(long, value_name = "DURATION", default_value = "1.5s", value_parser = duration, help_heading = "Timing")]
+    pub settle: Duration,
+    /// Give up (exit 1) when sockets still appear after this long; at least
+    /// grace + settle, at most 24h. Default 10s, or with --for: the window + settle.
+    #[arg(long, value_name = "DURATION", value_parser = duration, help_heading = "Timing")]
+    pub deadline: Option<Duration>,
+    /// Keep enforcing until DURATION after the start (at most 24h): new
+    /// connections to the server are destroyed too; clean is judged at the end.
+    #[arg(long = "for", value_name = "DURATION", value_parser = duration, conflicts_with = "dry_run", help_heading = "Timing")]
+    pub window: Option<Duration>,
+    /// Timeout for connecting to HAProxy and for each answer (at most 1h).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration, help_heading = "Timing")]
+    pub api_timeout: Duration,
+
+    /// Refuse, before any command is sent, when more sockets than this are targets (0 = no limit).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX, help_heading = "Safety and records")]
+    pub max: usize,
+    /// Append JSON lines (start, destroyed, end events) to FILE, synced to disk.
+    #[arg(long, value_name = "FILE", help_heading = "Safety and records")]
+    pub audit_log: Option<PathBuf>,
+    /// Write a Prometheus node_exporter textfile with the run's counts (atomically).
+    #[arg(long, value_name = "PATH", help_heading = "Safety and records")]
+    pub metrics_file: Option<PathBuf>,
+}
+
+fn backend_server(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((b, srv)) if !b.is_empty() && !srv.is_empty() && !srv.contains('/') => {
+            Ok((b.to_string(), srv.to_string()))
+        }
+        _ => Err(format!("expected BACKEND/SERVER, got {s:?}")),
+    }
+}
+
+fn server_addr(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s.parse().map_err(|_| {
+        if s.parse::<std::net::IpAddr>().is_ok() {
+            format!("{s:?} has no port: expected IP:PORT (e.g. 10.0.0.7:8080 or [fd00::7]:8080)")
+        } else {
+            format!("{s:?} is not IP:PORT (e.g. 10.0.0.7:8080 or [fd00::7]:8080)")
+        }
+    })?;
+    if addr.port() == 0 {
+        return Err(format!("{s:?}: port 0 is not a server port"));
+    }
+    Ok(addr)
+}
+
+/// `1.5s`, `100ms`, `2m`, `1h`, or a bare number of seconds.
+///
+/// Parsed here rather than with humantime, which takes neither fractions
+/// (`1.5s`) nor bare seconds, both common in scripts and in HAProxy's own
+/// timeouts. Ranges are checked per option in `plan`.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("bad duration {s:?}: expected e.g. 1.5s, 100ms, 2m, 1h"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("bad duration {s:?}: must be positive and finite"));
+    }
+    // Anything past a day is refused per option; saturate instead of overflowing here.
+    Duration::try_from_secs_f64((v * scale).min(1e9)).map_err(|_| format!("bad duration {s:?}"))
+}
+
+fn cidr(s: &str) -> Result<IpNet, String> {
+    parse_cidr(s).map_err(|e| e.to_string())
+}
+fn port_range(s: &str) -> Result<PortRange, String> {
+    s.parse::<PortRange>().map_err(|e| e.to_string())
+}
+fn state(s: &str) -> Result<StateSet, String> {
+    StateSet::parse_name(s).map_err(|e| e.to_string())
+}
+
+impl FilterArgs {
+    /// The library filter these flags describe.
+    pub fn to_filter(&self) -> Filter {
+        let states = if self.states.is_empty() {
+            StateSet::DEFAULT
+        } else {
+            self.states.iter().fold(StateSet::EMPTY, |acc, s| acc.union(*s))
+        };
+        Filter {
+            dst: self.dst.clone(),
+            src: self.src.clone(),
+            dport: self.dport.clone(),
+            sport: self.sport.clone(),
+            states,
+            family: match (self.ipv4, self.ipv6) {
+                (true, _) => Some(Family::V4),
+                (_, true) => Some(Family::V6),
+                _ => None,
+            },
+            pids: self.pid.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(duration("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(duration("0").unwrap(), Duration::ZERO);
+        // Huge values saturate (and are refused per option), never overflow.
+        assert!(duration("1e19s").unwrap() >= Duration::from_secs(1_000_000_000));
+        for bad in ["", "-1s", "fast", "1d", "NaNs", "infs", "1e400s"] {
+            assert!(duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_haproxy_targets() {
+        assert_eq!(backend_server("be/s1").unwrap(), ("be".to_string(), "s1".to_string()));
+        for bad in ["be", "/s1", "be/", "a/b/c"] {
+            assert!(backend_server(bad).is_err(), "{bad}");
+        }
+        assert_eq!(server_addr("10.0.0.7:80").unwrap(), "10.0.0.7:80".parse().unwrap());
+        assert!(server_addr("10.0.0.7").unwrap_err().contains("no port"));
+        assert!(server_addr("[fd00::7]:80").is_ok());
+        assert!(server_addr("10.0.0.7:0").is_err());
+        assert!(server_addr("host:80").is_err());
+    }
+
+    #[test]
+    fn global_options_come_after_the_commands_own() {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        cmd.build();
+        let help = cmd.find_subcommand_mut("kill").unwrap().render_help().to_string();
+        let at = |s: &str| help.find(s).unwrap_or_else(|| panic!("{s} not in:\n{help}"));
+        assert!(at("--dst") < at("--dport") && at("--dport") < at("--max"), "{help}");
+        assert!(at("Filter:") < at("Kill options:") && at("Kill options:") < at("Global options:"), "{help}");
+        assert!(at("--max") < at("--json") && at("--dport") < at("--verbose") && at("--max") < at("--help"), "{help}");
+    }
+
+    fn arb_filter() -> impl Strategy<Value = Filter> {
+        let net = prop_oneof![
+            (any::<[u8; 4]>(), 0u8..=32).prop_map(|(a, p)| parse_cidr(&format!(
+                "{}.{}.{}.{}/{p}",
+                a[0], a[1], a[2], a[3]
+            ))
+            .unwrap()),
+            (any::<[u16; 8]>(), 0u8..=128).prop_map(|(a, p)| {
+                let ip = std::net::Ipv6Addr::from(a);
+                parse_cidr(&format!("{ip}/{p}")).unwrap()
+            }),
+        ];
+        let range = (any::<u16>(), any::<u16>()).prop_map(|(a, b)| PortRange { lo: a.min(b), hi: a.max(b) });
+        let states = (1u32..0x1FFF).prop_map(|bits| {
+            let names = [
+                "established",
+                "syn-sent",
+                "syn-recv",
+                "fin-wait-1",
+                "fin-wait-2",
+                "time-wait",
+                "closed",
+                "close-wait",
+                "last-ack",
+                "listening",
+                "closing",
+            ];
+            StateSet::parse_names(
+                &names.iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, n)| *n).collect::<Vec<_>>(),
+            )
+            .unwrap()
+        });
+        (
+            proptest::collection::vec(net.clone(), 0..3),
+            proptest::collection::vec(net, 0..3),
+            proptest::collection::vec(range.clone(), 0..3),
+            proptest::collection::vec(range, 0..3),
+            states,
+            prop_oneof![Just(None), Just(Some(Family::V4)), Just(Some(Family::V6))],
+            proptest::collection::vec(1u32..100_000, 0..3),
+        )
+            .prop_map(|(dst, src, dport, sport, states, family, pids)| Filter {
+                dst,
+                src,
+                dport,
+                sport,
+                states,
+                family,
+                pids,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        /// A filter printed as flags parses back, through the real command
+        /// line, to the same filter.
+        #[test]
+        fn filters_round_trip_through_the_command_line(f in arb_filter()) {
+            let mut argv = vec!["sockkill".to_string(), "list".to_string()];
+            argv.extend(f.to_args());
+            let cli = Cli::try_parse_from(&argv).map_err(|e| TestCaseError::fail(format!("{argv:?}: {e}")))?;
+            let Command::List { filter, .. } = cli.command else { unreachable!() };
+            prop_assert_eq!(filter.to_filter(), f);
+        }
+
+        /// Durations print and parse back (to the millisecond).
+        #[test]
+        fn durations_round_trip(ms in 0u64..100_000_000) {
+            prop_assert_eq!(duration(&format!("{ms}ms")).unwrap(), Duration::from_millis(ms));
+            prop_assert_eq!(duration(&format!("{}s", ms as f64 / 1000.0)).unwrap().as_millis(), ms as u128);
+        }
+    }
+}

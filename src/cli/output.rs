@@ -1,0 +1,509 @@
+//! The one place that turns an outcome into output: the audit log's `end`
+//! event, the metrics textfile, the human table or the JSON document on
+//! stdout (`schema_version` 1, documented in README.md and
+//! docs/sockkill.schema.json), the error line on stderr, and the exit code.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use sockkill::audit::AuditLog;
+use sockkill::check::CheckReport;
+use sockkill::diag::errno_text;
+use sockkill::engine::enforce::{Entry, Spared};
+use sockkill::filter::Filter;
+use sockkill::metrics::{self, Metrics};
+use sockkill::{haproxy, KillReport, Outcome as Fate, TcpSocket};
+
+use super::exec::Outcome;
+use super::plan::Global;
+
+/// Version of the JSON documents; bumped only on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+static COLOR: AtomicBool = AtomicBool::new(false);
+
+/// Colour the action column of tables (only for a terminal, and not with NO_COLOR).
+pub fn set_color(on: bool) {
+    COLOR.store(on, Ordering::Relaxed);
+}
+
+/// Writes a line on stderr; a closed or full stderr is not worth a panic.
+pub fn stderr_line(text: &str) {
+    let _ = writeln!(io::stderr(), "{text}");
+}
+
+/// The exit code and the error of an outcome, before output.
+fn verdict(o: &Outcome) -> (u8, Option<String>) {
+    match o {
+        Outcome::List { .. } | Outcome::Text(_) | Outcome::Written(_) => (0, None),
+        Outcome::Check(r) => (if r.ok { 0 } else { 2 }, None),
+        Outcome::Kill { report, .. } => (report.exit_code() as u8, report.report.error.as_ref().map(|e| e.to_string())),
+        Outcome::Haproxy(r) => (r.exit_code() as u8, r.error.clone()),
+        Outcome::Failed(e) => (2, Some(e.to_string())),
+    }
+}
+
+/// Finishes a run: audit `end` event, metrics, stdout, stderr. Returns the exit code.
+pub fn finish(
+    global: &Global,
+    command: &'static str,
+    outcome: Outcome,
+    audit: Option<&AuditLog>,
+    metrics_file: Option<&Path>,
+) -> u8 {
+    let (mut code, mut error) = verdict(&outcome);
+    let mut late = Vec::new();
+    if let Some(log) = audit {
+        if let Err(e) = log.end(i32::from(code), &summary_value(&outcome), error.as_deref()) {
+            late.push(e.to_string());
+        }
+    }
+    if let Some(path) = metrics_file {
+        if let Err(e) = metrics::write(path, &metrics_of(command, &outcome, code)) {
+            late.push(e.to_string());
+        }
+    }
+    // A record that could not be written after something was done: the run
+    // did not end as it should, but what it did is still reported.
+    if !late.is_empty() && code == 0 {
+        code = 1;
+    }
+    if error.is_none() && !late.is_empty() {
+        error = Some(late.join("; "));
+    }
+    let written = write_stdout(|out| {
+        if global.json {
+            json_doc(out, command, &outcome, code, error.as_deref())
+        } else {
+            human(out, &outcome)
+        }
+    });
+    if let Some(e) = &error {
+        // A run that started and stopped on an error before destroying anything says so.
+        let nothing = code == 2 && matches!(outcome, Outcome::Kill { .. } | Outcome::Haproxy(_));
+        stderr_line(&format!("sockkill: error: {e}{}", if nothing { " (nothing was destroyed)" } else { "" }));
+    }
+    for e in late.iter().filter(|e| Some(*e) != error.as_ref()) {
+        stderr_line(&format!("sockkill: error: {e}"));
+    }
+    if let Err(e) = written {
+        stderr_line(&format!("sockkill: error: writing output: {e}"));
+        if code == 0 {
+            code = if matches!(outcome, Outcome::List { .. } | Outcome::Check(_) | Outcome::Text(_)) { 2 } else { 1 };
+        }
+    }
+    code
+}
+
+/// Writes through a buffered stdout; a reader that went away (EPIPE) is a normal end.
+fn write_stdout(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+    // Block-buffered: Rust's stdout alone writes once per line (100k rows = 100k syscalls).
+    let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    match f(&mut out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+fn summary_value(o: &Outcome) -> Value {
+    match o {
+        Outcome::Kill { report, .. } => serde_json::to_value(&report.report.summary).unwrap_or(Value::Null),
+        Outcome::Haproxy(r) => serde_json::to_value(&r.summary).unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+fn metrics_of(command: &'static str, o: &Outcome, exit_code: u8) -> Metrics {
+    let base = Metrics { command, exit_code: i32::from(exit_code), ..Metrics::default() };
+    match o {
+        Outcome::Kill { report, .. } => {
+            let s = &report.report.summary;
+            Metrics {
+                matched: s.matched,
+                destroyed: s.destroyed,
+                already_gone: s.already_gone,
+                failed: s.failed + s.unacknowledged + s.not_found,
+                remaining: s.remaining,
+                duration: Duration::from_millis(s.duration_ms),
+                ..base
+            }
+        }
+        Outcome::Haproxy(r) => Metrics {
+            matched: r.summary.initial,
+            destroyed: r.summary.destroyed,
+            already_gone: r.summary.already_gone,
+            failed: r.summary.failed,
+            remaining: Some(r.summary.remaining + r.summary.ambiguous),
+            duration: Duration::from_millis(r.duration_ms),
+            ..base
+        },
+        _ => base,
+    }
+}
+
+fn json<T: Serialize + ?Sized>(out: &mut dyn Write, doc: &T) -> io::Result<()> {
+    // serde_json keeps the io::Error (and its kind: EPIPE stays EPIPE).
+    serde_json::to_writer_pretty(&mut *out, doc).map_err(io::Error::from)?;
+    writeln!(out)
+}
+
+#[derive(Serialize)]
+struct Doc<'a, T: Serialize> {
+    schema_version: u32,
+    command: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<u8>,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+fn json_doc(out: &mut dyn Write, command: &'static str, o: &Outcome, code: u8, error: Option<&str>) -> io::Result<()> {
+    match o {
+        Outcome::List { netns, filter, sockets, duration_ms } => {
+            #[derive(Serialize)]
+            struct List<'a> {
+                netns: &'a Option<String>,
+                filter: &'a Filter,
+                sockets: &'a [TcpSocket],
+                summary: Value,
+            }
+            let body =
+                List { netns, filter, sockets, summary: json!({"count": sockets.len(), "duration_ms": duration_ms}) };
+            json(out, &Doc { schema_version: SCHEMA_VERSION, command, exit_code: None, body: &body })
+        }
+        Outcome::Kill { netns, filter, report } => {
+            #[derive(Serialize)]
+            struct Kill<'a> {
+                netns: &'a Option<String>,
+                filter: &'a Filter,
+                #[serde(flatten)]
+                report: &'a KillReport,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                error: Option<&'a str>,
+            }
+            // The report carries its own error; a late one (audit end, metrics) is added here.
+            let late = error.filter(|_| report.report.error.is_none());
+            let body = Kill { netns, filter, report, error: late };
+            json(out, &Doc { schema_version: SCHEMA_VERSION, command, exit_code: Some(code), body: &body })
+        }
+        Outcome::Haproxy(r) => {
+            #[derive(Serialize)]
+            struct Haproxy<'a> {
+                #[serde(flatten)]
+                report: &'a haproxy::Report,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                error: Option<&'a str>,
+            }
+            let late = error.filter(|_| r.error.is_none());
+            let body = Haproxy { report: r, error: late };
+            json(out, &Doc { schema_version: SCHEMA_VERSION, command, exit_code: Some(code), body: &body })
+        }
+        Outcome::Check(r) => json(out, &Doc { schema_version: SCHEMA_VERSION, command, exit_code: None, body: r }),
+        Outcome::Text(bytes) => out.write_all(bytes),
+        Outcome::Written(files) => {
+            let body = json!({ "files": files });
+            json(out, &Doc { schema_version: SCHEMA_VERSION, command, exit_code: None, body: &body })
+        }
+        Outcome::Failed(_) => error_doc(out, command, error.unwrap_or("error")),
+    }
+}
+
+/// The document printed when a command fails before doing anything (exit 2).
+pub fn error_doc(out: &mut dyn Write, command: &str, error: &str) -> io::Result<()> {
+    let mut doc = json!({
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "exit_code": 2,
+        "error": error,
+    });
+    if command == "haproxy" {
+        // Nothing was sent: the server's state in HAProxy is as it was.
+        doc["commands_sent"] = json!([]);
+        doc["server_left_in_maintenance"] = json!(false);
+    }
+    json(out, &doc)
+}
+
+fn human(out: &mut dyn Write, o: &Outcome) -> io::Result<()> {
+    match o {
+        Outcome::List { sockets, .. } => write_table(out, false, sockets.iter().map(|s| (None, s))),
+        Outcome::Kill { report, .. } => write_kill(out, report),
+        Outcome::Haproxy(r) => write_haproxy(out, r),
+        Outcome::Check(r) => write_check(out, r),
+        Outcome::Text(bytes) => out.write_all(bytes),
+        Outcome::Written(files) => files.iter().try_for_each(|f| writeln!(out, "{}", f.display())),
+        Outcome::Failed(_) => Ok(()),
+    }
+}
+
+fn color_of(tag: &str) -> Option<&'static str> {
+    if !COLOR.load(Ordering::Relaxed) {
+        return None;
+    }
+    match tag {
+        "destroyed" => Some("\x1b[32m"),
+        "FAILED" | "no-ack" | "NOT-FOUND" => Some("\x1b[31m"),
+        "REMAINS" | "unsure" => Some("\x1b[33m"),
+        "would-destroy" => Some("\x1b[36m"),
+        _ => None,
+    }
+}
+
+/// Aligned columns like `ss`; `tag` is an optional first column (the
+/// outcome). Two passes over the rows (widths, then text) with one reused
+/// buffer: a table of 100k sockets must not hold 100k rows of strings.
+fn write_table<'a>(
+    out: &mut dyn Write,
+    tagged: bool,
+    rows: impl Iterator<Item = (Option<&'a str>, &'a TcpSocket)> + Clone,
+) -> io::Result<()> {
+    use std::fmt::Write as _;
+    const HEADER: [&str; 8] =
+        ["Action", "State", "Local Address:Port", "Peer Address:Port", "UID", "Inode", "Cookie", "Process"];
+    let with_process = rows.clone().any(|(_, s)| s.owners.is_some());
+    let first = if tagged { 0 } else { 1 };
+    let last = if with_process { 8 } else { 7 };
+    let mut buf = String::new();
+    let cell = |i: usize, tag: Option<&str>, s: &TcpSocket, buf: &mut String| {
+        buf.clear();
+        let _ = match i {
+            0 => write!(buf, "{}", tag.unwrap_or("")),
+            1 => write!(buf, "{}", s.state_name()),
+            2 => write!(buf, "{}", s.local()),
+            3 => write!(buf, "{}", s.peer()),
+            4 => write!(buf, "{}", s.uid),
+            5 => write!(buf, "{}", s.inode),
+            6 => write!(buf, "{}", s.cookie()),
+            _ => write!(buf, "{}", s.owners_text()),
+        };
+    };
+    let mut widths: Vec<usize> = HEADER.iter().map(|h| h.len()).collect();
+    let mut any = false;
+    for (tag, s) in rows.clone() {
+        any = true;
+        for (i, w) in widths.iter_mut().enumerate().take(last).skip(first) {
+            cell(i, tag, s, &mut buf);
+            *w = (*w).max(buf.len());
+        }
+    }
+    if !any {
+        return Ok(());
+    }
+    for (i, h) in HEADER.iter().enumerate().take(last).skip(first) {
+        if i + 1 == last {
+            writeln!(out, "{h}")?;
+        } else {
+            write!(out, "{h:<w$}  ", w = widths[i])?;
+        }
+    }
+    for (tag, s) in rows {
+        for (i, w) in widths.iter().enumerate().take(last).skip(first) {
+            cell(i, tag, s, &mut buf);
+            let color = if i == 0 { color_of(&buf) } else { None };
+            if let Some(c) = color {
+                write!(out, "{c}")?;
+            }
+            if i + 1 == last {
+                write!(out, "{buf}")?;
+            } else {
+                write!(out, "{buf:<w$}")?;
+            }
+            if color.is_some() {
+                write!(out, "\x1b[0m")?;
+            }
+            if i + 1 == last {
+                writeln!(out)?;
+            } else {
+                write!(out, "  ")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn outcome_word(o: Fate) -> &'static str {
+    match o {
+        Fate::WouldDestroy => "would-destroy",
+        Fate::Destroyed => "destroyed",
+        Fate::AlreadyGone => "already-gone",
+        Fate::NotFound => "NOT-FOUND",
+        Fate::Failed(_) => "FAILED",
+        Fate::Unacknowledged => "no-ack",
+    }
+}
+
+fn entry_rows<'a>(
+    entries: &'a [Entry],
+    remaining: &'a [TcpSocket],
+    spared: &'a [(&'static str, &'a [Spared])],
+) -> impl Iterator<Item = (Option<&'a str>, &'a TcpSocket)> + Clone {
+    entries
+        .iter()
+        .map(|e| (Some(outcome_word(e.outcome)), &e.socket))
+        .chain(remaining.iter().map(|s| (Some("REMAINS"), s)))
+        .chain(spared.iter().flat_map(|(tag, list)| list.iter().map(move |s| (Some(*tag), &s.socket))))
+}
+
+fn write_reasons(out: &mut dyn Write, entries: &[Entry], spared: &[(&'static str, &[Spared])]) -> io::Result<()> {
+    for e in entries {
+        if let Some(errno) = e.outcome.errno() {
+            writeln!(out, "failed: {} -> {}: {}", e.socket.local(), e.socket.peer(), errno_text(errno))?;
+        }
+    }
+    for (tag, list) in spared {
+        for s in list.iter() {
+            writeln!(out, "{tag}: {} -> {}: {}", s.socket.local(), s.socket.peer(), s.reason)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_kill(out: &mut dyn Write, k: &KillReport) -> io::Result<()> {
+    let r = &k.report;
+    let remaining = if r.dry_run { &[][..] } else { r.remaining.as_deref().unwrap_or(&[]) };
+    let spared = [("unsure", &r.unsure[..]), ("kept", &r.kept[..])];
+    write_table(out, true, entry_rows(&r.sockets, remaining, &spared))?;
+    write_reasons(out, &r.sockets, &spared)?;
+    if !k.processes_exited.is_empty() {
+        writeln!(out, "processes that exited during the run: {:?}", k.processes_exited)?;
+    }
+    writeln!(out, "{}", summary_line(k))
+}
+
+/// The one-line summary of a kill.
+pub fn summary_line(k: &KillReport) -> String {
+    let r = &k.report;
+    let s = &r.summary;
+    if r.dry_run {
+        return format!("dry run: {} matching sockets, nothing destroyed ({} ms)", s.matched, s.duration_ms);
+    }
+    let mut line = format!(
+        "matched {}, destroyed {}, already gone {}, failed {}",
+        s.matched, s.destroyed, s.already_gone, s.failed
+    );
+    if s.not_found > 0 {
+        line += &format!(
+            ", not found though alive {} (SO_REUSEPORT group members the kernel's lookup does not reach)",
+            s.not_found
+        );
+    }
+    if s.unacknowledged > 0 {
+        line += &format!(", unacknowledged {}", s.unacknowledged);
+    }
+    if s.new_during_kill > 0 {
+        line += &format!(", new during kill {}", s.new_during_kill);
+    }
+    match (s.remaining, s.remaining_original, s.remaining_new) {
+        (Some(r), Some(o), Some(n)) => line += &format!("; still matching {r} ({o} original, {n} new)"),
+        _ => line += "; not verified",
+    }
+    line += &format!("; {} pass{}, {} ms", s.passes, if s.passes == 1 { "" } else { "es" }, s.duration_ms);
+    if s.interrupted {
+        line += "; INTERRUPTED by a signal";
+    }
+    if r.error.is_some() {
+        line += "; STOPPED by an error";
+    }
+    line
+}
+
+fn write_check(out: &mut dyn Write, report: &CheckReport) -> io::Result<()> {
+    writeln!(out, "probing in {}", report.netns)?;
+    writeln!(out, "CAP_NET_ADMIN: {}", if report.cap_net_admin { "yes" } else { "NO (destroying sockets will fail)" })?;
+    for s in &report.steps {
+        writeln!(out, "[{}] {}: {}", if s.ok { " ok " } else { "FAIL" }, s.name, s.detail)?;
+    }
+    writeln!(
+        out,
+        "{}",
+        if report.ok { "result: sockets can be listed and destroyed here" } else { "result: NOT WORKING (see above)" }
+    )
+}
+
+fn write_haproxy(out: &mut dyn Write, r: &haproxy::Report) -> io::Result<()> {
+    let pids: Vec<String> = r.pids.iter().map(u32::to_string).collect();
+    let master = r.master_pid.map_or(String::new(), |m| format!(", master {m}"));
+    writeln!(out, "HAProxy {} (pids {}{master}; answering {})", r.haproxy_version, pids.join(", "), r.answering_pid)?;
+    writeln!(out, "server {} at {}", r.server.as_deref().unwrap_or("(unnamed)"), r.server_addr)?;
+    if r.dry_run {
+        writeln!(out, "dry run: nothing sent to HAProxy, nothing destroyed")?;
+    } else if r.commands_sent.is_empty() {
+        writeln!(out, "sent to HAProxy: nothing (--no-shutdown, no server name, or stopped first)")?;
+    } else {
+        writeln!(out, "sent to HAProxy: {}", r.commands_sent.join("; "))?;
+    }
+    if let Some(w) = r.wait_answer {
+        writeln!(out, "HAProxy's answer to wait: {w:?}")?;
+    }
+    writeln!(out, "sockets of the server at start: {}", r.initial)?;
+    if !r.dry_run {
+        let last = r.closed_by_haproxy.iter().map(|c| c.at_ms).max();
+        writeln!(
+            out,
+            "closed by HAProxy itself: {}{}",
+            r.closed_by_haproxy.len(),
+            last.map_or(String::new(), |t| format!(" (last seen gone at {t} ms)"))
+        )?;
+        let mut per: std::collections::BTreeMap<String, std::collections::BTreeMap<&str, usize>> = Default::default();
+        for e in r.destroyed.iter().filter(|e| e.outcome == Fate::Destroyed) {
+            let pid = e.socket.owners.as_ref().and_then(|o| o.first()).map_or("?".to_string(), |o| o.pid.to_string());
+            *per.entry(pid).or_default().entry(e.socket.state_name()).or_default() += 1;
+        }
+        let per: Vec<String> = per
+            .iter()
+            .map(|(pid, states)| {
+                let st: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+                format!("pid {pid}: {}", st.join(", "))
+            })
+            .collect();
+        let times = match (r.destroyed.iter().map(|e| e.at_ms).min(), r.destroyed.iter().map(|e| e.at_ms).max()) {
+            (Some(a), Some(b)) => format!(" at {a}-{b} ms"),
+            _ => String::new(),
+        };
+        writeln!(
+            out,
+            "destroyed by sockkill: {}{}{}{}",
+            r.summary.destroyed,
+            if per.is_empty() { String::new() } else { format!(" ({})", per.join("; ")) },
+            times,
+            if r.summary.already_gone > 0 {
+                format!(", already gone {}", r.summary.already_gone)
+            } else {
+                String::new()
+            },
+        )?;
+    }
+    if !r.workers_exited.is_empty() {
+        writeln!(out, "workers that exited during the run: {:?}", r.workers_exited)?;
+    }
+    let spared = [("ambiguous", &r.ambiguous[..]), ("other-server", &r.other_server[..])];
+    if !r.remaining.is_empty() || !r.ambiguous.is_empty() || !r.other_server.is_empty() {
+        write_table(out, true, entry_rows(&[], &r.remaining, &spared))?;
+        write_reasons(out, &[], &spared)?;
+    }
+    writeln!(
+        out,
+        "HAProxy's session count for the server (scur): {}",
+        r.scur.map_or("-".to_string(), |s| s.to_string())
+    )?;
+    let verdict = match (r.dry_run, r.clean) {
+        (true, true) => "no lingering sockets".to_string(),
+        (true, false) => format!("{} lingering sockets", r.remaining.len()),
+        (false, true) => format!("CLEAN: no socket to the server since {} ms", r.last_seen_ms.unwrap_or(0)),
+        (false, false) => format!("NOT CLEAN: {} sockets remain after {} ms", r.remaining.len(), r.duration_ms),
+    };
+    let ambiguous =
+        if r.ambiguous.is_empty() { String::new() } else { format!("; {} AMBIGUOUS left alone", r.ambiguous.len()) };
+    let how = if r.interrupted {
+        " (interrupted by a signal)"
+    } else if r.error.is_some() {
+        " (stopped by an error)"
+    } else {
+        ""
+    };
+    writeln!(out, "result: {verdict}{ambiguous}{how}")
+}

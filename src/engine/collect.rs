@@ -1,0 +1,81 @@
+//! Collect: one kernel-filtered dump per family, re-checked in user space and
+//! de-duplicated by cookie.
+
+use std::time::Instant;
+
+use tracing::debug;
+
+use super::{Engine, Query};
+use crate::diag::{DumpStatus, SockDiag};
+use crate::error::{Error, Result};
+use crate::filter::TcpState;
+use crate::socket::TcpSocket;
+
+/// How often a dump flagged NLM_F_DUMP_INTR is retried before giving up.
+const MAX_DUMP_RETRIES: usize = 5;
+
+impl Engine {
+    /// The families of `query` worth walking now: a family with no TCP socket in
+    /// the namespace (and no TIME-WAIT asked for, or none existing) is skipped,
+    /// since each family's dump walks the whole shared hash table.
+    fn families_to_dump(&self, query: &Query) -> Vec<u8> {
+        let Some(c) = self.stat.as_ref().and_then(|s| s.read()) else { return query.families.clone() };
+        let tw = query.filter.states.contains(TcpState::TimeWait) && c.tw > 0;
+        query
+            .families
+            .iter()
+            .copied()
+            .filter(|&af| tw || if af == libc::AF_INET as u8 { c.inuse4 > 0 } else { c.inuse6 > 0 })
+            .collect()
+    }
+
+    /// Every socket matching `query`'s addresses, ports, states and family now:
+    /// one dump per family (both in parallel), each redone when the kernel
+    /// flags it inconsistent, re-checked in user space, each socket once.
+    /// The `--pid` condition is not applied here (see [`super::owners`]).
+    pub fn collect(&mut self, query: &Query) -> Result<Vec<TcpSocket>> {
+        let started = Instant::now();
+        let families = self.families_to_dump(query);
+        let [d0, d1] = &mut self.diag;
+        let out = match families.as_slice() {
+            [] => Vec::new(),
+            [af] => dump_family(d0, *af, query)?,
+            [af0, af1, ..] => std::thread::scope(|scope| {
+                let other = scope.spawn(|| dump_family(d1, *af1, query));
+                let mut first = dump_family(d0, *af0, query)?;
+                let second = other.join().map_err(|_| Error::Other("dump thread panicked".into()))??;
+                // A socket is in one family's table only: no duplicates across the two.
+                first.extend(second);
+                Ok::<_, Error>(first)
+            })?,
+        };
+        debug!(?families, matched = out.len(), elapsed_us = started.elapsed().as_micros() as u64, "collected");
+        Ok(out)
+    }
+}
+
+/// One family's dump through `diag`, redone when the kernel flags it
+/// inconsistent, re-checked in user space, and de-duplicated by cookie (a dump
+/// under churn can return a socket twice: sorted and deduplicated in place,
+/// with no second copy of the set).
+pub fn dump_family(diag: &mut SockDiag, family: u8, query: &Query) -> Result<Vec<TcpSocket>> {
+    let f = &query.filter;
+    let mut out = Vec::new();
+    for tries in 1..=MAX_DUMP_RETRIES {
+        let status = diag.dump(family, f.states, &query.bytecode, |s| {
+            if f.matches(&s) {
+                out.push(s);
+            }
+        })?;
+        if status == DumpStatus::Complete {
+            out.sort_unstable_by_key(TcpSocket::cookie);
+            out.dedup_by_key(|s| s.cookie());
+            return Ok(out);
+        }
+        out.clear();
+        debug!(family, tries, "dump interrupted (NLM_F_DUMP_INTR); dumping again");
+    }
+    Err(Error::Other(format!(
+        "the kernel interrupted the socket dump {MAX_DUMP_RETRIES} times (table changing too fast); nothing was acted on from it"
+    )))
+}

@@ -1,0 +1,289 @@
+//! Which processes are HAProxy's: the one answering the stats socket, its
+//! master, the master CLI, and every worker (old ones included) — from the
+//! host or from inside HAProxy's own pid and network namespaces alike.
+//!
+//! The answering process is found as the holder of the other end of our own
+//! connection to the stats socket (unix sock_diag gives the peer's inode, inet
+//! sock_diag the TCP 4-tuple), never from the pid `show info` prints: that pid
+//! is in HAProxy's pid namespace. Pids the master CLI lists are mapped to ours
+//! through `NSpid` in /proc/PID/status, only within the master's pid namespace,
+//! and only for haproxy processes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use super::api::{Api, Endpoint, LocalEnd};
+use super::parse::{self, Info};
+use crate::cancel::Cancel;
+use crate::diag::SockDiag;
+use crate::engine::{Engine, Query};
+use crate::error::{Error, Result};
+use crate::filter::{Filter, PortRange, StateSet};
+use crate::netns::{self, Netns};
+use crate::procfs::{self, Process};
+
+/// An HAProxy process, by our pid and by HAProxy's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Worker {
+    /// Its pid in sockkill's pid namespace.
+    pub pid: u32,
+    /// Its pid as HAProxy sees it (what `show proc` and `@!<pid>` use).
+    pub inner_pid: u32,
+}
+
+/// HAProxy's processes, as far as they could be found.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The worker answering `--socket`.
+    pub answering: Worker,
+    /// Its master, when it runs in master-worker mode.
+    pub master: Option<u32>,
+    /// The master CLI, given or found in the master's command line.
+    pub master_cli: Option<Endpoint>,
+    /// Every process to act for (the answering worker, old workers...).
+    pub workers: Vec<Worker>,
+}
+
+/// Whether `pid` runs HAProxy (its command name).
+pub fn is_haproxy(pid: u32) -> bool {
+    procfs::command(pid).starts_with("haproxy")
+}
+
+/// Every HAProxy process /proc shows.
+pub fn haproxy_processes() -> Vec<u32> {
+    procfs::all_pids().into_iter().filter(|&p| is_haproxy(p)).collect()
+}
+
+/// HAProxy's own pid for `pid` (the innermost of NSpid).
+fn inner_pid(pid: u32) -> u32 {
+    procfs::nspid(pid).and_then(|v| v.last().copied()).unwrap_or(pid)
+}
+
+/// Which of `procs` holds the socket with inode `inode`.
+fn holder_of(procs: &[u32], inode: u32) -> Option<u32> {
+    procs.iter().copied().find(|&pid| {
+        Process::open(pid)
+            .ok()
+            .and_then(|p| p.socket_fds().ok().flatten())
+            .is_some_and(|fds| fds.iter().any(|(_, i)| *i == inode))
+    })
+}
+
+/// The inode of HAProxy's end of our connection (retried until HAProxy has
+/// accepted it: before that, no process holds it).
+fn peer_inode(local: LocalEnd) -> Result<Option<u32>> {
+    match local {
+        LocalEnd::Unix { inode } => SockDiag::open()?.unix_peer(inode),
+        LocalEnd::Tcp { local, peer } => tcp_peer_inode(local, peer),
+    }
+}
+
+/// HAProxy's end of a TCP connection from `local` to `peer`, looked up in our
+/// network namespace and in each one HAProxy processes live in.
+fn tcp_peer_inode(local: SocketAddr, peer: SocketAddr) -> Result<Option<u32>> {
+    let filter = Filter {
+        src: vec![peer.ip().into()],
+        sport: vec![PortRange::one(peer.port())],
+        dst: vec![local.ip().into()],
+        dport: vec![PortRange::one(local.port())],
+        states: StateSet::ALL,
+        ..Filter::default()
+    };
+    let query = Query::new(filter)?;
+    let mut namespaces: BTreeMap<u64, Option<Netns>> = BTreeMap::new();
+    namespaces.insert(netns::current_netns_inode()?, None);
+    for pid in haproxy_processes() {
+        if let Ok(ino) = procfs::namespace_inode(pid, "net") {
+            if let std::collections::btree_map::Entry::Vacant(e) = namespaces.entry(ino) {
+                if let Ok(ns) = Netns::open(&pid.to_string()) {
+                    e.insert(Some(ns));
+                }
+            }
+        }
+    }
+    for ns in namespaces.values() {
+        let Ok(mut engine) = Engine::open(ns.as_ref()) else { continue };
+        if let Some(s) = engine.collect(&query)?.into_iter().find(|s| s.inode != 0) {
+            return Ok(Some(s.inode));
+        }
+    }
+    Ok(None)
+}
+
+/// Sends `show info` to `api` and finds the process answering it (see the module docs).
+pub fn identify(api: &Api) -> Result<(Info, Option<Worker>)> {
+    // HAProxy accepts within milliseconds; past a second (or with no HAProxy
+    // process at all) the pid `show info` prints is the fallback.
+    let patience = api.timeout().min(Duration::from_secs(1));
+    let (answer, holder) = api.identify("show info", |local| -> Result<Option<u32>> {
+        let end = Instant::now() + patience;
+        loop {
+            let procs = haproxy_processes();
+            if procs.is_empty() {
+                return Ok(None);
+            }
+            if let Some(inode) = peer_inode(local)? {
+                if let Some(pid) = holder_of(&procs, inode) {
+                    return Ok(Some(pid));
+                }
+            }
+            if Instant::now() >= end {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })?;
+    let info = parse::parse_info(&answer)?;
+    let holder = match holder {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(%e, "cannot look up the process answering the stats socket");
+            None
+        }
+    };
+    let answering = match holder {
+        Some(pid) => Some(Worker { pid, inner_pid: inner_pid(pid) }),
+        // Not found through the connection (e.g. a TCP socket behind NAT): an
+        // HAProxy process whose own pid is the one `show info` printed, if
+        // exactly one is.
+        None => {
+            let same: Vec<u32> = haproxy_processes().into_iter().filter(|&p| inner_pid(p) == info.pid).collect();
+            match same.as_slice() {
+                [pid] => Some(Worker { pid: *pid, inner_pid: info.pid }),
+                _ => None,
+            }
+        }
+    };
+    if let Some(w) = answering {
+        if w.inner_pid != info.pid {
+            warn!(
+                pid = w.pid,
+                inner = w.inner_pid,
+                show_info = info.pid,
+                "`show info` names another pid than the process answering"
+            );
+        }
+        info!(version = %info.version, pid = w.pid, haproxy_pid = w.inner_pid, endpoint = %api.endpoint(), "connected to HAProxy");
+    }
+    Ok((info, answering))
+}
+
+/// The master CLI's path as seen from here: through the master's root (a
+/// container's filesystem) when the path is there.
+fn resolve_master_path(master: u32, path: &str) -> PathBuf {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket());
+    let via = if path.starts_with('/') {
+        PathBuf::from(format!("/proc/{master}/root{path}"))
+    } else {
+        PathBuf::from(format!("/proc/{master}/cwd/{path}"))
+    };
+    if is_socket(&via) {
+        via
+    } else {
+        PathBuf::from(path)
+    }
+}
+
+/// Our pids of the HAProxy processes in pid namespace `pid_ns`, by HAProxy's own pid.
+fn pids_in_namespace(pid_ns: u64) -> HashMap<u32, u32> {
+    haproxy_processes()
+        .into_iter()
+        .filter(|&p| procfs::namespace_inode(p, "pid").is_ok_and(|ns| ns == pid_ns))
+        .map(|p| (inner_pid(p), p))
+        .collect()
+}
+
+/// What to look for: `--pid`, the master CLI, the master's children, or the
+/// answering worker alone.
+pub fn discover(
+    answering: Option<Worker>,
+    master_socket: Option<&str>,
+    pids: &[u32],
+    api_timeout: Duration,
+    cancel: Option<&Cancel>,
+) -> Result<Topology> {
+    let master = answering.map(|a| a.pid).and_then(|p| procfs::parent_pid(p).ok()).filter(|&p| is_haproxy(p));
+    let master_cli = match (master_socket, master) {
+        (Some(s), _) => Some(Endpoint::parse(s)),
+        (None, Some(m)) => parse::master_cli_arg(&procfs::cmdline(m)).map(|a| match Endpoint::parse(&a) {
+            Endpoint::Unix(p) => Endpoint::Unix(resolve_master_path(m, &p.to_string_lossy())),
+            tcp => tcp,
+        }),
+        (None, None) => None,
+    };
+    if let Some(cli) = &master_cli {
+        debug!(%cli, "master CLI");
+    }
+    let answering = match answering {
+        Some(a) => a,
+        None if !pids.is_empty() => Worker { pid: pids[0], inner_pid: inner_pid(pids[0]) },
+        None => {
+            return Err(Error::Haproxy(
+                "cannot tell which process answers the stats socket (not found through the connection, and no single HAProxy process has the pid `show info` prints): give --pid".into(),
+            ))
+        }
+    };
+    let workers = if !pids.is_empty() {
+        pids.iter()
+            .map(|&pid| Process::open(pid).map(|_| Worker { pid, inner_pid: inner_pid(pid) }))
+            .collect::<Result<Vec<_>>>()?
+    } else if let Some(cli) = &master_cli {
+        let api = Api::new(cli.clone(), api_timeout, cancel.cloned())?;
+        let answer = api.command("show proc")?;
+        let procs = parse::parse_proc(&answer)?;
+        let ns_of = master.unwrap_or(answering.pid);
+        let ours = pids_in_namespace(procfs::namespace_inode(ns_of, "pid")?);
+        let mut workers = Vec::new();
+        for p in procs.iter().filter(|p| p.kind == "worker") {
+            match ours.get(&p.pid) {
+                Some(&pid) => workers.push(Worker { pid, inner_pid: p.pid }),
+                None => warn!(pid = p.pid, "the master CLI lists a worker that is no HAProxy process here; skipped"),
+            }
+        }
+        if workers.is_empty() {
+            return Err(Error::Haproxy(format!("the master CLI at {cli} lists no worker that runs here")));
+        }
+        workers
+    } else if let Some(m) = master {
+        let mut children: Vec<u32> = procfs::all_pids()
+            .into_iter()
+            .filter(|&p| procfs::parent_pid(p).ok() == Some(m) && is_haproxy(p))
+            .collect();
+        children.sort_unstable();
+        children.into_iter().map(|pid| Worker { pid, inner_pid: inner_pid(pid) }).collect()
+    } else {
+        vec![answering]
+    };
+    let mut workers = workers;
+    if pids.is_empty() && !workers.iter().any(|w| w.pid == answering.pid) {
+        workers.push(answering);
+    }
+    Ok(Topology { answering, master, master_cli, workers })
+}
+
+/// The one network namespace the workers live in (or `--netns`); `None` = ours.
+pub fn namespace_of(pids: &[u32], explicit: Option<&str>) -> Result<Option<Netns>> {
+    if let Some(spec) = explicit {
+        return Netns::open(spec).map(Some);
+    }
+    // One open namespace per distinct inode, kept for use (no second open).
+    let mut seen: BTreeMap<u64, (u32, Netns)> = BTreeMap::new();
+    for &pid in pids {
+        let ns = Netns::open(&pid.to_string())?;
+        seen.entry(ns.inode()?).or_insert((pid, ns));
+    }
+    if seen.len() > 1 {
+        let list: Vec<String> = seen.iter().map(|(ino, (pid, _))| format!("pid {pid} in net:[{ino}]")).collect();
+        return Err(Error::Haproxy(format!(
+            "the HAProxy processes span several network namespaces ({}): give --pid and --netns",
+            list.join(", ")
+        )));
+    }
+    let Some((ino, (_, ns))) = seen.into_iter().next() else { return Ok(None) };
+    Ok((ino != netns::current_netns_inode()?).then_some(ns))
+}

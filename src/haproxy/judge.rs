@@ -1,0 +1,229 @@
+//! Which of HAProxy's sockets to the server's address are the named server's,
+//! from HAProxy's own stream table.
+//!
+//! A candidate is a socket an HAProxy process holds whose peer is the
+//! server's address. It is destroyed only when HAProxy attributes it to the
+//! server (its stream's `srv=`), or HAProxy lists no stream for it (the
+//! lingering sessions this tool exists for, idle pooled connections) and no
+//! other server in the current worker's configuration has that address.
+//! Sockets of another server are kept; unlisted sockets at a shared address
+//! are left alone as unsure. A socket is attributed once (cached by cookie),
+//! and HAProxy is asked only when an unattributed candidate exists — always
+//! after the dump that found it, so a brand-new stream is in the table.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use super::api::Api;
+use super::discovery::Worker;
+use super::parse::{self, ServerState, Stream};
+use crate::engine::enforce::{Class, Judge};
+use crate::engine::owners::Holders;
+use crate::error::{Error, Result};
+use crate::filter::canonical_ip;
+use crate::socket::TcpSocket;
+
+/// Which sessions the run is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `--server BACKEND/SERVER`: that server's.
+    Named {
+        /// The backend.
+        backend: String,
+        /// The server.
+        server: String,
+    },
+    /// `--addr` alone: every server at the address that the current worker
+    /// no longer has configured there (typically removed by a reload).
+    Gone,
+}
+
+/// A socket HAProxy closed by itself, and when it was first seen gone.
+#[derive(Debug, Clone, Serialize)]
+pub struct Closed {
+    /// The socket.
+    #[serde(flatten)]
+    pub socket: TcpSocket,
+    /// Milliseconds from the start.
+    pub at_ms: u64,
+}
+
+/// Classifies HAProxy's sockets to one address (see the module docs).
+pub struct HaproxyJudge {
+    target: Target,
+    addr: SocketAddr,
+    /// The current worker's servers (all backends).
+    config: Vec<ServerState>,
+    holders: Holders,
+    workers: Vec<Worker>,
+    answering: u32,
+    api: Api,
+    master: Option<Api>,
+    verdicts: HashMap<u64, Class>,
+    /// Sockets HAProxy closed by itself.
+    pub closed: Vec<Closed>,
+    /// `show sess` answers asked for.
+    pub tables_read: usize,
+}
+
+impl HaproxyJudge {
+    /// A judge for sockets to `addr` held by `workers`; `api` reaches the
+    /// answering worker, `master` (the master CLI) the others.
+    pub fn new(
+        target: Target,
+        addr: SocketAddr,
+        config: Vec<ServerState>,
+        workers: Vec<Worker>,
+        answering: u32,
+        api: Api,
+        master: Option<Api>,
+    ) -> Result<HaproxyJudge> {
+        let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
+        Ok(HaproxyJudge {
+            target,
+            addr,
+            config,
+            holders: Holders::new(&pids)?,
+            workers,
+            answering,
+            api,
+            master,
+            verdicts: HashMap::new(),
+            closed: Vec::new(),
+            tables_read: 0,
+        })
+    }
+
+    /// The API of the answering worker (for the final `show stat`).
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+
+    /// Workers that exited during the run.
+    pub fn exited(&mut self) -> &[u32] {
+        self.holders.exited()
+    }
+
+    /// How often the workers' fd tables were read.
+    pub fn fd_scans(&self) -> usize {
+        self.holders.scans()
+    }
+
+    fn configured_at_addr(&self) -> impl Iterator<Item = &ServerState> {
+        let ip = canonical_ip(self.addr.ip());
+        let port = self.addr.port();
+        self.config.iter().filter(move |s| s.addr.map(canonical_ip) == Some(ip) && (s.port == port || s.port == 0))
+    }
+
+    /// The stream table of `pid`, or why it cannot be had. Only a cancel
+    /// request is an error: the run stops.
+    fn table(&mut self, pid: u32) -> Result<std::result::Result<Vec<Stream>, String>> {
+        let answer = if pid == self.answering {
+            self.api.command("show sess")
+        } else {
+            let Some(master) = &self.master else {
+                return Ok(Err(format!("HAProxy pid {pid} cannot be asked (no master CLI)")));
+            };
+            let inner = self.workers.iter().find(|w| w.pid == pid).map_or(pid, |w| w.inner_pid);
+            master.command(&format!("@!{inner} show sess"))
+        };
+        self.tables_read += 1;
+        Ok(match answer {
+            Ok(text) => match parse::check_query("show sess", &text) {
+                Ok(()) => Ok(parse::parse_sess(&text)),
+                Err(e) => Err(format!("HAProxy pid {pid} gave no stream table ({e})")),
+            },
+            Err(e @ Error::Interrupted(_)) => return Err(e),
+            Err(e) => Err(format!("HAProxy pid {pid} gave no stream table ({e})")),
+        })
+    }
+
+    /// The verdict on one candidate from its stream's server, or from its absence.
+    fn decide(&self, attributed: Option<(&str, &str)>, unlisted_why: &str) -> Class {
+        match (attributed, &self.target) {
+            (Some((be, srv)), Target::Named { backend, server }) => {
+                if be == backend && srv == server {
+                    Class::Target
+                } else {
+                    Class::Keep(format!("HAProxy attributes it to {be}/{srv}"))
+                }
+            }
+            (Some((be, srv)), Target::Gone) => {
+                if self.configured_at_addr().any(|s| s.backend == be && s.name == srv) {
+                    Class::Keep(format!("HAProxy attributes it to {be}/{srv}, still configured at {}", self.addr))
+                } else {
+                    Class::Target
+                }
+            }
+            (None, target) => {
+                let others: Vec<String> = self
+                    .configured_at_addr()
+                    .filter(|s| match target {
+                        Target::Named { backend, server } => !(&s.backend == backend && &s.name == server),
+                        Target::Gone => true,
+                    })
+                    .map(|s| format!("{}/{}", s.backend, s.name))
+                    .collect();
+                if others.is_empty() {
+                    Class::Target
+                } else {
+                    Class::Unsure(format!("{unlisted_why}, and {} share the address", others.join(", ")))
+                }
+            }
+        }
+    }
+}
+
+impl Judge for HaproxyJudge {
+    fn classify(&mut self, sockets: &mut [TcpSocket]) -> Result<Vec<Class>> {
+        self.holders.refresh_for(sockets)?;
+        // Candidates without a verdict yet, by the process holding them.
+        let mut pending: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, s) in sockets.iter_mut().enumerate() {
+            if self.holders.holder(s).is_none() {
+                continue;
+            }
+            s.owners = self.holders.owners(s);
+            if !self.verdicts.contains_key(&s.cookie()) {
+                pending.entry(self.holders.holder(s).map_or(0, |h| h.pid)).or_default().push(i);
+            }
+        }
+        for (pid, idx) in pending {
+            let table = self.table(pid)?;
+            if let Err(why) = &table {
+                warn!(pid, why = %why, "no stream table: sockets of this process count as unlisted");
+            }
+            let by_fd: HashMap<u32, (&str, &str)> = table
+                .as_ref()
+                .map(|t| {
+                    t.iter().filter_map(|s| Some((s.fd?, (s.backend.as_deref()?, s.server.as_deref()?)))).collect()
+                })
+                .unwrap_or_default();
+            let unlisted_why = match &table {
+                Ok(_) => format!("HAProxy (pid {pid}) lists no stream for it"),
+                Err(why) => why.clone(),
+            };
+            for i in idx {
+                let s = &sockets[i];
+                let attributed = self.holders.holder(s).and_then(|h| by_fd.get(&h.fd).copied());
+                let class = self.decide(attributed, &unlisted_why);
+                debug!(cookie = s.cookie(), pid, ?attributed, ?class, "attributed");
+                self.verdicts.insert(s.cookie(), class);
+            }
+        }
+        Ok(sockets
+            .iter()
+            .map(|s| match self.holders.holder(s) {
+                None => Class::Ignore,
+                Some(_) => self.verdicts.get(&s.cookie()).cloned().unwrap_or(Class::Ignore),
+            })
+            .collect())
+    }
+
+    fn vanished(&mut self, sockets: Vec<TcpSocket>, at_ms: u64) {
+        self.closed.extend(sockets.into_iter().map(|socket| Closed { socket, at_ms }));
+    }
+}

@@ -1,0 +1,189 @@
+//! A run never loses its report: a watched process that exits, an error after
+//! the first destroy, a signal in the middle — the report is printed, the
+//! records are written, and the exit code follows the rule (0 clean, 1 something
+//! remains or the run stopped after destroying, 2 nothing was destroyed).
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// `--pid P --for 1s`, where P exits once its connections die: not an error;
+/// the report says P went away, and every connection P had was destroyed.
+#[test]
+fn a_watched_process_that_exits_is_not_an_error() {
+    require!(Netns);
+    in_private_netns(|| {
+        let up = Echo::start("127.0.0.2:0");
+        let port = up.addr.port();
+        // Three connections; the process ends when the first read fails.
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.2/{port} 4<>/dev/tcp/127.0.0.2/{port} 5<>/dev/tcp/127.0.0.2/{port}; echo ready; cat <&3; exit 0"
+        );
+        let mut child =
+            Command::new("bash").args(["-c", &script]).stdout(Stdio::piped()).stdin(Stdio::null()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        let pid = child.id();
+        let held = sockkill::procfs::socket_inodes(pid).unwrap();
+        let theirs: BTreeSet<u64> =
+            dump_dst("127.0.0.2").iter().filter(|s| held.contains(&s.inode)).map(|s| s.cookie()).collect();
+        assert_eq!(theirs.len(), 3);
+        let guard = ChildGuard(child);
+
+        let out = sockkill_kill(&["kill", "--json", "--dst", "127.0.0.2", "--pid", &pid.to_string(), "--for", "1s"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let doc = json(&out);
+        let destroyed: BTreeSet<u64> = doc["sockets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["outcome"] == "destroyed")
+            .map(|s| s["cookie"].as_u64().unwrap())
+            .collect();
+        assert_eq!(destroyed, theirs, "{doc}");
+        assert_eq!(doc["processes_exited"], serde_json::json!([pid]), "{doc}");
+        assert_eq!(doc["summary"]["remaining"], 0);
+        assert!(dump_dst("127.0.0.2").is_empty());
+        drop(guard);
+    });
+}
+
+/// An audit log that fills up after the first destroys (a tiny tmpfs in a
+/// private mount namespace): the run stops there, exit 1, and the report says
+/// exactly what was destroyed, as the kernel confirms; the metrics are written.
+#[test]
+fn an_error_after_the_first_destroy_keeps_the_report() {
+    require!(Root);
+    in_private_netns(|| {
+        let up = Echo::start("127.0.0.2:0");
+        let conns: Vec<std::net::TcpStream> =
+            (0..1200).map(|_| std::net::TcpStream::connect(up.addr).unwrap()).collect();
+        let before: BTreeSet<u64> = dump_dst("127.0.0.2").iter().map(|s| s.cookie()).collect();
+        assert_eq!(before.len(), 1200);
+        let dir = std::env::temp_dir().join(format!("sockkill-full-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("mnt")).unwrap();
+        let prom = dir.join("sockkill.prom");
+        assert_not_root_netns();
+        // 16 KiB: the start event fits, a batch of 256 destroyed lines does not.
+        let script = format!(
+            "mount -t tmpfs -o size=16k sockkill-test {mnt} && exec \"$0\" kill --json --max 0 --dst 127.0.0.2 --audit-log {mnt}/audit.log --metrics-file {prom}",
+            mnt = dir.join("mnt").display(),
+            prom = prom.display()
+        );
+        let out = Command::new("unshare").args(["-m", "sh", "-c", &script, BIN]).stdin(Stdio::null()).output().unwrap();
+        assert_eq!(code(&out), 1, "{}", stderr(&out));
+        let doc = json(&out);
+        assert!(doc["error"].as_str().is_some_and(|e| e.contains("audit log")), "{doc}");
+        assert!(stderr(&out).contains("audit log"), "{}", stderr(&out));
+        let destroyed: BTreeSet<u64> = doc["sockets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["outcome"] == "destroyed")
+            .map(|s| s["cookie"].as_u64().unwrap())
+            .collect();
+        assert!(!destroyed.is_empty() && destroyed.len() < 1200, "stopped part-way: {}", destroyed.len());
+        // The kernel agrees: exactly the reported sockets are gone.
+        let left: BTreeSet<u64> = dump_dst("127.0.0.2").iter().map(|s| s.cookie()).collect();
+        let gone: BTreeSet<u64> = before.difference(&left).copied().collect();
+        assert_eq!(gone, destroyed);
+        assert_eq!(doc["summary"]["destroyed"].as_u64().unwrap() as usize, destroyed.len());
+        let metrics = std::fs::read_to_string(&prom).unwrap();
+        assert!(metrics.contains("sockkill_exit_code{command=\"kill\"} 1"), "{metrics}");
+        assert!(metrics.contains(&format!("sockkill_sockets_destroyed{{command=\"kill\"}} {}", destroyed.len())));
+        drop(conns);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// SIGTERM in the middle of a `--for` window: exit 1, the partial report
+/// (interrupted, never clean), printed at once.
+#[test]
+fn sigterm_during_a_window_prints_the_partial_report() {
+    require!(Netns);
+    in_private_netns(|| {
+        let up = Echo::start("127.0.0.2:0");
+        let mut conns: Vec<Conn> = (0..5).map(|_| Conn::open(up.addr)).collect();
+        assert_not_root_netns();
+        let child = Command::new(BIN)
+            .args(["kill", "--json", "--dst", "127.0.0.2", "--for", "3s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        for c in &mut conns {
+            wait_until(Duration::from_secs(5), "the first pass", || c.ended().is_some());
+        }
+        let sent = Instant::now();
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(sent.elapsed() < Duration::from_secs(2), "{:?}", sent.elapsed());
+        assert_eq!(code(&out), 1, "{}", stderr(&out));
+        let doc = json(&out);
+        assert_eq!(doc["summary"]["interrupted"], true, "{doc}");
+        assert_eq!(doc["summary"]["destroyed"], 5, "{doc}");
+        assert_eq!(doc["exit_code"], 1, "{doc}");
+    });
+}
+
+/// A SIGTERM before anything could be destroyed (nothing matched yet in the
+/// window) ends the run with exit 2: nothing was done.
+#[test]
+fn a_signal_before_anything_was_destroyed_exits_2() {
+    require!(Netns);
+    in_private_netns(|| {
+        let child = Command::new(BIN)
+            .args(["kill", "--json", "--dst", "127.0.0.9", "--for", "10s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        assert_eq!(json(&out)["summary"]["interrupted"], true);
+    });
+}
+
+/// Arguments need not be UTF-8: a path that is not is used as given, and
+/// the audit log records the command line lossily (no panic).
+#[test]
+fn non_utf8_paths_work() {
+    require!(Netns);
+    in_private_netns(|| {
+        use std::os::unix::ffi::OsStringExt;
+        let up = Echo::start("127.0.0.2:0");
+        let mut c = Conn::open(up.addr);
+        let dir = std::env::temp_dir().join(format!("sockkill-utf8-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut name = dir.into_os_string().into_vec();
+        name.extend_from_slice(b"/audit-\xff.log");
+        let path = std::path::PathBuf::from(std::ffi::OsString::from_vec(name));
+        assert_not_root_netns();
+        let out = Command::new(BIN)
+            .args(["kill", "--dst", "127.0.0.2", "--audit-log"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        c.assert_killed();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\\u{fffd}") || text.contains('\u{fffd}'), "{text}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    });
+}
