@@ -11,6 +11,8 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v cc >/dev/null || need+=(gcc)
+command -v make >/dev/null || need+=(make)  # scripts/haproxy-build.sh
+command -v nsenter >/dev/null || need+=(util-linux)
 [ -x /usr/bin/time ] || need+=(time)  # the benchmark's peak-RSS measurement
 
 if [ ${#need[@]} -eq 0 ]; then

@@ -170,7 +170,7 @@ fn emit(out: &mut Vec<u8>, cond: &Cond, no: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filter::parse_cidr;
+    use crate::filter::{parse_cidr, Family};
 
     #[test]
     fn empty_filter_has_no_program() {
@@ -202,6 +202,23 @@ mod tests {
         want.extend_from_slice(&[0, 0]);
         want.extend_from_slice(&90u16.to_ne_bytes());
         assert_eq!(bc, want);
+    }
+
+    #[test]
+    fn family_conditions_look_at_the_local_address() {
+        // -4: one AF_INET /0 condition on the source (local) side.
+        let v4 = compile(&Filter { family: Some(Family::V4), ..Filter::default() });
+        let mut want = vec![BC_S_COND, 16];
+        want.extend_from_slice(&20u16.to_ne_bytes());
+        want.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+        want.extend_from_slice(&(-1i32).to_ne_bytes());
+        want.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(v4, want);
+        // -6: the same condition negated: [cond: yes 16, no 20 (past the JMP)] [JMP: no 8 -> reject at 24].
+        let v6 = compile(&Filter { family: Some(Family::V6), ..Filter::default() });
+        assert_eq!(v6.len(), 20);
+        assert_eq!((v6[0], v6[1], u16::from_ne_bytes([v6[2], v6[3]])), (BC_S_COND, 16, 20));
+        assert_eq!((v6[16], v6[17], u16::from_ne_bytes([v6[18], v6[19]])), (BC_JMP, 4, 8));
     }
 
     #[test]

@@ -239,12 +239,15 @@ pub fn decode_dump_request(bytes: &[u8]) -> Result<DumpRequest> {
         }
         bytecode = attr.get(NLA_HDR_LEN..len).ok_or_else(|| Error::Decode("attribute past the end".into()))?.to_vec();
     }
+    // Read the state mask from the bytes: the crate's flags type drops bits it does not
+    // know (TCP_NEW_SYN_RECV), which the kernel honours.
+    let states = payload.get(4..8).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
     Ok(DumpRequest {
         flags: buf.flags(),
         seq: buf.sequence_number(),
         family: req.family,
         protocol: req.protocol,
-        states: req.states.bits(),
+        states,
         bytecode,
     })
 }

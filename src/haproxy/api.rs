@@ -125,25 +125,27 @@ impl Api {
 
     /// Sends one command and returns the whole answer.
     pub fn command(&self, cmd: &str) -> Result<String> {
-        self.command_within(cmd, self.timeout)
+        self.exchange(cmd, self.timeout, true, |_| ()).map(|(a, ())| a)
     }
 
-    /// Sends one command whose answer may take up to `answer_timeout` (e.g. `wait`).
+    /// Sends one command whose answer may take up to `answer_timeout` (`wait`),
+    /// without half-closing: HAProxy interrupts a `wait` whose client shut its side.
     pub fn command_within(&self, cmd: &str, answer_timeout: Duration) -> Result<String> {
-        self.exchange(cmd, answer_timeout, |_| ()).map(|(a, ())| a)
+        self.exchange(cmd, answer_timeout, false, |_| ()).map(|(a, ())| a)
     }
 
     /// Connects, hands our end of the connection to `probe` while HAProxy holds
     /// the other end (before the command is sent), then sends `cmd`. Returns the
     /// answer and what `probe` found.
     pub fn identify<T>(&self, cmd: &str, probe: impl FnOnce(LocalEnd) -> T) -> Result<(String, T)> {
-        self.exchange(cmd, self.timeout, probe)
+        self.exchange(cmd, self.timeout, true, probe)
     }
 
     fn exchange<T>(
         &self,
         cmd: &str,
         answer_timeout: Duration,
+        half_close: bool,
         probe: impl FnOnce(LocalEnd) -> T,
     ) -> Result<(String, T)> {
         debug!(endpoint = %self.endpoint, cmd, "haproxy command");
@@ -183,8 +185,8 @@ impl Api {
                 let line = format!("{cmd}\n");
                 let mut buf = Vec::new();
                 let r = match stream {
-                    Stream::Unix(mut s) => send_and_read(&mut s, &line, &mut buf, answer_timeout).await,
-                    Stream::Tcp(mut s) => send_and_read(&mut s, &line, &mut buf, answer_timeout).await,
+                    Stream::Unix(mut s) => send_and_read(&mut s, &line, half_close, &mut buf, answer_timeout).await,
+                    Stream::Tcp(mut s) => send_and_read(&mut s, &line, half_close, &mut buf, answer_timeout).await,
                 };
                 r.map_err(|e| match e {
                     None => timed_out(&format!("`{cmd}` to"), answer_timeout),
@@ -219,13 +221,16 @@ async fn cancelled(cancel: Option<&Cancel>) {
 async fn send_and_read<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     line: &str,
+    half_close: bool,
     buf: &mut Vec<u8>,
     t: Duration,
 ) -> std::result::Result<(), Option<std::io::Error>> {
     tokio::time::timeout(t, async {
         s.write_all(line.as_bytes()).await?;
         // Half-close: the master CLI answers only once it sees the end of input.
-        s.shutdown().await?;
+        if half_close {
+            s.shutdown().await?;
+        }
         let n = (&mut *s).take(MAX_ANSWER + 1).read_to_end(buf).await?;
         if n as u64 > MAX_ANSWER {
             return Err(std::io::Error::other(format!("answer larger than {} MiB", MAX_ANSWER >> 20)));

@@ -48,9 +48,10 @@ pub struct Topology {
     pub workers: Vec<Worker>,
 }
 
-/// Whether `pid` runs HAProxy (its command name).
+/// Whether `pid` runs HAProxy (its command name is `haproxy`, exactly: a
+/// prefix would also take e.g. a test runner called `haproxy_e2e-...`).
 pub fn is_haproxy(pid: u32) -> bool {
-    procfs::command(pid).starts_with("haproxy")
+    procfs::command(pid) == "haproxy"
 }
 
 /// Every HAProxy process /proc shows.

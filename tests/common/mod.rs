@@ -241,9 +241,24 @@ pub fn sockkill_kill(args: &[&str]) -> Output {
     sockkill(args)
 }
 
+/// The JSON document sockkill printed, checked against docs/sockkill.schema.json.
 pub fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), stderr(out)))
+    let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("bad JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), stderr(out))
+    });
+    validate(&doc);
+    doc
+}
+
+/// Panics unless `doc` is valid under the published schema (docs/sockkill.schema.json).
+pub fn validate(doc: &serde_json::Value) {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let v = SCHEMA.get_or_init(|| {
+        let schema = serde_json::from_str(include_str!("../../docs/sockkill.schema.json")).expect("the schema parses");
+        jsonschema::validator_for(&schema).expect("the schema compiles")
+    });
+    let errors: Vec<String> = v.iter_errors(doc).map(|e| format!("{e} (at {})", e.instance_path())).collect();
+    assert!(errors.is_empty(), "the document does not match docs/sockkill.schema.json: {errors:#?}\n{doc}");
 }
 
 pub fn stderr(out: &Output) -> String {
