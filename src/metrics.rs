@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 pub struct Metrics {
     /// `kill` or `haproxy`.
     pub command: &'static str,
+    /// The server a `haproxy` run was about (`backend/server` or `IP:PORT`): a
+    /// label, so that one textfile per server can sit in the same directory.
+    pub server: Option<String>,
     /// Targets at the first look.
     pub matched: usize,
     /// Sockets destroyed.
@@ -55,13 +58,21 @@ pub fn render(m: &Metrics) -> String {
         ),
         ("sockkill_last_run_timestamp_seconds", "When the run ended (Unix time).", Some(now as f64)),
     ];
+    let mut labels = format!("command=\"{}\"", m.command);
+    if let Some(server) = &m.server {
+        labels += &format!(",server=\"{}\"", escape_label(server));
+    }
     for (name, help, value) in gauges {
         if let Some(value) = value {
-            let _ =
-                writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{command=\"{}\"}} {value}", m.command);
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}");
         }
     }
     out
+}
+
+/// A label value as the text exposition format wants it.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 fn dir_of(path: &Path) -> &Path {
@@ -137,6 +148,8 @@ mod tests {
         assert!(text.contains("sockkill_sockets_remaining{command=\"kill\"} 0"));
         let unverified = render(&Metrics { remaining: None, ..m.clone() });
         assert!(!unverified.contains("sockkill_sockets_remaining"), "{unverified}");
+        let labelled = render(&Metrics { command: "haproxy", server: Some("be/\"s1\"".into()), ..m.clone() });
+        assert!(labelled.contains("sockkill_exit_code{command=\"haproxy\",server=\"be/\\\"s1\\\"\"} 0"), "{labelled}");
 
         let dir = scratch("write");
         let path = dir.join("sockkill.prom");

@@ -168,6 +168,8 @@ struct Haproxy {
     dir: PathBuf,
     child: Child,
     master_worker: bool,
+    /// The command HAProxy was started through, if any.
+    wrapped: Vec<String>,
 }
 
 fn scratch_dir() -> PathBuf {
@@ -195,7 +197,7 @@ impl Haproxy {
         }
         cmd.arg("-f").arg(dir.join("haproxy.cfg"));
         let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("start haproxy");
-        let h = Haproxy { dir, child, master_worker };
+        let h = Haproxy { dir, child, master_worker, wrapped: wrap.iter().map(|s| s.to_string()).collect() };
         let admin = Endpoint::parse(&h.sock("admin.sock"));
         wait_until(Duration::from_secs(10), "HAProxy to answer", || {
             Api::new(admin.clone(), Duration::from_secs(2), None).is_ok_and(|a| a.command("show info").is_ok())
@@ -306,8 +308,20 @@ impl Haproxy {
 
 impl Drop for Haproxy {
     fn drop(&mut self) {
-        // SIGTERM to the master (or the single process, or the wrapper) by pid; it ends its workers.
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        // SIGTERM to the master (or the single process) by pid; it ends its workers. Behind a
+        // wrapper (`unshare --fork`) the master itself: the wrapper passes no signal on, and
+        // it reaps the master and exits when the master ends.
+        let target = if self.wrapped.is_empty() {
+            Some(self.child.id())
+        } else {
+            sockkill::procfs::all_pids().into_iter().find(|&p| {
+                sockkill::procfs::parent_pid(p).ok() == Some(self.child.id())
+                    && sockkill::procfs::command(p) == "haproxy"
+            })
+        };
+        if let Some(pid) = target {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
         let end = Instant::now() + Duration::from_secs(5);
         while Instant::now() < end {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -315,6 +329,7 @@ impl Drop for Haproxy {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Still there: the wrapper's --kill-child takes the master with it.
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
@@ -983,7 +998,7 @@ fn haproxy_in_a_container() {
             let h = Haproxy::start_with(
                 true,
                 &[be("be", 8000, &[("s1", S1)])],
-                &["ip", "netns", "exec", &netns, "unshare", "--pid", "--fork", "--mount-proc"],
+                &["ip", "netns", "exec", &netns, "unshare", "--pid", "--fork", "--kill-child", "--mount-proc"],
             );
             let s1: Vec<Client> = (0..3).map(|_| Client::connect("127.0.0.10:8000")).collect();
             (h, servers, s1)

@@ -9,16 +9,18 @@ use std::net::{SocketAddr, TcpStream};
 
 use common::*;
 use nix::sys::socket::{self, sockopt};
-use sockkill::diag::{bytecode, Outcome, SockDiag};
+use sockkill::diag::{DumpSpec, Outcome, SockDiag};
 use sockkill::filter::parse_cidr;
 use sockkill::{Filter, StateSet, TcpSocket};
 
+/// What the kernel returns through sockkill's request alone (bytecode and
+/// header ports), before any user-side re-check.
 fn kernel_dump(filter: &Filter) -> BTreeSet<(String, String)> {
     let mut diag = SockDiag::open().unwrap();
-    let bc = bytecode::compile(filter);
+    let query = sockkill::Query::new(filter.clone()).unwrap();
     let mut out = BTreeSet::new();
     for af in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        diag.dump(af, filter.states, &bc, |s| {
+        diag.dump(&query.spec(af), |s| {
             out.insert((s.local().to_string(), s.peer().to_string()));
         })
         .unwrap();
@@ -84,7 +86,7 @@ fn bytecode_filters_in_the_kernel() {
             for af in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
                 SockDiag::open()
                     .unwrap()
-                    .dump(af, StateSet::ALL, &[], |s| {
+                    .dump(&DumpSpec::new(af, StateSet::ALL, &[]), |s| {
                         if filter.matches(&s) {
                             by_user.insert((s.local().to_string(), s.peer().to_string()));
                         }

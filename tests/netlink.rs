@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::thread::JoinHandle;
 
 use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
-use sockkill::diag::{DumpStatus, SockDiag};
+use sockkill::diag::{DumpSpec, DumpStatus, SockDiag};
 use sockkill::engine::dump_family;
 use sockkill::filter::parse_cidr;
 use sockkill::{Filter, Query, StateSet};
@@ -66,7 +66,7 @@ fn dump_interrupted_is_reported() {
         vec![dg]
     });
     let mut seen = 0;
-    let status = diag.dump(libc::AF_INET as u8, StateSet::DEFAULT, &[], |_| seen += 1).unwrap();
+    let status = diag.dump(&DumpSpec::new(libc::AF_INET as u8, StateSet::DEFAULT, &[]), |_| seen += 1).unwrap();
     peer.join().unwrap();
     assert_eq!(seen, 1);
     assert_eq!(status, DumpStatus::Interrupted);
@@ -81,7 +81,7 @@ fn a_dump_ended_with_an_error_is_an_error() {
         dg.extend(message(NLMSG_DONE, NLM_F_MULTI, seq, &(-libc::ENOMEM).to_ne_bytes()));
         vec![dg]
     });
-    let err = diag.dump(libc::AF_INET as u8, StateSet::DEFAULT, &[], |_| {}).unwrap_err();
+    let err = diag.dump(&DumpSpec::new(libc::AF_INET as u8, StateSet::DEFAULT, &[]), |_| {}).unwrap_err();
     peer.join().unwrap();
     assert!(err.to_string().contains("Cannot allocate memory"), "{err}");
 }

@@ -12,10 +12,10 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use proptest::prelude::*;
-use sockkill::diag::{bytecode, wire, SockDiag};
+use sockkill::diag::{bytecode, wire, DumpSpec, SockDiag};
 use sockkill::filter::{parse_cidr, Family, PortRange, StateSet};
 use sockkill::haproxy::parse;
-use sockkill::Filter;
+use sockkill::{Filter, Query};
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig { cases, ..ProptestConfig::default() }
@@ -132,13 +132,16 @@ proptest! {
         let af = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
         let bc = bytecode::compile(&f);
         let mut out = Vec::new();
-        wire::encode_dump(&mut out, af, f.states, &bc, seq).unwrap();
+        let sport = f.sport.first().map_or(0, |r| r.lo);
+        let dport = f.dport.first().map_or(0, |r| r.hi);
+        wire::encode_dump(&mut out, &DumpSpec { sport, dport, ..DumpSpec::new(af, f.states, &bc) }, seq).unwrap();
         prop_assert_eq!(out.len() % 4, 0);
         let back = wire::decode_dump_request(&out).unwrap();
         prop_assert_eq!(back.family, af);
         prop_assert_eq!(back.protocol, libc::IPPROTO_TCP as u8);
         prop_assert_eq!(back.states, f.states.bits());
         prop_assert_eq!(back.seq, seq);
+        prop_assert_eq!((back.sport, back.dport), (sport, dport));
         prop_assert_eq!(back.bytecode, bc);
     }
 
@@ -385,11 +388,16 @@ fn compatible(family: Option<Family>, n: &ipnet::IpNet) -> bool {
     !matches!((family, n), (Some(Family::V4), ipnet::IpNet::V6(_)) | (Some(Family::V6), ipnet::IpNet::V4(_)))
 }
 
-fn dump(filter: &Filter, bytecode: &[u8], user_side: bool) -> BTreeSet<(String, String, u64)> {
+/// What the kernel returns for `filter` alone (bytecode and header ports, as
+/// sockkill asks), or, with `user_side`, what the user-side matcher selects
+/// from an unfiltered dump.
+fn dump(filter: &Filter, user_side: bool) -> BTreeSet<(String, String, u64)> {
     let mut diag = SockDiag::open().unwrap();
     let mut out = BTreeSet::new();
+    let query = Query::new(filter.clone()).unwrap();
     for af in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        diag.dump(af, filter.states, bytecode, |s| {
+        let spec = if user_side { DumpSpec::new(af, filter.states, &[]) } else { query.spec(af) };
+        diag.dump(&spec, |s| {
             if !user_side || filter.matches(&s) {
                 out.insert((s.local().to_string(), s.peer().to_string(), s.cookie()));
             }
@@ -437,9 +445,8 @@ proptest! {
                 listeners.push(l);
             }
             for f in &filters {
-                let bc = bytecode::compile(f);
-                let by_kernel = dump(f, &bc, false);
-                let by_user = dump(f, &[], true);
+                let by_kernel = dump(f, false);
+                let by_user = dump(f, true);
                 if by_kernel != by_user {
                     return Err(format!("kernel and user side disagree for {f}:\nkernel {by_kernel:?}\nuser   {by_user:?}"));
                 }

@@ -34,17 +34,22 @@ pub fn main(argv: Vec<OsString>) -> u8 {
         Command::Haproxy(a) => a.metrics_file.clone(),
         _ => None,
     };
+    // The server label of a haproxy run's metrics, known before the run (an early failure has it too).
+    let server = match &cli.command {
+        Command::Haproxy(a) => a.server.as_ref().map(|(b, s)| format!("{b}/{s}")).or(a.addr.map(|a| a.to_string())),
+        _ => None,
+    };
     let plan = match plan::plan(cli) {
         Ok(plan) => plan,
         Err(e) => {
             // Nothing was done; a metrics file that can be written still says so.
             let metrics = metrics_file.filter(|p| sockkill::metrics::check_target(p).is_ok());
-            return output::finish(&global, command, Outcome::Failed(e), None, metrics.as_deref());
+            return output::finish(&global, command, Outcome::Failed(e), None, metrics.as_deref(), server);
         }
     };
     let metrics_file = plan.metrics_file().cloned();
     let (outcome, audit) = exec::execute(plan);
-    output::finish(&global, command, outcome, audit.as_deref(), metrics_file.as_deref())
+    output::finish(&global, command, outcome, audit.as_deref(), metrics_file.as_deref(), server)
 }
 
 /// clap's own errors keep clap's format (help and --version exit 0); with

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sockkill::audit::AuditLog;
 use sockkill::check::CheckReport;
 use sockkill::diag::errno_text;
-use sockkill::engine::enforce::{Entry, Spared};
+use sockkill::engine::enforce::{Acted, Spared};
 use sockkill::filter::Filter;
 use sockkill::metrics::{self, Metrics};
 use sockkill::{haproxy, KillReport, Outcome as Fate, TcpSocket};
@@ -54,6 +54,7 @@ pub fn finish(
     outcome: Outcome,
     audit: Option<&AuditLog>,
     metrics_file: Option<&Path>,
+    server: Option<String>,
 ) -> u8 {
     let (mut code, mut error) = verdict(&outcome);
     let mut late = Vec::new();
@@ -63,7 +64,7 @@ pub fn finish(
         }
     }
     if let Some(path) = metrics_file {
-        if let Err(e) = metrics::write(path, &metrics_of(command, &outcome, code)) {
+        if let Err(e) = metrics::write(path, &Metrics { server, ..metrics_of(command, &outcome, code) }) {
             late.push(e.to_string());
         }
     }
@@ -337,19 +338,19 @@ fn outcome_word(o: Fate) -> &'static str {
 }
 
 fn entry_rows<'a>(
-    entries: &'a [Entry],
+    entries: &'a Acted,
     remaining: &'a [TcpSocket],
     spared: &'a [(&'static str, &'a [Spared])],
 ) -> impl Iterator<Item = (Option<&'a str>, &'a TcpSocket)> + Clone {
     entries
         .iter()
-        .map(|e| (Some(outcome_word(e.outcome)), &e.socket))
+        .map(|e| (Some(outcome_word(e.outcome)), e.socket))
         .chain(remaining.iter().map(|s| (Some("REMAINS"), s)))
         .chain(spared.iter().flat_map(|(tag, list)| list.iter().map(move |s| (Some(*tag), &s.socket))))
 }
 
-fn write_reasons(out: &mut dyn Write, entries: &[Entry], spared: &[(&'static str, &[Spared])]) -> io::Result<()> {
-    for e in entries {
+fn write_reasons(out: &mut dyn Write, entries: &Acted, spared: &[(&'static str, &[Spared])]) -> io::Result<()> {
+    for e in entries.iter() {
         if let Some(errno) = e.outcome.errno() {
             writeln!(out, "failed: {} -> {}: {}", e.socket.local(), e.socket.peer(), errno_text(errno))?;
         }
@@ -482,8 +483,9 @@ fn write_haproxy(out: &mut dyn Write, r: &haproxy::Report) -> io::Result<()> {
     }
     let spared = [("ambiguous", &r.ambiguous[..]), ("other-server", &r.other_server[..])];
     if !r.remaining.is_empty() || !r.ambiguous.is_empty() || !r.other_server.is_empty() {
-        write_table(out, true, entry_rows(&[], &r.remaining, &spared))?;
-        write_reasons(out, &[], &spared)?;
+        let none = Acted::default();
+        write_table(out, true, entry_rows(&none, &r.remaining, &spared))?;
+        write_reasons(out, &none, &spared)?;
     }
     writeln!(
         out,

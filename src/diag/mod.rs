@@ -5,6 +5,7 @@ pub mod netlink;
 pub mod wire;
 
 pub use netlink::{DumpStatus, SockDiag, DESTROY_BATCH};
+pub use wire::DumpSpec;
 
 /// What became of one socket a destroy was aimed at (or, in a dry run, would be).
 ///

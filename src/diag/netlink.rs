@@ -8,10 +8,9 @@ use std::ops::ControlFlow;
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use tracing::{debug, trace};
 
-use super::wire::{self, Reply};
+use super::wire::{self, DumpSpec, Reply};
 use super::Outcome;
 use crate::error::{Error, Result};
-use crate::filter::StateSet;
 use crate::socket::TcpSocket;
 
 /// A dump skb is at most 32 KiB (netlink_dump caps max_recvmsg_len); 64 KiB leaves room.
@@ -130,21 +129,14 @@ impl SockDiag {
         }
     }
 
-    /// Dumps the TCP sockets of one family (`libc::AF_INET` or `AF_INET6`) in
-    /// `states` that pass `bytecode`, calling `each` for every one. The whole
-    /// dump is read before the caller may act on it (destroying while a dump
-    /// runs makes the kernel skip sockets). A dump the kernel ends with an
+    /// Dumps the TCP sockets `spec` asks for, calling `each` for every one. The
+    /// whole dump is read before the caller may act on it (destroying while a
+    /// dump runs makes the kernel skip sockets). A dump the kernel ends with an
     /// error (NLMSG_DONE carrying an errno, or NLMSG_ERROR) is an error.
-    pub fn dump(
-        &mut self,
-        family: u8,
-        states: StateSet,
-        bytecode: &[u8],
-        mut each: impl FnMut(TcpSocket),
-    ) -> Result<DumpStatus> {
+    pub fn dump(&mut self, spec: &DumpSpec<'_>, mut each: impl FnMut(TcpSocket)) -> Result<DumpStatus> {
         let seq = self.next_seq();
         self.out.clear();
-        wire::encode_dump(&mut self.out, family, states, bytecode, seq)?;
+        wire::encode_dump(&mut self.out, spec, seq)?;
         self.send_all()?;
         let mut status = DumpStatus::Complete;
         let mut failed = 0;

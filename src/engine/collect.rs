@@ -62,7 +62,7 @@ pub fn dump_family(diag: &mut SockDiag, family: u8, query: &Query) -> Result<Vec
     let f = &query.filter;
     let mut out = Vec::new();
     for tries in 1..=MAX_DUMP_RETRIES {
-        let status = diag.dump(family, f.states, &query.bytecode, |s| {
+        let status = diag.dump(&query.spec(family), |s| {
             if f.matches(&s) {
                 out.push(s);
             }

@@ -106,12 +106,30 @@ impl Judge for Everything {
     }
 }
 
-/// One socket a run acted on (or, in a dry run, would), with the outcome of
-/// the last attempt: each socket appears once, however many passes tried it.
-#[derive(Debug, Clone)]
-pub struct Entry {
+/// Every socket a run acted on (or, in a dry run, would), once each, with the
+/// outcome of its last attempt, however many passes tried it.
+///
+/// Kept as two parallel vectors — the sockets as dumped (moved in without a
+/// copy) and 16 bytes of outcome each — so a kill of 100k sockets holds each
+/// socket once.
+#[derive(Debug, Default)]
+pub struct Acted {
+    sockets: Vec<TcpSocket>,
+    meta: Vec<Meta>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    outcome: Outcome,
+    pass: u32,
+    at_ms: u32,
+}
+
+/// One socket of [`Acted`].
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
     /// The socket as first dumped.
-    pub socket: TcpSocket,
+    pub socket: &'a TcpSocket,
     /// What became of it.
     pub outcome: Outcome,
     /// The pass of the last attempt (0 in a dry run).
@@ -120,7 +138,40 @@ pub struct Entry {
     pub at_ms: u64,
 }
 
-impl Serialize for Entry {
+impl Acted {
+    /// How many sockets.
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    /// The sockets with their outcomes, in the order they were first acted on.
+    pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> + Clone {
+        self.sockets.iter().zip(&self.meta).map(|(socket, m)| Entry {
+            socket,
+            outcome: m.outcome,
+            pass: m.pass,
+            at_ms: u64::from(m.at_ms),
+        })
+    }
+
+    /// How many have an outcome for which `which` holds.
+    pub fn count(&self, which: impl Fn(Outcome) -> bool) -> usize {
+        self.meta.iter().filter(|m| which(m.outcome)).count()
+    }
+
+    /// A dry run's list: `sockets`, each `WouldDestroy`.
+    fn would_destroy(sockets: Vec<TcpSocket>) -> Acted {
+        let meta = vec![Meta { outcome: Outcome::WouldDestroy, pass: 0, at_ms: 0 }; sockets.len()];
+        Acted { sockets, meta }
+    }
+}
+
+impl Serialize for Entry<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
         self.socket.serialize_fields(&mut map)?;
@@ -131,6 +182,12 @@ impl Serialize for Entry {
             map.serialize_entry("error", &errno_text(e))?;
         }
         map.end()
+    }
+}
+
+impl Serialize for Acted {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
     }
 }
 
@@ -192,7 +249,7 @@ pub struct Report {
     /// Nothing was destroyed on purpose.
     pub dry_run: bool,
     /// Every target acted on, once each (a dry run lists what it would destroy).
-    pub sockets: Vec<Entry>,
+    pub sockets: Acted,
     /// Targets still there at the end; `None` when not verified.
     pub remaining: Option<Vec<TcpSocket>>,
     /// Sockets left alone on purpose at the last look.
@@ -242,7 +299,7 @@ impl Report {
         let settled = if self.summary.verified {
             self.clean
         } else {
-            self.sockets.iter().all(|e| matches!(e.outcome, Outcome::Destroyed | Outcome::AlreadyGone))
+            self.sockets.count(|o| !matches!(o, Outcome::Destroyed | Outcome::AlreadyGone)) == 0
         };
         if settled && self.unsure.is_empty() {
             0
@@ -274,11 +331,11 @@ pub struct Run<'a, J: Judge> {
     look: Look,
     /// Targets of the first look.
     original: HashSet<u64>,
-    /// Every target cookie ever seen.
-    seen: HashSet<u64>,
-    entries: Vec<Entry>,
-    /// cookie -> index in `entries`.
-    index: HashMap<u64, usize>,
+    /// Targets first seen later and never attempted (those attempted are in `index`).
+    later: HashSet<u64>,
+    acted: Acted,
+    /// cookie -> index in `acted`.
+    index: HashMap<u64, u32>,
     /// Sockets the kernel refused for good: not retried.
     refused: HashSet<u64>,
     new_during: usize,
@@ -312,10 +369,10 @@ impl<'a, J: Judge> Run<'a, J> {
             cancel,
             audit,
             started,
-            seen: original.clone(),
+            later: HashSet::new(),
             original,
             look,
-            entries: Vec::new(),
+            acted: Acted::default(),
             index: HashMap::new(),
             refused: HashSet::new(),
             new_during: 0,
@@ -495,39 +552,61 @@ impl<'a, J: Judge> Run<'a, J> {
     /// an earlier pass had missed got destroyed (progress), the error that stopped
     /// the pass, and whether a cancel request cut it short.
     fn destroy_pass(&mut self) -> (bool, Option<Error>, bool) {
-        let targets = std::mem::take(&mut self.look.targets);
-        let (batch, mut left): (Vec<TcpSocket>, Vec<TcpSocket>) =
-            targets.into_iter().partition(|s| !self.refused.contains(&s.cookie()));
+        let mut batch = std::mem::take(&mut self.look.targets);
+        // Sockets the kernel refused before are not tried again (in place: no second copy).
+        let mut left: Vec<TcpSocket> = batch.extract_if(.., |s| self.refused.contains(&s.cookie())).collect();
         let mut pass = self.engine.destroy(&batch, self.cancel, self.audit);
         if let Some(Err(e)) = self.audit.map(AuditLog::sync) {
             pass.error.get_or_insert(e);
         }
-        let at_ms = self.ms();
+        let at_ms = u32::try_from(self.ms()).unwrap_or(u32::MAX);
         let sent = pass.outcomes.len();
         let cut = pass.error.is_none() && sent < batch.len();
+        let mut outcome_of: Vec<Option<Outcome>> = vec![None; batch.len()];
+        for (i, o) in pass.outcomes {
+            outcome_of[i] = Some(o);
+        }
+        let meta = |outcome| Meta { outcome, pass: self.passes, at_ms };
         let mut progress = false;
-        let mut outcomes = pass.outcomes.into_iter().peekable();
-        for (i, socket) in batch.into_iter().enumerate() {
-            let Some(&(_, outcome)) = outcomes.peek().filter(|(j, _)| *j == i) else {
-                left.push(socket); // not sent
-                continue;
-            };
-            outcomes.next();
-            let cookie = socket.cookie();
-            if let Outcome::Failed(_) = outcome {
-                self.refused.insert(cookie);
-            }
-            match self.index.get(&cookie) {
-                Some(&e) => {
-                    let entry = &mut self.entries[e];
-                    progress |= outcome == Outcome::Destroyed;
-                    entry.outcome = outcome;
-                    entry.pass = self.passes;
-                    entry.at_ms = at_ms;
+        if self.acted.is_empty() && sent == batch.len() {
+            // The usual first pass: the batch becomes the record as it is.
+            self.acted.meta = outcome_of.iter().map(|o| meta(o.unwrap_or(Outcome::Unacknowledged))).collect();
+            self.index = batch.iter().enumerate().map(|(i, s)| (s.cookie(), i as u32)).collect();
+            self.refused.extend(
+                batch
+                    .iter()
+                    .zip(&self.acted.meta)
+                    .filter(|(_, m)| matches!(m.outcome, Outcome::Failed(_)))
+                    .map(|(s, _)| s.cookie()),
+            );
+            self.acted.sockets = batch;
+        } else {
+            let new = batch
+                .iter()
+                .zip(&outcome_of)
+                .filter(|(s, o)| o.is_some() && !self.index.contains_key(&s.cookie()))
+                .count();
+            self.acted.sockets.reserve_exact(new);
+            self.acted.meta.reserve_exact(new);
+            for (socket, outcome) in batch.into_iter().zip(outcome_of) {
+                let Some(outcome) = outcome else {
+                    left.push(socket); // not sent
+                    continue;
+                };
+                let cookie = socket.cookie();
+                if let Outcome::Failed(_) = outcome {
+                    self.refused.insert(cookie);
                 }
-                None => {
-                    self.index.insert(cookie, self.entries.len());
-                    self.entries.push(Entry { socket, outcome, pass: self.passes, at_ms });
+                match self.index.get(&cookie) {
+                    Some(&e) => {
+                        progress |= outcome == Outcome::Destroyed;
+                        self.acted.meta[e as usize] = meta(outcome);
+                    }
+                    None => {
+                        self.index.insert(cookie, self.acted.sockets.len() as u32);
+                        self.acted.sockets.push(socket);
+                        self.acted.meta.push(meta(outcome));
+                    }
                 }
             }
         }
@@ -552,13 +631,15 @@ impl<'a, J: Judge> Run<'a, J> {
         }
         for s in &look.targets {
             let cookie = s.cookie();
-            if let Some(&e) = self.index.get(&cookie) {
-                if self.entries[e].outcome == Outcome::AlreadyGone {
-                    self.entries[e].outcome = Outcome::NotFound;
+            match self.index.get(&cookie) {
+                Some(&e) => {
+                    let m = &mut self.acted.meta[e as usize];
+                    if m.outcome == Outcome::AlreadyGone {
+                        m.outcome = Outcome::NotFound;
+                    }
                 }
-            }
-            if self.seen.insert(cookie) {
-                self.new_during += 1;
+                None if !self.original.contains(&cookie) && self.later.insert(cookie) => self.new_during += 1,
+                None => {}
             }
         }
         if !look.targets.is_empty() {
@@ -583,8 +664,8 @@ impl<'a, J: Judge> Run<'a, J> {
             duration_ms: self.ms(),
             ..Summary::default()
         };
-        for e in &self.entries {
-            match e.outcome {
+        for m in &self.acted.meta {
+            match m.outcome {
                 Outcome::Destroyed => s.destroyed += 1,
                 Outcome::AlreadyGone => s.already_gone += 1,
                 Outcome::NotFound => s.not_found += 1,
@@ -600,14 +681,11 @@ impl<'a, J: Judge> Run<'a, J> {
             s.remaining_original = Some(orig);
             s.remaining_new = Some(rem.len() - orig);
         }
-        let mut sockets = self.entries;
-        if self.policy.dry_run {
-            sockets = remaining
-                .iter()
-                .flatten()
-                .map(|s| Entry { socket: s.clone(), outcome: Outcome::WouldDestroy, pass: 0, at_ms: 0 })
-                .collect();
-        }
+        let sockets = if self.policy.dry_run {
+            Acted::would_destroy(remaining.clone().unwrap_or_default())
+        } else {
+            std::mem::take(&mut self.acted)
+        };
         let report = Report {
             dry_run: self.policy.dry_run,
             sockets,

@@ -10,13 +10,13 @@ pub mod owners;
 
 pub use collect::dump_family;
 pub use destroy::DestroyPass;
-pub use enforce::{Class, Entry, Judge, Policy, Report, Run, Summary};
+pub use enforce::{Acted, Class, Entry, Judge, Policy, Report, Run, Summary};
 
 use ipnet::IpNet;
 
-use crate::diag::{bytecode, SockDiag};
+use crate::diag::{bytecode, DumpSpec, SockDiag};
 use crate::error::{Error, Result};
-use crate::filter::{Family, Filter};
+use crate::filter::{Family, Filter, PortRange};
 use crate::netns::Netns;
 use crate::procfs::SockStat;
 
@@ -43,12 +43,15 @@ impl Engine {
     }
 }
 
-/// A filter made ready for the kernel: bytecode compiled once, families chosen.
+/// A filter made ready for the kernel: bytecode compiled once, families
+/// chosen, and single ports lifted into the request header.
 #[derive(Debug, Clone)]
 pub struct Query {
     filter: Filter,
     bytecode: Vec<u8>,
     families: Vec<u8>,
+    sport: u16,
+    dport: u16,
 }
 
 impl Query {
@@ -67,7 +70,19 @@ impl Query {
         } else {
             vec![libc::AF_INET as u8, libc::AF_INET6 as u8]
         };
-        Ok(Query { filter, bytecode, families })
+        // One nonzero port is also checked in the header, where the kernel looks
+        // before it runs the bytecode (which still decides).
+        let single = |ranges: &[PortRange]| match ranges {
+            [r] if r.lo == r.hi => r.lo,
+            _ => 0,
+        };
+        let (sport, dport) = (single(&filter.sport), single(&filter.dport));
+        Ok(Query { filter, bytecode, families, sport, dport })
+    }
+
+    /// The dump request for `family`.
+    pub fn spec(&self, family: u8) -> DumpSpec<'_> {
+        DumpSpec { family, states: self.filter.states, bytecode: &self.bytecode, sport: self.sport, dport: self.dport }
     }
 
     /// The filter this query was built from.

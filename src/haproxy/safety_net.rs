@@ -18,7 +18,7 @@ use super::parse::{self, ServerState, WaitAnswer};
 use crate::audit::AuditLog;
 use crate::cancel::Cancel;
 use crate::diag::Outcome;
-use crate::engine::enforce::{Entry, Policy, Run, Spared, Summary};
+use crate::engine::enforce::{Acted, Policy, Run, Spared, Summary};
 use crate::engine::{Engine, Query};
 use crate::error::{Error, Result};
 use crate::filter::{canonical_ip, Filter, PortRange, StateSet};
@@ -119,7 +119,7 @@ pub struct Report {
     /// Targets HAProxy closed by itself, and when.
     pub closed_by_haproxy: Vec<Closed>,
     /// Every target sockkill acted on (as `kill`'s `sockets`).
-    pub destroyed: Vec<Entry>,
+    pub destroyed: Acted,
     /// Targets at the end.
     pub remaining: Vec<TcpSocket>,
     /// Sockets to the address that HAProxy attributes to another server (left alone).
@@ -260,7 +260,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     };
     let abandoned = cancel.is_some_and(Cancel::is_abandoned);
     let scur = if abandoned { None } else { scur(judge.api(), opts) };
-    let count = |o: fn(&Outcome) -> bool| enf.sockets.iter().filter(|e| o(&e.outcome)).count();
+    let count = |o: fn(&Outcome) -> bool| enf.sockets.count(|x| o(&x));
     let remaining = enf.remaining.clone().unwrap_or_default();
     let exit_code = enf.exit_code(maintenance || !commands_sent.is_empty());
     let summary = HaproxySummary {
