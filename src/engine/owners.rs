@@ -115,6 +115,17 @@ impl Holders {
         Ok(true)
     }
 
+    /// Whether the holder of the socket with this inode is known (held or not).
+    pub fn knows(&self, inode: u32) -> bool {
+        inode == 0 || self.held.contains_key(&inode) || self.not_held.contains(&inode)
+    }
+
+    /// Records a holder learnt another way (e.g. a process's stream table
+    /// naming the fd, checked by reading that one fd's link).
+    pub fn learn(&mut self, inode: u32, holding: Holding) {
+        self.held.insert(inode, holding);
+    }
+
     /// Who holds `sock`, as of the last read.
     pub fn holder(&self, sock: &TcpSocket) -> Option<Holding> {
         (sock.inode != 0).then(|| self.held.get(&sock.inode).copied()).flatten()

@@ -141,6 +141,60 @@ impl HaproxyJudge {
         })
     }
 
+    /// Finds who holds the sockets of `sockets` with an unknown inode. The
+    /// cheap way first: the stream tables of the processes that can be asked,
+    /// and one fd link per stream whose server could be at this address (one
+    /// configured there, or one the configuration no longer has). Whatever is
+    /// still unknown then costs a full read of the processes' fd tables.
+    fn find_new_holders(
+        &mut self,
+        sockets: &[TcpSocket],
+        tables: &mut HashMap<u32, std::result::Result<Vec<Stream>, String>>,
+    ) -> Result<()> {
+        let mut unknown: std::collections::HashSet<u32> =
+            sockets.iter().map(|s| s.inode).filter(|i| !self.holders.knows(*i)).collect();
+        let askable: Vec<u32> = self
+            .workers
+            .iter()
+            .map(|w| w.pid)
+            .filter(|&p| p == self.answering || self.master.is_some())
+            .filter(|p| self.holders.pids().contains(p))
+            .collect();
+        for pid in askable {
+            if unknown.is_empty() {
+                break;
+            }
+            let table = self.table(pid)?;
+            if let Ok(streams) = &table {
+                for st in streams {
+                    let (Some(fd), Some(be), Some(srv)) = (st.fd, st.backend.as_deref(), st.server.as_deref()) else {
+                        continue;
+                    };
+                    if !self.may_be_at_addr(be, srv) {
+                        continue;
+                    }
+                    let Some(inode) = crate::procfs::socket_of_fd(pid, fd) else { continue };
+                    if unknown.remove(&inode) {
+                        self.holders.learn(inode, crate::engine::owners::Holding { pid, fd });
+                    }
+                }
+            }
+            tables.insert(pid, table);
+        }
+        if !unknown.is_empty() {
+            debug!(count = unknown.len(), "sockets no stream table names: reading the fd tables");
+            self.holders.refresh_for(sockets)?;
+        }
+        Ok(())
+    }
+
+    /// Whether server `be/srv`'s connections could go to this address: it is
+    /// configured here, or the current configuration no longer has it.
+    fn may_be_at_addr(&self, be: &str, srv: &str) -> bool {
+        let mut configured = self.config.iter().filter(|s| s.backend == be && s.name == srv).peekable();
+        configured.peek().is_none() || self.configured_at_addr().any(|s| s.backend == be && s.name == srv)
+    }
+
     /// The verdict on one candidate from its stream's server, or from its absence.
     fn decide(&self, attributed: Option<(&str, &str)>, unlisted_why: &str) -> Class {
         match (attributed, &self.target) {
@@ -179,21 +233,27 @@ impl HaproxyJudge {
 
 impl Judge for HaproxyJudge {
     fn classify(&mut self, sockets: &mut [TcpSocket]) -> Result<Vec<Class>> {
-        self.holders.refresh_for(sockets)?;
+        // Stream tables read during this look, by pid (each asked at most once).
+        let mut tables: HashMap<u32, std::result::Result<Vec<Stream>, String>> = HashMap::new();
+        if sockets.iter().any(|s| !self.holders.knows(s.inode)) {
+            self.find_new_holders(sockets, &mut tables)?;
+        }
         // Candidates without a verdict yet, by the process holding them.
         let mut pending: HashMap<u32, Vec<usize>> = HashMap::new();
         for (i, s) in sockets.iter_mut().enumerate() {
-            if self.holders.holder(s).is_none() {
-                continue;
-            }
+            let Some(holding) = self.holders.holder(s) else { continue };
             s.owners = self.holders.owners(s);
             if !self.verdicts.contains_key(&s.cookie()) {
-                pending.entry(self.holders.holder(s).map_or(0, |h| h.pid)).or_default().push(i);
+                pending.entry(holding.pid).or_default().push(i);
             }
         }
         for (pid, idx) in pending {
-            let table = self.table(pid)?;
-            if let Err(why) = &table {
+            if !tables.contains_key(&pid) {
+                let t = self.table(pid)?;
+                tables.insert(pid, t);
+            }
+            let table = &tables[&pid];
+            if let Err(why) = table {
                 warn!(pid, why = %why, "no stream table: sockets of this process count as unlisted");
             }
             let by_fd: HashMap<u32, (&str, &str)> = table
@@ -202,7 +262,7 @@ impl Judge for HaproxyJudge {
                     t.iter().filter_map(|s| Some((s.fd?, (s.backend.as_deref()?, s.server.as_deref()?)))).collect()
                 })
                 .unwrap_or_default();
-            let unlisted_why = match &table {
+            let unlisted_why = match table {
                 Ok(_) => format!("HAProxy (pid {pid}) lists no stream for it"),
                 Err(why) => why.clone(),
             };
