@@ -9,9 +9,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 
-SOURCES=${HAPROXY_SOURCES:-../shared/haproxy}
+# ../shared/haproxy from the project root, or from the repository this clone was made from.
+if [ -z "${HAPROXY_SOURCES:-}" ]; then
+  HAPROXY_SOURCES=../shared/haproxy
+  origin=$(git config --get remote.origin.url 2>/dev/null || true)
+  if [ ! -d "$HAPROXY_SOURCES" ] && [ -n "$origin" ] && [ -d "$origin/../shared/haproxy" ]; then
+    HAPROXY_SOURCES="$origin/../shared/haproxy"
+  fi
+fi
+SOURCES=$HAPROXY_SOURCES
 if [ ! -d "$SOURCES" ]; then
-  echo "haproxy-matrix: no HAProxy sources at $SOURCES (set HAPROXY_SOURCES)" >&2
+  echo "haproxy-matrix: no HAProxy sources at $SOURCES (set HAPROXY_SOURCES to the folder of haproxy-X.Y.Z.tar.gz)" >&2
   exit 1
 fi
 mapfile -t builds < <(HAPROXY_SOURCES="$SOURCES" bash scripts/haproxy-build.sh)
