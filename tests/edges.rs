@@ -39,7 +39,7 @@ fn into_head_1(args: &[&str]) -> (i32, String, String) {
 /// and kill, text and JSON, and the kill's destroys are done.
 #[test]
 fn a_closed_stdout_is_a_normal_end() {
-    require!(Netns);
+    require!(Root);
     in_private_netns(|| {
         let farm = Farm::build(&[Group::new("127.0.3.1", 1000), Group::new("127.0.4.1", 8000)]).unwrap();
         for args in [

@@ -130,7 +130,7 @@ fn trial(seed: u64, per_group: usize, background: usize) -> (usize, usize) {
 
 #[test]
 fn randomized_trials() {
-    require!(Netns);
+    require!(Root);
     for seed in [1, 2, 3, 4, 5, 6] {
         trial(seed * 0x9E37_79B9, 200, 2_000);
     }
@@ -140,7 +140,7 @@ fn randomized_trials() {
 #[test]
 #[ignore = "long: about 20 x 10 s; run with --ignored"]
 fn randomized_trials_long() {
-    require!(Netns);
+    require!(Root);
     let mut checked = 0;
     for seed in 1..=20u64 {
         let (c, t) = trial(seed * 0x2545_F491, 2_000, 100_000);
@@ -156,7 +156,7 @@ fn randomized_trials_long() {
 /// is untouched; the exit code follows the documented rule.
 #[test]
 fn churn_during_kill() {
-    require!(Netns);
+    require!(Root);
     in_private_netns(|| {
         let target_up = Echo::start("127.50.0.2:0");
         let bg_up = Echo::start("127.60.0.2:0");
