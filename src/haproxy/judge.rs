@@ -248,9 +248,8 @@ impl Judge for HaproxyJudge {
             }
         }
         for (pid, idx) in pending {
-            if !tables.contains_key(&pid) {
-                let t = self.table(pid)?;
-                tables.insert(pid, t);
+            if let std::collections::hash_map::Entry::Vacant(slot) = tables.entry(pid) {
+                slot.insert(self.table(pid)?);
             }
             let table = &tables[&pid];
             if let Err(why) = table {
