@@ -30,9 +30,16 @@ use sockkill::{Filter, PortRange};
 const S1: &str = "127.0.0.11:9001";
 const S2: &str = "127.0.0.12:9002";
 
-/// Accepts and holds every connection (a server that never answers).
+/// Accepts and holds every connection (a server that never answers), with an
+/// accept queue long enough for HAProxy's burst of connects (std's is 128:
+/// an overflow leaves HAProxy with connections the server never accepted).
 fn hold(addr: &str) -> std::sync::mpsc::Receiver<TcpStream> {
-    let l = TcpListener::bind(addr).expect("bind");
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
+    let a: std::net::SocketAddrV4 = addr.parse().expect("IPv4 address");
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(a)).expect("bind");
+    listen(&fd, Backlog::MAXALLOWABLE).expect("listen");
+    let l = TcpListener::from(fd);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {

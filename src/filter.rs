@@ -97,6 +97,11 @@ impl TcpState {
     }
 }
 
+/// The `--state` names of single states (groups like `all` aside), in kernel order.
+pub fn state_flag_names() -> Vec<&'static str> {
+    StateSet::ALL.flag_names_of_states()
+}
+
 impl fmt::Display for TcpState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.ss_name())
@@ -206,6 +211,10 @@ impl StateSet {
         if self == StateSet::ALL {
             return vec!["all"];
         }
+        self.flag_names_of_states()
+    }
+
+    fn flag_names_of_states(self) -> Vec<&'static str> {
         let mut names: Vec<&'static str> = Vec::new();
         for s in self.iter() {
             if !names.contains(&s.flag_name()) {

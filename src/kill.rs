@@ -171,7 +171,7 @@ pub fn kill(netns: Option<&Netns>, filter: Filter, options: &KillOptions) -> Res
     let policy = Policy {
         dry_run: options.dry_run,
         verify: options.verify,
-        // A window is bounded by its end, not by a pass count.
+        // Counted from the end of a --for window: inside it, new connections are expected.
         passes: Some(options.passes),
         window: options.window,
         interval: options.interval,

@@ -403,13 +403,7 @@ fn audit_log_records_every_destroyed_socket() {
         std::fs::write(&path, "{\"earlier\":true}\n").unwrap(); // appended to, never truncated
         let out = sockkill_kill(&["kill", "--json", "--dst", "127.0.0.2", "--audit-log", path.to_str().unwrap()]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
-        let destroyed: BTreeSet<u64> = json(&out)["sockets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["outcome"] == "destroyed")
-            .map(|s| s["cookie"].as_u64().unwrap())
-            .collect();
+        let destroyed = destroyed_cookies(&json(&out), "sockets");
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines[0]["earlier"], true);

@@ -21,26 +21,14 @@ fn config(cases: u32) -> ProptestConfig {
     ProptestConfig { cases, ..ProptestConfig::default() }
 }
 
-fn state_names() -> [&'static str; 11] {
-    [
-        "established",
-        "syn-sent",
-        "syn-recv",
-        "fin-wait-1",
-        "fin-wait-2",
-        "time-wait",
-        "closed",
-        "close-wait",
-        "last-ack",
-        "listening",
-        "closing",
-    ]
-}
-
 fn arb_states() -> impl Strategy<Value = StateSet> {
     (1u32..(1 << 11)).prop_map(|bits| {
-        let names: Vec<&str> =
-            state_names().iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, n)| *n).collect();
+        let names: Vec<&str> = sockkill::filter::state_flag_names()
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| bits & (1 << i) != 0)
+            .map(|(_, n)| n)
+            .collect();
         StateSet::parse_names(&names).unwrap()
     })
 }

@@ -42,13 +42,7 @@ fn a_watched_process_that_exits_is_not_an_error() {
         let out = sockkill_kill(&["kill", "--json", "--dst", "127.0.0.2", "--pid", &pid.to_string(), "--for", "1s"]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         let doc = json(&out);
-        let destroyed: BTreeSet<u64> = doc["sockets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["outcome"] == "destroyed")
-            .map(|s| s["cookie"].as_u64().unwrap())
-            .collect();
+        let destroyed = destroyed_cookies(&doc, "sockets");
         assert_eq!(destroyed, theirs, "{doc}");
         assert_eq!(doc["processes_exited"], serde_json::json!([pid]), "{doc}");
         assert_eq!(doc["summary"]["remaining"], 0);
@@ -85,13 +79,7 @@ fn an_error_after_the_first_destroy_keeps_the_report() {
         let doc = json(&out);
         assert!(doc["error"].as_str().is_some_and(|e| e.contains("audit log")), "{doc}");
         assert!(stderr(&out).contains("audit log"), "{}", stderr(&out));
-        let destroyed: BTreeSet<u64> = doc["sockets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["outcome"] == "destroyed")
-            .map(|s| s["cookie"].as_u64().unwrap())
-            .collect();
+        let destroyed = destroyed_cookies(&doc, "sockets");
         assert!(!destroyed.is_empty() && destroyed.len() < 1200, "stopped part-way: {}", destroyed.len());
         // The kernel agrees: exactly the reported sockets are gone.
         let left: BTreeSet<u64> = dump_dst("127.0.0.2").iter().map(|s| s.cookie()).collect();

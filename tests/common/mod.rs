@@ -284,6 +284,18 @@ pub fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
 
+/// The cookies of the sockets a JSON report lists under `key` (`sockets` for
+/// kill, `destroyed` for haproxy) with outcome `destroyed`.
+pub fn destroyed_cookies(doc: &serde_json::Value, key: &str) -> std::collections::BTreeSet<u64> {
+    doc[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} in {doc}"))
+        .iter()
+        .filter(|s| s["outcome"] == "destroyed")
+        .map(|s| s["cookie"].as_u64().expect("cookie"))
+        .collect()
+}
+
 /// The kernel's view, through our own dump: sockets whose peer is in `dst`.
 pub fn dump_dst(dst: &str) -> Vec<TcpSocket> {
     let filter = Filter { dst: vec![sockkill::filter::parse_cidr(dst).expect("cidr")], ..Filter::default() };
