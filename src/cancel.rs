@@ -80,12 +80,13 @@ impl Cancel {
 
     /// Sleeps for `d`, or less when the flag is raised. Returns true when it was.
     pub fn sleep(&self, d: Duration) -> bool {
-        let end = Instant::now() + d;
+        // Far enough is forever: no Instant overflow for a huge `d`.
+        let end = Instant::now().checked_add(d);
         loop {
             if self.is_cancelled() {
                 return true;
             }
-            let left = end.saturating_duration_since(Instant::now());
+            let left = end.map_or(Duration::MAX, |e| e.saturating_duration_since(Instant::now()));
             if left.is_zero() {
                 return false;
             }

@@ -168,6 +168,8 @@ struct Haproxy {
     dir: PathBuf,
     child: Child,
     master_worker: bool,
+    /// Started with a master CLI (`-S`).
+    master_cli: bool,
     /// The command HAProxy was started through, if any.
     wrapped: Vec<String>,
 }
@@ -182,8 +184,9 @@ fn scratch_dir() -> PathBuf {
 }
 
 impl Haproxy {
-    /// Starts HAProxy with `backends`, through `wrap` (e.g. `unshare ...`) when given.
-    fn start_with(master_worker: bool, backends: &[Backend], wrap: &[&str]) -> Haproxy {
+    /// Starts HAProxy with `backends`, through `wrap` (e.g. `unshare ...`) when given;
+    /// in master-worker mode with a master CLI unless `master_cli` is false.
+    fn start_with(master_worker: bool, master_cli: bool, backends: &[Backend], wrap: &[&str]) -> Haproxy {
         let dir = scratch_dir();
         fs::write(dir.join("haproxy.cfg"), config(&dir, backends)).unwrap();
         let log = fs::File::create(dir.join("haproxy.log")).unwrap();
@@ -192,17 +195,22 @@ impl Haproxy {
             cmd.args(&wrap[1..]).arg(haproxy_bin());
         }
         cmd.arg("-db");
+        let master_cli = master_worker && master_cli;
         if master_worker {
-            cmd.args(["-W", "-S"]).arg(dir.join("master.sock"));
+            cmd.arg("-W");
+        }
+        if master_cli {
+            cmd.arg("-S").arg(dir.join("master.sock"));
         }
         cmd.arg("-f").arg(dir.join("haproxy.cfg"));
         let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("start haproxy");
-        let h = Haproxy { dir, child, master_worker, wrapped: wrap.iter().map(|s| s.to_string()).collect() };
+        let h =
+            Haproxy { dir, child, master_worker, master_cli, wrapped: wrap.iter().map(|s| s.to_string()).collect() };
         let admin = Endpoint::parse(&h.sock("admin.sock"));
         wait_until(Duration::from_secs(10), "HAProxy to answer", || {
             Api::new(admin.clone(), Duration::from_secs(2), None).is_ok_and(|a| a.command("show info").is_ok())
         });
-        if master_worker {
+        if master_cli {
             // The master serves its CLI from its event loop, after its signal
             // handlers are in place: only then may a test send it SIGUSR2.
             let master = Endpoint::parse(&h.sock("master.sock"));
@@ -215,7 +223,7 @@ impl Haproxy {
     }
 
     fn start(master_worker: bool, backends: &[Backend]) -> Haproxy {
-        Haproxy::start_with(master_worker, backends, &[])
+        Haproxy::start_with(master_worker, true, backends, &[])
     }
 
     fn sock(&self, name: &str) -> String {
@@ -274,8 +282,12 @@ impl Haproxy {
             std::thread::sleep(Duration::from_millis(50));
             new = self.api().command("show info").ok().and_then(|t| parse::parse_info(&t).ok()).map_or(old, |i| i.pid);
         }
-        let procs = parse::parse_proc(&self.master_api().command("show proc").unwrap()).unwrap();
-        assert!(procs.iter().any(|p| p.pid == old && p.old), "old worker draining: {procs:?}");
+        if self.master_cli {
+            let procs = parse::parse_proc(&self.master_api().command("show proc").unwrap()).unwrap();
+            assert!(procs.iter().any(|p| p.pid == old && p.old), "old worker draining: {procs:?}");
+        } else {
+            assert!(sockkill::procfs::Process::open(self.host_pid(old)).is_ok_and(|p| p.alive()), "old worker gone");
+        }
         (old, new)
     }
 
@@ -660,6 +672,53 @@ fn reload_renames_the_server_without_master_socket() {
     reload_renames_the_server(false);
 }
 
+/// When sockkill cannot tell, it leaves the socket alone and says so: an old
+/// worker that cannot be asked (master-worker without a master CLI) holds
+/// sessions at an address a server of the current configuration shares. Its
+/// sockets are reported ambiguous, none is destroyed, and the run exits 1.
+#[test]
+fn an_old_worker_that_cannot_be_asked_at_a_shared_address_is_ambiguous() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _s1 = tag_server(S1, "s1");
+        let h =
+            Haproxy::start_with(true, false, &[be("be_a", 8001, &[("a1", S1)]), be("be_b", 8002, &[("b1", S1)])], &[]);
+        let mut a: Vec<Client> = (0..3).map(|_| Client::connect("127.0.0.10:8001")).collect();
+        let (old, _new) = h.reload(&[be("be_b", 8002, &[("b1", S1)])]);
+        let old_pid = h.host_pid(old);
+        wait_until(Duration::from_secs(5), "the old worker's sockets", || {
+            haproxy_sockets_to(S1, &[old_pid]).len() == 3
+        });
+        let (rc, doc, err) = run_json(&[
+            "haproxy",
+            "--json",
+            "--grace",
+            "200ms",
+            "--settle",
+            "300ms",
+            "--socket",
+            &h.sock("admin.sock"),
+            "--addr",
+            S1,
+        ]);
+        record("old worker without master CLI, shared address (--addr)", false, &doc, rc);
+        assert_eq!(rc, 1, "{err}\n{doc}");
+        assert!(doc["master_cli"].is_null(), "{doc}");
+        assert_eq!(doc["summary"]["destroyed"], 0, "{doc}");
+        assert_eq!(doc["summary"]["ambiguous"], 3, "{doc}");
+        for s in doc["ambiguous"].as_array().unwrap() {
+            let why = s["reason"].as_str().unwrap();
+            assert!(why.contains("cannot be asked") && why.contains("be_b/b1"), "{why}");
+        }
+        // Left alone indeed: the sessions still answer.
+        for c in &mut a {
+            assert_eq!(c.ask().expect("an ambiguous session is left alone"), "s1");
+        }
+        assert_eq!(haproxy_sockets_to(S1, &[old_pid]).len(), 3);
+    });
+}
+
 /// s1 is a listener that never accepts (backlog 0, queue filled): HAProxy's
 /// streams to it sit in SYN-SENT and retry.
 #[test]
@@ -981,6 +1040,7 @@ fn haproxy_in_a_container() {
         ns.run(move || {
             let servers = (tag_server(S1, "s1"), tag_server(S2, "s2"));
             let h = Haproxy::start_with(
+                true,
                 true,
                 &[be("be", 8000, &[("s1", S1)])],
                 &["ip", "netns", "exec", &netns, "unshare", "--pid", "--fork", "--kill-child", "--mount-proc"],

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sockkill::audit::AuditLog;
 use sockkill::check::CheckReport;
 use sockkill::diag::errno_text;
-use sockkill::engine::enforce::{Acted, Spared};
+use sockkill::engine::enforce::{Ledger, Spared};
 use sockkill::filter::Filter;
 use sockkill::metrics::{self, Metrics};
 use sockkill::{haproxy, KillReport, Outcome as Fate, TcpSocket};
@@ -338,7 +338,7 @@ fn outcome_word(o: Fate) -> &'static str {
 }
 
 fn entry_rows<'a>(
-    entries: &'a Acted,
+    entries: &'a Ledger,
     remaining: &'a [TcpSocket],
     spared: &'a [(&'static str, &'a [Spared])],
 ) -> impl Iterator<Item = (Option<&'a str>, &'a TcpSocket)> + Clone {
@@ -349,7 +349,7 @@ fn entry_rows<'a>(
         .chain(spared.iter().flat_map(|(tag, list)| list.iter().map(move |s| (Some(*tag), &s.socket))))
 }
 
-fn write_reasons(out: &mut dyn Write, entries: &Acted, spared: &[(&'static str, &[Spared])]) -> io::Result<()> {
+fn write_reasons(out: &mut dyn Write, entries: &Ledger, spared: &[(&'static str, &[Spared])]) -> io::Result<()> {
     for e in entries.iter() {
         if let Some(errno) = e.outcome.errno() {
             writeln!(out, "failed: {} -> {}: {}", e.socket.local(), e.socket.peer(), errno_text(errno))?;
@@ -483,7 +483,7 @@ fn write_haproxy(out: &mut dyn Write, r: &haproxy::Report) -> io::Result<()> {
     }
     let spared = [("ambiguous", &r.ambiguous[..]), ("other-server", &r.other_server[..])];
     if !r.remaining.is_empty() || !r.ambiguous.is_empty() || !r.other_server.is_empty() {
-        let none = Acted::default();
+        let none = Ledger::default();
         write_table(out, true, entry_rows(&none, &r.remaining, &spared))?;
         write_reasons(out, &none, &spared)?;
     }

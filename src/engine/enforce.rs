@@ -113,7 +113,7 @@ impl Judge for Everything {
 /// copy) and 16 bytes of outcome each — so a kill of 100k sockets holds each
 /// socket once.
 #[derive(Debug, Default)]
-pub struct Acted {
+pub struct Ledger {
     sockets: Vec<TcpSocket>,
     meta: Vec<Meta>,
 }
@@ -125,7 +125,7 @@ struct Meta {
     at_ms: u32,
 }
 
-/// One socket of [`Acted`].
+/// One socket of [`Ledger`].
 #[derive(Debug, Clone, Copy)]
 pub struct Entry<'a> {
     /// The socket as first dumped.
@@ -138,7 +138,7 @@ pub struct Entry<'a> {
     pub at_ms: u64,
 }
 
-impl Acted {
+impl Ledger {
     /// How many sockets.
     pub fn len(&self) -> usize {
         self.sockets.len()
@@ -165,9 +165,9 @@ impl Acted {
     }
 
     /// A dry run's list: `sockets`, each `WouldDestroy`.
-    fn would_destroy(sockets: Vec<TcpSocket>) -> Acted {
+    fn would_destroy(sockets: Vec<TcpSocket>) -> Ledger {
         let meta = vec![Meta { outcome: Outcome::WouldDestroy, pass: 0, at_ms: 0 }; sockets.len()];
-        Acted { sockets, meta }
+        Ledger { sockets, meta }
     }
 }
 
@@ -185,7 +185,7 @@ impl Serialize for Entry<'_> {
     }
 }
 
-impl Serialize for Acted {
+impl Serialize for Ledger {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.collect_seq(self.iter())
     }
@@ -249,7 +249,7 @@ pub struct Report {
     /// Nothing was destroyed on purpose.
     pub dry_run: bool,
     /// Every target acted on, once each (a dry run lists what it would destroy).
-    pub sockets: Acted,
+    pub sockets: Ledger,
     /// Targets still there at the end; `None` when not verified.
     pub remaining: Option<Vec<TcpSocket>>,
     /// Sockets left alone on purpose at the last look.
@@ -333,8 +333,8 @@ pub struct Run<'a, J: Judge> {
     original: HashSet<u64>,
     /// Targets first seen later and never attempted (those attempted are in `index`).
     later: HashSet<u64>,
-    acted: Acted,
-    /// cookie -> index in `acted`.
+    ledger: Ledger,
+    /// cookie -> index in `ledger`.
     index: HashMap<u64, u32>,
     /// Sockets the kernel refused for good: not retried.
     refused: HashSet<u64>,
@@ -372,7 +372,7 @@ impl<'a, J: Judge> Run<'a, J> {
             later: HashSet::new(),
             original,
             look,
-            acted: Acted::default(),
+            ledger: Ledger::default(),
             index: HashMap::new(),
             refused: HashSet::new(),
             new_during: 0,
@@ -568,26 +568,26 @@ impl<'a, J: Judge> Run<'a, J> {
         }
         let meta = |outcome| Meta { outcome, pass: self.passes, at_ms };
         let mut progress = false;
-        if self.acted.is_empty() && sent == batch.len() {
+        if self.ledger.is_empty() && sent == batch.len() {
             // The usual first pass: the batch becomes the record as it is.
-            self.acted.meta = outcome_of.iter().map(|o| meta(o.unwrap_or(Outcome::Unacknowledged))).collect();
+            self.ledger.meta = outcome_of.iter().map(|o| meta(o.unwrap_or(Outcome::Unacknowledged))).collect();
             self.index = batch.iter().enumerate().map(|(i, s)| (s.cookie(), i as u32)).collect();
             self.refused.extend(
                 batch
                     .iter()
-                    .zip(&self.acted.meta)
+                    .zip(&self.ledger.meta)
                     .filter(|(_, m)| matches!(m.outcome, Outcome::Failed(_)))
                     .map(|(s, _)| s.cookie()),
             );
-            self.acted.sockets = batch;
+            self.ledger.sockets = batch;
         } else {
             let new = batch
                 .iter()
                 .zip(&outcome_of)
                 .filter(|(s, o)| o.is_some() && !self.index.contains_key(&s.cookie()))
                 .count();
-            self.acted.sockets.reserve_exact(new);
-            self.acted.meta.reserve_exact(new);
+            self.ledger.sockets.reserve_exact(new);
+            self.ledger.meta.reserve_exact(new);
             for (socket, outcome) in batch.into_iter().zip(outcome_of) {
                 let Some(outcome) = outcome else {
                     left.push(socket); // not sent
@@ -600,12 +600,12 @@ impl<'a, J: Judge> Run<'a, J> {
                 match self.index.get(&cookie) {
                     Some(&e) => {
                         progress |= outcome == Outcome::Destroyed;
-                        self.acted.meta[e as usize] = meta(outcome);
+                        self.ledger.meta[e as usize] = meta(outcome);
                     }
                     None => {
-                        self.index.insert(cookie, self.acted.sockets.len() as u32);
-                        self.acted.sockets.push(socket);
-                        self.acted.meta.push(meta(outcome));
+                        self.index.insert(cookie, self.ledger.sockets.len() as u32);
+                        self.ledger.sockets.push(socket);
+                        self.ledger.meta.push(meta(outcome));
                     }
                 }
             }
@@ -633,7 +633,7 @@ impl<'a, J: Judge> Run<'a, J> {
             let cookie = s.cookie();
             match self.index.get(&cookie) {
                 Some(&e) => {
-                    let m = &mut self.acted.meta[e as usize];
+                    let m = &mut self.ledger.meta[e as usize];
                     if m.outcome == Outcome::AlreadyGone {
                         m.outcome = Outcome::NotFound;
                     }
@@ -664,7 +664,7 @@ impl<'a, J: Judge> Run<'a, J> {
             duration_ms: self.ms(),
             ..Summary::default()
         };
-        for m in &self.acted.meta {
+        for m in &self.ledger.meta {
             match m.outcome {
                 Outcome::Destroyed => s.destroyed += 1,
                 Outcome::AlreadyGone => s.already_gone += 1,
@@ -682,9 +682,9 @@ impl<'a, J: Judge> Run<'a, J> {
             s.remaining_new = Some(rem.len() - orig);
         }
         let sockets = if self.policy.dry_run {
-            Acted::would_destroy(remaining.clone().unwrap_or_default())
+            Ledger::would_destroy(remaining.clone().unwrap_or_default())
         } else {
-            std::mem::take(&mut self.acted)
+            std::mem::take(&mut self.ledger)
         };
         let report = Report {
             dry_run: self.policy.dry_run,

@@ -10,7 +10,7 @@ pub mod owners;
 
 pub use collect::dump_family;
 pub use destroy::DestroyPass;
-pub use enforce::{Acted, Class, Entry, Judge, Policy, Report, Run, Summary};
+pub use enforce::{Class, Entry, Judge, Ledger, Policy, Report, Run, Summary};
 
 use ipnet::IpNet;
 

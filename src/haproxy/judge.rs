@@ -51,12 +51,75 @@ pub struct Closed {
     pub at_ms: u64,
 }
 
-/// Classifies HAProxy's sockets to one address (see the module docs).
-pub struct HaproxyJudge {
+/// The one rule for what is a target (see the module docs): pure, given the
+/// target, the address and the current worker's configuration.
+#[derive(Debug, Clone)]
+pub struct Rule {
     target: Target,
     addr: SocketAddr,
     /// The current worker's servers (all backends).
     config: Vec<ServerState>,
+}
+
+impl Rule {
+    /// The rule for `target` at `addr` under the current worker's `config`.
+    pub fn new(target: Target, addr: SocketAddr, config: Vec<ServerState>) -> Rule {
+        Rule { target, addr, config }
+    }
+
+    fn configured_at_addr(&self) -> impl Iterator<Item = &ServerState> {
+        let ip = canonical_ip(self.addr.ip());
+        let port = self.addr.port();
+        self.config.iter().filter(move |s| s.addr.map(canonical_ip) == Some(ip) && (s.port == port || s.port == 0))
+    }
+
+    /// Whether server `be/srv`'s connections could go to this address: it is
+    /// configured here, or the current configuration no longer has it.
+    pub fn may_be_at_addr(&self, be: &str, srv: &str) -> bool {
+        let mut configured = self.config.iter().filter(|s| s.backend == be && s.name == srv).peekable();
+        configured.peek().is_none() || self.configured_at_addr().any(|s| s.backend == be && s.name == srv)
+    }
+
+    /// The verdict on one candidate from its stream's server (`be/srv`), or —
+    /// `attributed` being `None` — from its absence (`unlisted_why` says why).
+    pub fn decide(&self, attributed: Option<(&str, &str)>, unlisted_why: &str) -> Class {
+        match (attributed, &self.target) {
+            (Some((be, srv)), Target::Named { backend, server }) => {
+                if be == backend && srv == server {
+                    Class::Target
+                } else {
+                    Class::Keep(format!("HAProxy attributes it to {be}/{srv}"))
+                }
+            }
+            (Some((be, srv)), Target::Gone) => {
+                if self.configured_at_addr().any(|s| s.backend == be && s.name == srv) {
+                    Class::Keep(format!("HAProxy attributes it to {be}/{srv}, still configured at {}", self.addr))
+                } else {
+                    Class::Target
+                }
+            }
+            (None, target) => {
+                let others: Vec<String> = self
+                    .configured_at_addr()
+                    .filter(|s| match target {
+                        Target::Named { backend, server } => !(&s.backend == backend && &s.name == server),
+                        Target::Gone => true,
+                    })
+                    .map(|s| format!("{}/{}", s.backend, s.name))
+                    .collect();
+                if others.is_empty() {
+                    Class::Target
+                } else {
+                    Class::Unsure(format!("{unlisted_why}, and {} share the address", others.join(", ")))
+                }
+            }
+        }
+    }
+}
+
+/// Classifies HAProxy's sockets to one address (see the module docs).
+pub struct HaproxyJudge {
+    rule: Rule,
     holders: Holders,
     workers: Vec<Worker>,
     answering: u32,
@@ -83,9 +146,7 @@ impl HaproxyJudge {
     ) -> Result<HaproxyJudge> {
         let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
         Ok(HaproxyJudge {
-            target,
-            addr,
-            config,
+            rule: Rule::new(target, addr, config),
             holders: Holders::new(&pids)?,
             workers,
             answering,
@@ -110,12 +171,6 @@ impl HaproxyJudge {
     /// How often the workers' fd tables were read.
     pub fn fd_scans(&self) -> usize {
         self.holders.scans()
-    }
-
-    fn configured_at_addr(&self) -> impl Iterator<Item = &ServerState> {
-        let ip = canonical_ip(self.addr.ip());
-        let port = self.addr.port();
-        self.config.iter().filter(move |s| s.addr.map(canonical_ip) == Some(ip) && (s.port == port || s.port == 0))
     }
 
     /// The stream table of `pid`, or why it cannot be had. Only a cancel
@@ -170,7 +225,7 @@ impl HaproxyJudge {
                     let (Some(fd), Some(be), Some(srv)) = (st.fd, st.backend.as_deref(), st.server.as_deref()) else {
                         continue;
                     };
-                    if !self.may_be_at_addr(be, srv) {
+                    if !self.rule.may_be_at_addr(be, srv) {
                         continue;
                     }
                     let Some(inode) = crate::procfs::socket_of_fd(pid, fd) else { continue };
@@ -186,48 +241,6 @@ impl HaproxyJudge {
             self.holders.refresh_for(sockets)?;
         }
         Ok(())
-    }
-
-    /// Whether server `be/srv`'s connections could go to this address: it is
-    /// configured here, or the current configuration no longer has it.
-    fn may_be_at_addr(&self, be: &str, srv: &str) -> bool {
-        let mut configured = self.config.iter().filter(|s| s.backend == be && s.name == srv).peekable();
-        configured.peek().is_none() || self.configured_at_addr().any(|s| s.backend == be && s.name == srv)
-    }
-
-    /// The verdict on one candidate from its stream's server, or from its absence.
-    fn decide(&self, attributed: Option<(&str, &str)>, unlisted_why: &str) -> Class {
-        match (attributed, &self.target) {
-            (Some((be, srv)), Target::Named { backend, server }) => {
-                if be == backend && srv == server {
-                    Class::Target
-                } else {
-                    Class::Keep(format!("HAProxy attributes it to {be}/{srv}"))
-                }
-            }
-            (Some((be, srv)), Target::Gone) => {
-                if self.configured_at_addr().any(|s| s.backend == be && s.name == srv) {
-                    Class::Keep(format!("HAProxy attributes it to {be}/{srv}, still configured at {}", self.addr))
-                } else {
-                    Class::Target
-                }
-            }
-            (None, target) => {
-                let others: Vec<String> = self
-                    .configured_at_addr()
-                    .filter(|s| match target {
-                        Target::Named { backend, server } => !(&s.backend == backend && &s.name == server),
-                        Target::Gone => true,
-                    })
-                    .map(|s| format!("{}/{}", s.backend, s.name))
-                    .collect();
-                if others.is_empty() {
-                    Class::Target
-                } else {
-                    Class::Unsure(format!("{unlisted_why}, and {} share the address", others.join(", ")))
-                }
-            }
-        }
     }
 }
 
@@ -268,7 +281,7 @@ impl Judge for HaproxyJudge {
             for i in idx {
                 let s = &sockets[i];
                 let attributed = self.holders.holder(s).and_then(|h| by_fd.get(&h.fd).copied());
-                let class = self.decide(attributed, &unlisted_why);
+                let class = self.rule.decide(attributed, &unlisted_why);
                 debug!(cookie = s.cookie(), pid, ?attributed, ?class, "attributed");
                 self.verdicts.insert(s.cookie(), class);
             }
@@ -284,5 +297,70 @@ impl Judge for HaproxyJudge {
 
     fn vanished(&mut self, sockets: Vec<TcpSocket>, at_ms: u64) {
         self.closed.extend(sockets.into_iter().map(|socket| Closed { socket, at_ms }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(be: &str, name: &str, addr: &str, port: u16) -> ServerState {
+        ServerState { backend: be.into(), name: name.into(), addr: addr.parse().ok(), port }
+    }
+
+    fn named(be: &str, srv: &str) -> Target {
+        Target::Named { backend: be.into(), server: srv.into() }
+    }
+
+    const WHY: &str = "no stream";
+
+    #[test]
+    fn named_server_attribution_decides() {
+        let addr: SocketAddr = "10.88.0.11:9001".parse().unwrap();
+        let shared = vec![server("be_a", "a1", "10.88.0.11", 9001), server("be_b", "b1", "10.88.0.11", 9001)];
+        let r = Rule::new(named("be_a", "a1"), addr, shared.clone());
+        assert_eq!(r.decide(Some(("be_a", "a1")), WHY), Class::Target);
+        assert!(matches!(r.decide(Some(("be_b", "b1")), WHY), Class::Keep(why) if why.contains("be_b/b1")));
+        // Unlisted at an address be_b/b1 shares: cannot tell, left alone.
+        assert!(matches!(r.decide(None, WHY), Class::Unsure(why) if why.contains("be_b/b1") && why.starts_with(WHY)));
+        // Unlisted, nobody else there: the lingering case, a target.
+        let alone = Rule::new(named("be_a", "a1"), addr, vec![shared[0].clone()]);
+        assert_eq!(alone.decide(None, WHY), Class::Target);
+    }
+
+    #[test]
+    fn an_address_alone_means_servers_no_longer_configured_there() {
+        let addr: SocketAddr = "127.0.0.11:9001".parse().unwrap();
+        // A reload renamed s1 to s1b at the same address.
+        let r = Rule::new(Target::Gone, addr, vec![server("be", "s1b", "127.0.0.11", 9001)]);
+        assert_eq!(r.decide(Some(("be", "s1")), WHY), Class::Target);
+        assert!(matches!(r.decide(Some(("be", "s1b")), WHY), Class::Keep(_)));
+        assert!(matches!(r.decide(None, WHY), Class::Unsure(_)));
+        // A reload removed it: nothing configured there any more.
+        let gone = Rule::new(Target::Gone, addr, vec![server("be", "s2", "127.0.0.12", 9002)]);
+        assert_eq!(gone.decide(None, WHY), Class::Target);
+        // A server that uses the client's port (0) shares every port of its address.
+        let any_port = Rule::new(Target::Gone, addr, vec![server("be", "p", "127.0.0.11", 0)]);
+        assert!(matches!(any_port.decide(None, WHY), Class::Unsure(_)));
+        // IPv4-mapped addresses are the IPv4 ones.
+        let mapped = Rule::new(
+            Target::Gone,
+            "[::ffff:127.0.0.11]:9001".parse().unwrap(),
+            vec![server("be", "s1b", "127.0.0.11", 9001)],
+        );
+        assert!(matches!(mapped.decide(None, WHY), Class::Unsure(_)));
+    }
+
+    #[test]
+    fn which_streams_could_hold_a_socket_to_the_address() {
+        let addr: SocketAddr = "127.0.0.11:9001".parse().unwrap();
+        let r = Rule::new(
+            Target::Gone,
+            addr,
+            vec![server("be", "s1", "127.0.0.11", 9001), server("be", "s2", "127.0.0.12", 9002)],
+        );
+        assert!(r.may_be_at_addr("be", "s1"));
+        assert!(!r.may_be_at_addr("be", "s2"));
+        assert!(r.may_be_at_addr("be", "removed_by_a_reload"));
     }
 }

@@ -18,7 +18,7 @@ use super::parse::{self, ServerState, WaitAnswer};
 use crate::audit::AuditLog;
 use crate::cancel::Cancel;
 use crate::diag::Outcome;
-use crate::engine::enforce::{Acted, Policy, Run, Spared, Summary};
+use crate::engine::enforce::{Ledger, Policy, Run, Spared, Summary};
 use crate::engine::{Engine, Query};
 use crate::error::{Error, Result};
 use crate::filter::{canonical_ip, Filter, PortRange, StateSet};
@@ -119,7 +119,7 @@ pub struct Report {
     /// Targets HAProxy closed by itself, and when.
     pub closed_by_haproxy: Vec<Closed>,
     /// Every target sockkill acted on (as `kill`'s `sockets`).
-    pub destroyed: Acted,
+    pub destroyed: Ledger,
     /// Targets at the end.
     pub remaining: Vec<TcpSocket>,
     /// Sockets to the address that HAProxy attributes to another server (left alone).
@@ -243,7 +243,10 @@ pub fn run(opts: &Options) -> Result<Report> {
         if failure.is_none() && parse::version_at_least(&info.version, 3, 0) {
             // Waits until the server has no session left, or the grace period ends.
             let cmd = format!("wait {}ms srv-removable {b}/{s}", ms(opts.grace));
-            match api.command_within(&cmd, opts.grace + api.timeout()).and_then(|a| parse::parse_wait(&cmd, &a)) {
+            match api
+                .command_within(&cmd, opts.grace.saturating_add(api.timeout()))
+                .and_then(|a| parse::parse_wait(&cmd, &a))
+            {
                 Ok(answer) => {
                     info!(cmd = %cmd, ?answer, "HAProxy answered");
                     wait_answer = Some(answer);
