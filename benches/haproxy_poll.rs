@@ -51,6 +51,16 @@ fn hold(addr: &str) -> std::sync::mpsc::Receiver<TcpStream> {
     rx
 }
 
+/// HAProxy, ended by pid when the size is done — or when the bench panics.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -82,7 +92,7 @@ fn one_size(bulk: usize, polls: usize) -> String {
     // Accept queues long enough for a burst of connects (per namespace).
     let _ = std::fs::write("/proc/sys/net/core/somaxconn", "65535");
     let log = std::fs::File::create(dir.join("haproxy.log")).unwrap();
-    let mut haproxy = Command::new(bin)
+    let haproxy = Command::new(bin)
         .args(["-db", "-f"])
         .arg(dir.join("haproxy.cfg"))
         .stdin(Stdio::null())
@@ -90,6 +100,7 @@ fn one_size(bulk: usize, polls: usize) -> String {
         .stderr(log)
         .spawn()
         .expect("start haproxy");
+    let haproxy = Running(haproxy);
     let endpoint = Endpoint::parse(&dir.join("admin.sock").to_string_lossy());
     let api = || Api::new(endpoint.clone(), Duration::from_secs(5), None);
     let end = Instant::now() + Duration::from_secs(10);
@@ -119,7 +130,7 @@ fn one_size(bulk: usize, polls: usize) -> String {
         servers.extend(held_s1.try_iter());
         std::thread::sleep(Duration::from_millis(10));
     }
-    let pid = haproxy.id();
+    let pid = haproxy.0.id();
     let config = parse::parse_servers_state(&api().unwrap().command("show servers state").unwrap()).unwrap();
     let addr: SocketAddr = S1.parse().unwrap();
     let worker = Worker { pid, inner_pid: pid };
@@ -178,8 +189,7 @@ fn one_size(bulk: usize, polls: usize) -> String {
         stats("(c) one full fd-table read", &mut scans),
         judge.tables_read
     );
-    let _ = haproxy.kill();
-    let _ = haproxy.wait();
+    drop(haproxy);
     drop((clients, servers));
     let _ = std::fs::remove_dir_all(&dir);
     line
