@@ -7,62 +7,21 @@
 
 #[macro_use]
 mod common;
+#[path = "common/strategies.rs"]
+mod strategies;
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use proptest::prelude::*;
 use sockkill::diag::{bytecode, wire, DumpSpec, SockDiag};
-use sockkill::filter::{parse_cidr, Family, PortRange, StateSet};
+use sockkill::filter::{parse_cidr, Family, PortRange};
 use sockkill::haproxy::parse;
 use sockkill::{Filter, Query};
+use strategies::{arb_filter, arb_range, arb_states};
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig { cases, ..ProptestConfig::default() }
-}
-
-fn arb_states() -> impl Strategy<Value = StateSet> {
-    (1u32..(1 << 11)).prop_map(|bits| {
-        let names: Vec<&str> = sockkill::filter::state_flag_names()
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| bits & (1 << i) != 0)
-            .map(|(_, n)| n)
-            .collect();
-        StateSet::parse_names(&names).unwrap()
-    })
-}
-
-fn arb_net() -> impl Strategy<Value = ipnet::IpNet> {
-    prop_oneof![
-        (any::<[u8; 4]>(), 0u8..=32)
-            .prop_map(|(a, p)| parse_cidr(&format!("{}.{}.{}.{}/{p}", a[0], a[1], a[2], a[3])).unwrap()),
-        (any::<[u16; 8]>(), 0u8..=128).prop_map(|(a, p)| parse_cidr(&format!("{}/{p}", Ipv6Addr::from(a))).unwrap()),
-    ]
-}
-
-fn arb_range() -> impl Strategy<Value = PortRange> {
-    (any::<u16>(), any::<u16>()).prop_map(|(a, b)| PortRange { lo: a.min(b), hi: a.max(b) })
-}
-
-fn arb_filter() -> impl Strategy<Value = Filter> {
-    (
-        proptest::collection::vec(arb_net(), 0..3),
-        proptest::collection::vec(arb_net(), 0..3),
-        proptest::collection::vec(arb_range(), 0..3),
-        proptest::collection::vec(arb_range(), 0..3),
-        arb_states(),
-        prop_oneof![Just(None), Just(Some(Family::V4)), Just(Some(Family::V6))],
-    )
-        .prop_map(|(dst, src, dport, sport, states, family)| Filter {
-            dst,
-            src,
-            dport,
-            sport,
-            states,
-            family,
-            pids: Vec::new(),
-        })
 }
 
 /// An inet_diag_msg reply for one socket, as the kernel builds it, with an attribute after it.

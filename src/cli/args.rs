@@ -306,8 +306,14 @@ impl FilterArgs {
     }
 }
 
+/// Generators shared with the integration tests.
+#[cfg(test)]
+#[path = "../../tests/common/strategies.rs"]
+mod strategies;
+
 #[cfg(test)]
 mod tests {
+    use super::strategies;
     use super::*;
     use proptest::prelude::*;
 
@@ -350,52 +356,13 @@ mod tests {
         assert!(at("--max") < at("--json") && at("--dport") < at("--verbose") && at("--max") < at("--help"), "{help}");
     }
 
-    fn arb_filter() -> impl Strategy<Value = Filter> {
-        let net = prop_oneof![
-            (any::<[u8; 4]>(), 0u8..=32).prop_map(|(a, p)| parse_cidr(&format!(
-                "{}.{}.{}.{}/{p}",
-                a[0], a[1], a[2], a[3]
-            ))
-            .unwrap()),
-            (any::<[u16; 8]>(), 0u8..=128).prop_map(|(a, p)| {
-                let ip = std::net::Ipv6Addr::from(a);
-                parse_cidr(&format!("{ip}/{p}")).unwrap()
-            }),
-        ];
-        let range = (any::<u16>(), any::<u16>()).prop_map(|(a, b)| PortRange { lo: a.min(b), hi: a.max(b) });
-        let states = (1u32..(1 << 11)).prop_map(|bits| {
-            let names = sockkill::filter::state_flag_names();
-            let chosen: Vec<&str> =
-                names.iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, n)| *n).collect();
-            StateSet::parse_names(&chosen).unwrap()
-        });
-        (
-            proptest::collection::vec(net.clone(), 0..3),
-            proptest::collection::vec(net, 0..3),
-            proptest::collection::vec(range.clone(), 0..3),
-            proptest::collection::vec(range, 0..3),
-            states,
-            prop_oneof![Just(None), Just(Some(Family::V4)), Just(Some(Family::V6))],
-            proptest::collection::vec(1u32..100_000, 0..3),
-        )
-            .prop_map(|(dst, src, dport, sport, states, family, pids)| Filter {
-                dst,
-                src,
-                dport,
-                sport,
-                states,
-                family,
-                pids,
-            })
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
         /// A filter printed as flags parses back, through the real command
         /// line, to the same filter.
         #[test]
-        fn filters_round_trip_through_the_command_line(f in arb_filter()) {
+        fn filters_round_trip_through_the_command_line(f in strategies::arb_filter_with_pids()) {
             let mut argv = vec!["sockkill".to_string(), "list".to_string()];
             argv.extend(f.to_args());
             let cli = Cli::try_parse_from(&argv).map_err(|e| TestCaseError::fail(format!("{argv:?}: {e}")))?;
