@@ -136,6 +136,15 @@ impl Client {
     }
 }
 
+/// Whether `pid` has a handler for signal `sig` (SigCgt in /proc/PID/status).
+fn catches(pid: u32, sig: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(|h| h.trim().to_string()))
+        .and_then(|h| u64::from_str_radix(&h, 16).ok())
+        .is_some_and(|mask| mask & (1 << (sig - 1)) != 0)
+}
+
 /// A backend: its frontend's port on 127.0.0.10, and its servers.
 struct Backend {
     name: &'static str,
@@ -210,6 +219,12 @@ impl Haproxy {
         wait_until(Duration::from_secs(10), "HAProxy to answer", || {
             Api::new(admin.clone(), Duration::from_secs(2), None).is_ok_and(|a| a.command("show info").is_ok())
         });
+        if master_worker {
+            // A reload is SIGUSR2 to the master: sent before its handler is in
+            // place, it is lost (or fatal). Wait until the master catches it.
+            let master = h.master_pid();
+            wait_until(Duration::from_secs(10), "the master's SIGUSR2 handler", || catches(master, libc::SIGUSR2));
+        }
         if master_cli {
             // The master serves its CLI from its event loop, after its signal
             // handlers are in place: only then may a test send it SIGUSR2.
