@@ -419,6 +419,17 @@ fn assert_s1_gone_s2_serving(h: &Haproxy, s1: &mut [Client], s2: &mut [Client]) 
     }
 }
 
+/// `sockkill haproxy --json --socket admin.sock --addr S1 EXTRA`, with `--master-socket` when asked.
+fn run_addr_s1(h: &Haproxy, master_socket: bool, extra: &[&str]) -> (i32, Value, String) {
+    let (admin, master) = (h.sock("admin.sock"), h.sock("master.sock"));
+    let mut args = vec!["haproxy", "--json", "--socket", admin.as_str(), "--addr", S1];
+    if master_socket {
+        args.extend(["--master-socket", master.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    run_json(&args)
+}
+
 fn run_json(args: &[&str]) -> (i32, Value, String) {
     let out = sockkill_kill(args);
     let err = stderr(&out);
@@ -499,20 +510,12 @@ fn reload_old_worker_keeps_s2_too(master_socket: bool) {
         });
         assert!(s1.iter_mut().all(|c| c.ask().is_ok_and(|t| t == "s1")));
 
-        let admin = h.sock("admin.sock");
-        let mut args = vec!["haproxy", "--json", "--dry-run", "--socket", &admin];
-        let master = h.sock("master.sock");
-        if master_socket {
-            args.extend(["--master-socket", master.as_str()]);
-        }
-        args.extend(["--addr", S1]);
-        let (rc, doc, err) = run_json(&args);
+        let (rc, doc, err) = run_addr_s1(&h, master_socket, &["--dry-run"]);
         assert_eq!(rc, 1, "dry run: {err}\n{doc}");
         assert!(doc["pids"].as_array().unwrap().iter().any(|p| *p == old_pid), "{doc}");
         assert_eq!(doc["remaining"].as_array().unwrap().len(), s1.len(), "{doc}");
 
-        args.retain(|a| *a != "--dry-run");
-        let (rc, doc, err) = run_json(&args);
+        let (rc, doc, err) = run_addr_s1(&h, master_socket, &[]);
         record("reload, old worker keeps s2 too", master_socket, &doc, rc);
         assert_eq!(rc, 0, "{err}\n{doc}\n{}", h.log());
         assert_eq!(doc["master_pid"], h.master_pid());
@@ -558,13 +561,7 @@ fn reload_old_worker_holds_only_s1(master_socket: bool) {
         });
         let before: std::collections::BTreeSet<u64> =
             haproxy_sockets_to(S1, &[old_pid]).iter().map(|s| s.cookie()).collect();
-        let admin = h.sock("admin.sock");
-        let mut args = vec!["haproxy", "--json", "--socket", &admin, "--addr", S1];
-        let master = h.sock("master.sock");
-        if master_socket {
-            args.extend(["--master-socket", master.as_str()]);
-        }
-        let (rc, doc, err) = run_json(&args);
+        let (rc, doc, err) = run_addr_s1(&h, master_socket, &[]);
         record("reload, old worker holds only s1", master_socket, &doc, rc);
         assert_eq!(rc, 0, "{err}\n{doc}\n{}", h.log());
         assert_eq!(doc["clean"], true, "{doc}");
@@ -652,13 +649,7 @@ fn reload_renames_the_server(master_socket: bool) {
         wait_until(Duration::from_secs(5), "both workers' sockets", || {
             haproxy_sockets_to(S1, &[old_pid]).len() == 3 && haproxy_sockets_to(S1, &[new_pid]).len() == 2
         });
-        let admin = h.sock("admin.sock");
-        let mut args = vec!["haproxy", "--json", "--socket", &admin, "--addr", S1];
-        let master = h.sock("master.sock");
-        if master_socket {
-            args.extend(["--master-socket", master.as_str()]);
-        }
-        let (rc, doc, err) = run_json(&args);
+        let (rc, doc, err) = run_addr_s1(&h, master_socket, &[]);
         record("reload renames the server (--addr)", master_socket, &doc, rc);
         assert_eq!(rc, 0, "{err}\n{doc}\n{}", h.log());
         assert_eq!(doc["summary"]["destroyed"], 3, "{doc}");
