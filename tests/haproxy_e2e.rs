@@ -249,8 +249,10 @@ impl Haproxy {
         Api::new(Endpoint::parse(&self.sock("admin.sock")), Duration::from_secs(2), None).unwrap()
     }
 
-    fn master_api(&self) -> Api {
-        Api::new(Endpoint::parse(&self.sock("master.sock")), Duration::from_secs(2), None).unwrap()
+    /// The master's `show proc`, or None while its CLI does not answer.
+    fn master_procs(&self) -> Option<Vec<parse::ProcEntry>> {
+        let api = Api::new(Endpoint::parse(&self.sock("master.sock")), Duration::from_secs(2), None).ok()?;
+        parse::parse_proc(&api.command("show proc").ok()?).ok()
     }
 
     /// HAProxy's own pid of the current worker (what `show info` prints).
@@ -298,7 +300,13 @@ impl Haproxy {
             new = self.api().command("show info").ok().and_then(|t| parse::parse_info(&t).ok()).map_or(old, |i| i.pid);
         }
         if self.master_cli {
-            let procs = parse::parse_proc(&self.master_api().command("show proc").unwrap()).unwrap();
+            // The master re-executes itself on a reload and listens on its CLI
+            // again from its event loop, which can come after the new worker answers.
+            let mut procs = Vec::new();
+            wait_until(Duration::from_secs(10), "the master CLI after the reload", || {
+                procs = self.master_procs().unwrap_or_default();
+                !procs.is_empty()
+            });
             assert!(procs.iter().any(|p| p.pid == old && p.old), "old worker draining: {procs:?}");
         } else {
             assert!(sockkill::procfs::Process::open(self.host_pid(old)).is_ok_and(|p| p.alive()), "old worker gone");
