@@ -22,7 +22,7 @@ use sockkill::engine::owners::Holders;
 use sockkill::engine::{Engine, Judge, Query};
 use sockkill::filter::parse_cidr;
 use sockkill::haproxy::api::{Api, Endpoint};
-use sockkill::haproxy::discovery::Worker;
+use sockkill::haproxy::discovery::{Topology, Worker};
 use sockkill::haproxy::judge::{HaproxyJudge, Target};
 use sockkill::haproxy::parse;
 use sockkill::{Filter, PortRange};
@@ -134,12 +134,14 @@ fn one_size(bulk: usize, polls: usize) -> String {
     let config = parse::parse_servers_state(&api().unwrap().command("show servers state").unwrap()).unwrap();
     let addr: SocketAddr = S1.parse().unwrap();
     let worker = Worker { pid, inner_pid: pid };
+    let topo = Topology { answering: worker, master: None, master_cli: None, workers: vec![worker] };
+    let version = parse::parse_info(&api().unwrap().command("show info").unwrap()).unwrap().version;
     let mut judge = HaproxyJudge::new(
         Target::Named { backend: "be".into(), server: "s1".into() },
         addr,
         config,
-        vec![worker],
-        pid,
+        &topo,
+        &version,
         api().unwrap(),
         None,
     )
@@ -187,7 +189,7 @@ fn one_size(bulk: usize, polls: usize) -> String {
         stats("(a) steady poll", &mut steady),
         stats("(b) poll meeting a new candidate", &mut fresh),
         stats("(c) one full fd-table read", &mut scans),
-        judge.tables_read
+        judge.tables().count()
     );
     drop(haproxy);
     drop((clients, servers));

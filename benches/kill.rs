@@ -13,8 +13,7 @@
 //! time), then the kernel's view: target connections left alive and whether
 //! every background connection survived. Tools alternate order per run.
 
-#[path = "../tests/common/farm.rs"]
-mod farm;
+use sockkill::testing::farm;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -1,8 +1,8 @@
 //! Developer tool: builds a connection farm in a private namespace and runs a
 //! shell command there (e.g. to profile a kill by hand).
 //! cargo run --release --example farm_shell -- T B 'command'
-#[path = "../tests/common/farm.rs"]
-mod farm;
+
+use sockkill::testing::farm;
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();

@@ -55,10 +55,10 @@ fn now() -> String {
 /// (it will be created) or a regular file. A FIFO, device or directory is
 /// refused before anything could block on it.
 pub fn check_path(path: &Path) -> Result<()> {
-    let fail = |reason: String| Error::Audit { path: path.to_path_buf(), reason };
+    let fail = |reason: String| Error::AuditPath { path: path.to_path_buf(), reason };
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
-        Ok(m) => Err(fail(format!("is {}, not a regular file", crate::netns::file_kind(&m)))),
+        Ok(m) => Err(fail(format!("is {}, not a regular file", crate::sys::file_kind(&m)))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
             match std::fs::metadata(dir) {
@@ -78,7 +78,7 @@ impl AuditLog {
     /// file, or the start event cannot be written to disk.
     pub fn open(path: &Path, command: String, netns: Option<String>) -> Result<AuditLog> {
         check_path(path)?;
-        let fail = |reason: String| Error::Audit { path: path.to_path_buf(), reason };
+        let fail = |op: &'static str| move |source| Error::Audit { path: path.to_path_buf(), op, source };
         // Non-blocking: should the path turn into a FIFO after the check, open fails instead of waiting.
         let file = OpenOptions::new()
             .append(true)
@@ -86,10 +86,11 @@ impl AuditLog {
             .mode(0o600)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
             .open(path)
-            .map_err(|e| fail(format!("cannot open: {e}")))?;
-        let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+            .map_err(fail("cannot open"))?;
+        let meta = file.metadata().map_err(fail("stat"))?;
         if !meta.is_file() {
-            return Err(fail(format!("is {}, not a regular file", crate::netns::file_kind(&meta))));
+            let reason = format!("is {}, not a regular file", crate::sys::file_kind(&meta));
+            return Err(Error::AuditPath { path: path.to_path_buf(), reason });
         }
         let log = AuditLog { path: path.to_path_buf(), file: Mutex::new(BufWriter::new(file)), command, netns };
         let start = json!({
@@ -105,8 +106,8 @@ impl AuditLog {
         Ok(log)
     }
 
-    fn fail(&self, e: impl std::fmt::Display) -> Error {
-        Error::Audit { path: self.path.clone(), reason: format!("writing: {e}") }
+    fn fail(&self, e: impl Into<io::Error>) -> Error {
+        Error::Audit { path: self.path.clone(), op: "writing", source: e.into() }
     }
 
     fn write_line<T: Serialize>(&self, value: &T) -> Result<()> {
@@ -139,12 +140,19 @@ impl AuditLog {
         w.flush().map_err(|e| self.fail(e))
     }
 
-    /// Appends the `end` event: the run's exit code, counts and error.
-    pub fn end(&self, exit_code: i32, summary: &impl Serialize, error: Option<&str>) -> Result<()> {
+    /// Appends the `end` event: the run's exit code, verdict, counts and error.
+    pub fn end(
+        &self,
+        exit_code: i32,
+        verdict: Option<&str>,
+        summary: &impl Serialize,
+        error: Option<&str>,
+    ) -> Result<()> {
         let line = json!({
             "time": now(),
             "event": "end",
             "exit_code": exit_code,
+            "verdict": verdict,
             "summary": summary,
             "error": error,
             "command": self.command,

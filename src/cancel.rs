@@ -36,9 +36,10 @@ pub const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 impl Cancel {
     /// A flag no one has raised yet.
     pub fn new() -> Result<Cancel> {
-        let (rx, tx) = UnixStream::pair().map_err(|e| Error::Other(format!("cancellation socket pair: {e}")))?;
+        let fail = |e| Error::system("a cancellation socket pair", e);
+        let (rx, tx) = UnixStream::pair().map_err(fail)?;
         for s in [&rx, &tx] {
-            s.set_nonblocking(true).map_err(|e| Error::Other(format!("cancellation socket pair: {e}")))?;
+            s.set_nonblocking(true).map_err(fail)?;
         }
         Ok(Cancel { inner: Arc::new(Inner { rx, tx }) })
     }
@@ -49,9 +50,8 @@ impl Cancel {
     pub fn on_signals(signals: &[i32]) -> Result<Cancel> {
         let c = Cancel::new()?;
         for &sig in signals {
-            let tx = c.inner.tx.try_clone().map_err(|e| Error::Other(format!("cancellation socket: {e}")))?;
-            signal_hook::low_level::pipe::register(sig, tx)
-                .map_err(|e| Error::Other(format!("cannot handle signal {sig}: {e}")))?;
+            let tx = c.inner.tx.try_clone().map_err(|e| Error::system("a cancellation socket", e))?;
+            signal_hook::low_level::pipe::register(sig, tx).map_err(|e| Error::system("a signal handler", e))?;
         }
         Ok(c)
     }

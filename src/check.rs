@@ -50,7 +50,7 @@ pub fn check(ns: Option<&Netns>) -> Result<CheckReport> {
         }
     };
     let ok = steps.iter().all(|s| s.ok);
-    Ok(CheckReport { netns: label, cap_net_admin: has_cap_net_admin(), steps, ok })
+    Ok(CheckReport { netns: label, cap_net_admin: crate::sys::has_cap_net_admin(), steps, ok })
 }
 
 fn probe() -> Vec<Step> {
@@ -141,14 +141,4 @@ fn probe() -> Vec<Step> {
         };
     }
     steps
-}
-
-/// Whether CAP_NET_ADMIN (bit 12) is in this process's effective capability set.
-pub fn has_cap_net_admin() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1 << 12) != 0)
 }

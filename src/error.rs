@@ -1,10 +1,13 @@
-//! The library's error type.
+//! The library's error types.
 //!
-//! An error says what went wrong, not which exit code it gives: that depends
-//! on what the run had done when it happened (see [`crate::engine::Report::exit_code`]).
+//! An error says what went wrong and keeps its cause (`source()`), not which
+//! exit code it gives: that depends on what the run had done when it
+//! happened (see [`crate::Verdict`]). [`Error::kind`] names each thing a
+//! caller may act on (`error_kind` in the JSON documents).
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Everything that can go wrong in sockkill's library.
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +21,7 @@ pub enum Error {
     Usage(String),
 
     /// A kill filter matches (nearly) everything and `--allow-catch-all` was not given.
-    #[error("refusing a catch-all kill filter: give --dst/--src prefixes that leave out part of every address family, a port range that leaves out some ports, or --pid (or --allow-catch-all)")]
+    #[error("refusing a catch-all kill filter: give --dst/--src prefixes that leave out part of every address family, a port range that leaves out some ports, --pid or --cgroup (or --allow-catch-all)")]
     CatchAll,
 
     /// The first look matched more sockets than the `--max` guard allows.
@@ -41,7 +44,7 @@ pub enum Error {
         max: usize,
     },
 
-    /// The namespace named by the user does not exist or is not a network namespace.
+    /// The namespace named by the user is unusable (not there, not a network namespace).
     #[error("network namespace {spec}: {reason}")]
     Netns {
         /// How the user named it.
@@ -50,13 +53,35 @@ pub enum Error {
         reason: String,
     },
 
-    /// A process named with `--pid` (or found through HAProxy) cannot be read.
-    #[error("process {pid}: {reason}")]
+    /// Entering, creating or inspecting a network namespace failed.
+    #[error("network namespace {spec}: {op}: {source}")]
+    NetnsIo {
+        /// How the user named it (or `new` for a private one).
+        spec: String,
+        /// What was being done.
+        op: &'static str,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A process named with `--pid` (or found through HAProxy) does not exist.
+    #[error("process {pid}: no such process")]
+    NoProcess {
+        /// The pid.
+        pid: u32,
+    },
+
+    /// A process's /proc entries cannot be read.
+    #[error("process {pid}: {}: {source}", path.display())]
     Process {
         /// The pid.
         pid: u32,
-        /// What is wrong.
-        reason: String,
+        /// The file.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: io::Error,
     },
 
     /// The kernel refused SOCK_DESTROY with EPERM.
@@ -81,9 +106,9 @@ pub enum Error {
     #[error("malformed sock_diag reply: {0}")]
     Decode(String),
 
-    /// Reading /proc failed.
+    /// A file (in /proc, or one given by the user) could not be read or written.
     #[error("{}: {source}", path.display())]
-    Proc {
+    File {
         /// The file.
         path: PathBuf,
         /// The system's error.
@@ -91,42 +116,299 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// Talking to HAProxy failed, or HAProxy refused or answered something unknown.
-    #[error("haproxy: {0}")]
-    Haproxy(String),
-
-    /// The audit log could not be opened or written.
-    #[error("audit log {}: {reason}", path.display())]
-    Audit {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
+    /// `--cgroup`: the path is not a cgroup v2 directory, or cgroup v2 is not there.
+    #[error("cgroup {path}: {reason}")]
+    Cgroup {
+        /// As given.
+        path: String,
+        /// What is wrong.
         reason: String,
     },
 
-    /// The metrics textfile cannot be written.
+    /// `--dev`: no such interface in the target namespace.
+    #[error("interface {name}: {reason}")]
+    Interface {
+        /// As given.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// Talking to HAProxy failed, or HAProxy refused or answered something unknown.
+    #[error("haproxy: {0}")]
+    Haproxy(#[from] HaproxyError),
+
+    /// The audit log cannot be used (a FIFO, a device, a directory...).
+    #[error("audit log {}: {reason}", path.display())]
+    AuditPath {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Opening, writing or syncing the audit log failed.
+    #[error("audit log {}: {op}: {source}", path.display())]
+    Audit {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The metrics textfile cannot be replaced (its directory is missing, it is not a regular file...).
     #[error("metrics file {}: {reason}", path.display())]
+    MetricsPath {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Writing the metrics textfile failed.
+    #[error("metrics file {}: {source}", path.display())]
     Metrics {
         /// The file.
         path: PathBuf,
-        /// What went wrong.
-        reason: String,
+        /// The system's error.
+        #[source]
+        source: io::Error,
     },
 
     /// A signal (or the caller's cancel request) stopped the run.
     #[error("interrupted by a signal{0}")]
     Interrupted(&'static str),
 
-    /// Anything else in the environment (threads, clocks) that failed.
+    /// The system refused something sockkill needs of it (a socket pair, a signal handler).
+    #[error("{what}: {source}")]
+    System {
+        /// What was asked for.
+        what: &'static str,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A bug: a thread panicked, or a part broke its contract.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What went wrong talking to HAProxy.
+#[derive(Debug, thiserror::Error)]
+pub enum HaproxyError {
+    /// The stats socket path does not exist.
+    #[error("socket {}: no such file", path.display())]
+    NoSocket {
+        /// The path.
+        path: PathBuf,
+    },
+
+    /// The stats socket path is not a socket.
+    #[error("{} is not a unix socket (it is {kind})", path.display())]
+    NotSocket {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+
+    /// Connecting failed.
+    #[error("connecting to {endpoint}: {source}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// No connection or no answer within the timeout.
+    #[error("{} {endpoint}: no answer within {after:?} (--api-timeout)", command.as_deref().map_or("connecting to".to_string(), |c| format!("`{c}` to")))]
+    Timeout {
+        /// The endpoint.
+        endpoint: String,
+        /// The command (`None`: while connecting).
+        command: Option<String>,
+        /// The timeout.
+        after: Duration,
+    },
+
+    /// Sending a command or reading its answer failed.
+    #[error("`{command}` to {endpoint}: {source}")]
+    Io {
+        /// The endpoint.
+        endpoint: String,
+        /// The command.
+        command: String,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The answer is not UTF-8 text.
+    #[error("`{command}` to {endpoint}: the answer is not text")]
+    NotText {
+        /// The endpoint.
+        endpoint: String,
+        /// The command.
+        command: String,
+    },
+
+    /// HAProxy refused the command (`No such server.`, `Permission denied`...).
+    #[error("`{command}` refused: {answer}{hint}")]
+    Refused {
+        /// The command.
+        command: String,
+        /// HAProxy's answer (its first line).
+        answer: String,
+        /// What usually helps.
+        hint: &'static str,
+    },
+
+    /// HAProxy answered something this version of sockkill does not know.
+    #[error("unexpected answer to `{command}`: {answer:?}")]
+    Unexpected {
+        /// The command.
+        command: String,
+        /// The answer (its first 80 characters).
+        answer: String,
+    },
+
+    /// An answer does not have the shape of its command's answer.
+    #[error("unexpected `{command}` answer: {why}")]
+    Malformed {
+        /// The command.
+        command: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+
+    /// Neither `--server` nor `--addr`.
+    #[error("give --server BACKEND/SERVER or --addr IP:PORT")]
+    NoTarget,
+
+    /// `--server`: no such backend.
+    #[error("no backend {backend} (`show servers state`)")]
+    NoBackend {
+        /// The backend.
+        backend: String,
+    },
+
+    /// `--server`: no such server in the backend.
+    #[error("no server {server} in backend {backend} (`show servers state`)")]
+    NoServer {
+        /// The backend.
+        backend: String,
+        /// The server.
+        server: String,
+    },
+
+    /// `--server`: its address cannot be used as a filter.
+    #[error("server {backend}/{server} {why}: give --addr IP:PORT")]
+    NoAddress {
+        /// The backend.
+        backend: String,
+        /// The server.
+        server: String,
+        /// Why (port 0, no address).
+        why: &'static str,
+    },
+
+    /// HAProxy's processes cannot be found or told apart.
     #[error("{0}")]
-    Other(String),
+    Topology(String),
 }
 
 impl Error {
     pub(crate) fn netlink(op: &'static str, source: io::Error) -> Self {
         Error::Netlink { op, source }
     }
+
+    pub(crate) fn system(what: &'static str, source: io::Error) -> Self {
+        Error::System { what, source }
+    }
+
+    /// What kind of error this is, for scripts: the JSON's `error_kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidFilter(_) => "invalid_filter",
+            Error::Usage(_) => "usage",
+            Error::CatchAll => "catch_all",
+            Error::TooMany { .. } => "too_many",
+            Error::PassTooLarge { .. } => "pass_too_large",
+            Error::Netns { .. } | Error::NetnsIo { .. } => "netns",
+            Error::NoProcess { .. } | Error::Process { .. } => "process",
+            Error::NoPermission => "permission",
+            Error::DestroyUnsupported => "unsupported",
+            Error::Netlink { .. } | Error::Decode(_) => "netlink",
+            Error::File { .. } => "proc",
+            Error::Cgroup { .. } => "cgroup",
+            Error::Interface { .. } => "interface",
+            Error::Haproxy(e) => e.kind(),
+            Error::AuditPath { .. } | Error::Audit { .. } => "audit_log",
+            Error::MetricsPath { .. } | Error::Metrics { .. } => "metrics_file",
+            Error::Interrupted(_) => "interrupted",
+            Error::System { .. } => "system",
+            Error::Internal(_) => "internal",
+        }
+    }
+}
+
+impl HaproxyError {
+    /// What kind of error this is, for scripts.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HaproxyError::NoSocket { .. }
+            | HaproxyError::NotSocket { .. }
+            | HaproxyError::Connect { .. }
+            | HaproxyError::Io { .. } => "haproxy_unreachable",
+            HaproxyError::Timeout { .. } => "haproxy_timeout",
+            HaproxyError::Refused { .. } => "haproxy_refused",
+            HaproxyError::NotText { .. } | HaproxyError::Unexpected { .. } | HaproxyError::Malformed { .. } => {
+                "haproxy_answer"
+            }
+            HaproxyError::NoTarget
+            | HaproxyError::NoBackend { .. }
+            | HaproxyError::NoServer { .. }
+            | HaproxyError::NoAddress { .. } => "haproxy_server",
+            HaproxyError::Topology(_) => "haproxy_processes",
+        }
+    }
 }
 
 /// Result alias for the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_kept() {
+        let e = Error::Haproxy(HaproxyError::Io {
+            endpoint: "/run/haproxy.sock".into(),
+            command: "show sess".into(),
+            source: io::Error::from_raw_os_error(libc::ECONNRESET),
+        });
+        let cause = std::error::Error::source(&e).and_then(std::error::Error::source);
+        let io = cause.and_then(|c| c.downcast_ref::<io::Error>()).expect("the io::Error is kept");
+        assert_eq!(io.raw_os_error(), Some(libc::ECONNRESET));
+        assert_eq!(e.kind(), "haproxy_unreachable");
+        assert!(e.to_string().starts_with("haproxy: `show sess` to /run/haproxy.sock: "), "{e}");
+    }
+
+    #[test]
+    fn timeouts_name_the_command_or_the_connect() {
+        let t = |command: Option<&str>| HaproxyError::Timeout {
+            endpoint: "lb:9999".into(),
+            command: command.map(str::to_string),
+            after: Duration::from_secs(2),
+        };
+        assert_eq!(t(None).to_string(), "connecting to lb:9999: no answer within 2s (--api-timeout)");
+        assert_eq!(t(Some("show info")).to_string(), "`show info` to lb:9999: no answer within 2s (--api-timeout)");
+    }
+}

@@ -12,9 +12,9 @@ use serde::Serialize;
 
 use crate::audit::AuditLog;
 use crate::cancel::Cancel;
-use crate::engine::enforce::{Class, Judge, Policy, Report, Run};
 use crate::engine::owners::Holders;
-use crate::engine::{Engine, Query};
+use crate::engine::run::{LiveKernel, Run, WallClock};
+use crate::engine::{Class, Engine, Judge, Policy, Query, RunReport, Verdict};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::netns::Netns;
@@ -67,25 +67,25 @@ impl Default for KillOptions {
 /// The result of [`kill`].
 #[derive(Debug, Serialize)]
 pub struct KillReport {
-    /// What the run did.
+    /// What the run did, and its verdict.
     #[serde(flatten)]
-    pub report: Report,
+    pub report: RunReport,
     /// Processes named with `--pid` that exited during the run (they hold nothing).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub processes_exited: Vec<u32>,
 }
 
 impl KillReport {
-    /// The documented exit code (see [`Report::exit_code`]).
-    pub fn exit_code(&self) -> i32 {
-        self.report.exit_code(false)
+    /// The run's verdict (exit code, `clean`).
+    pub fn verdict(&self) -> Verdict {
+        self.report.verdict()
     }
 }
 
 /// Classifies by owner: with `pids`, only sockets those processes hold are
 /// targets; with `processes`, every socket's holders are looked up (once per inode).
 #[derive(Debug, Default)]
-pub struct OwnerJudge {
+pub(crate) struct OwnerJudge {
     holders: Option<Holders>,
     processes: bool,
     known: HashMap<u32, Box<[Owner]>>,
@@ -145,6 +145,65 @@ pub fn list(netns: Option<&Netns>, filter: Filter, processes: bool) -> Result<Ve
     Ok(sockets.into_iter().zip(classes).filter(|(_, c)| *c == Class::Target).map(|(s, _)| s).collect())
 }
 
+/// A kill that passed every check that can fail before anything is done:
+/// the filter (valid, compiled for the kernel, not a catch-all unless
+/// allowed) and the options, turned into the loop's policy once.
+#[derive(Debug)]
+pub struct KillPlan {
+    query: Query,
+    policy: Policy,
+    options: KillOptions,
+}
+
+impl KillPlan {
+    /// Checks `filter` and `options` (see [`kill`] for what is refused).
+    pub fn new(filter: Filter, options: KillOptions) -> Result<KillPlan> {
+        if filter.is_catch_all() && !options.allow_catch_all {
+            return Err(Error::CatchAll);
+        }
+        if options.window.is_some_and(|w| w.is_zero()) || options.interval.is_zero() {
+            return Err(Error::Usage("the --for window and the interval must be longer than 0".into()));
+        }
+        let query = Query::new(filter)?;
+        let policy = Policy {
+            dry_run: options.dry_run,
+            verify: options.verify,
+            // Counted from the end of a --for window: inside it, new connections are expected.
+            passes: Some(options.passes),
+            window: options.window,
+            interval: options.interval,
+            // A dry run destroys nothing: there is nothing to guard.
+            max: options.max.filter(|_| !options.dry_run),
+            ..Policy::kill()
+        };
+        Ok(KillPlan { query, policy, options })
+    }
+
+    /// The filter.
+    pub fn filter(&self) -> &Filter {
+        self.query.filter()
+    }
+
+    /// Attaches what stops the run (a signal) and where destroyed sockets are
+    /// recorded: decided after the plan, opened only once it is known good.
+    pub fn attach(&mut self, cancel: Option<Cancel>, audit: Option<Arc<AuditLog>>) {
+        self.options.cancel = cancel;
+        self.options.audit = audit;
+    }
+
+    /// Runs the kill in `netns` (or the calling thread's namespace).
+    pub fn run(self, netns: Option<&Netns>) -> Result<KillReport> {
+        let KillPlan { query, policy, options } = self;
+        let judge = OwnerJudge::new(query.filter(), options.processes)?;
+        let mut engine = Engine::open(netns)?;
+        let kernel = LiveKernel { engine: &mut engine, query: &query };
+        let (cancel, audit) = (options.cancel.as_ref(), options.audit.as_deref());
+        let run = Run::start(kernel, WallClock::start(), policy, judge, cancel, audit)?;
+        let (report, mut judge) = run.finish();
+        Ok(KillReport { report, processes_exited: judge.exited() })
+    }
+}
+
 /// Destroys every TCP socket matching `filter` in `netns` (or the calling
 /// thread's namespace): collects first, checks `max`, destroys each socket by
 /// its cookie, and looks again until nothing matches (up to `passes`).
@@ -158,27 +217,9 @@ pub fn list(netns: Option<&Netns>, filter: Filter, processes: bool) -> Result<Ve
 /// # fn main() -> sockkill::Result<()> {
 /// let filter = Filter { dst: vec![parse_cidr("10.0.0.7")?], ..Filter::default() };
 /// let report = kill(None, filter, &KillOptions::default())?;
-/// assert_eq!(report.report.summary.remaining, Some(0));
+/// assert!(report.verdict().clean());
 /// # Ok(()) }
 /// ```
 pub fn kill(netns: Option<&Netns>, filter: Filter, options: &KillOptions) -> Result<KillReport> {
-    if filter.is_catch_all() && !options.allow_catch_all {
-        return Err(Error::CatchAll);
-    }
-    let judge = OwnerJudge::new(&filter, options.processes)?;
-    let query = Query::new(filter)?;
-    let mut engine = Engine::open(netns)?;
-    let policy = Policy {
-        dry_run: options.dry_run,
-        verify: options.verify,
-        // Counted from the end of a --for window: inside it, new connections are expected.
-        passes: Some(options.passes),
-        window: options.window,
-        interval: options.interval,
-        max: options.max.filter(|_| !options.dry_run),
-        ..Policy::kill()
-    };
-    let run = Run::start(&mut engine, &query, policy, judge, options.cancel.as_ref(), options.audit.as_deref())?;
-    let (report, mut judge) = run.finish();
-    Ok(KillReport { report, processes_exited: judge.exited() })
+    KillPlan::new(filter, options.clone())?.run(netns)
 }

@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::engine::Verdict;
 use crate::error::{Error, Result};
 
 /// The numbers of one run.
@@ -30,6 +31,11 @@ pub struct Metrics {
     pub failed: usize,
     /// Targets at the end; `None` when not verified (the gauge is then left out).
     pub remaining: Option<usize>,
+    /// Sockets left alone because they could not be attributed (HAProxy mode).
+    pub ambiguous: usize,
+    /// The run's verdict (`None` for a run without one): `sockkill_clean` and a
+    /// `verdict` label on `sockkill_exit_code`.
+    pub verdict: Option<Verdict>,
     /// Wall time.
     pub duration: Duration,
     /// The run's exit code.
@@ -40,7 +46,8 @@ pub struct Metrics {
 pub fn render(m: &Metrics) -> String {
     let mut out = String::new();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let gauges: [(&str, &str, Option<f64>); 8] = [
+    let clean = m.verdict.map(|v| if v.clean() { 1.0 } else { 0.0 });
+    let gauges: [(&str, &str, Option<f64>); 10] = [
         ("sockkill_sockets_matched", "Sockets matching the filter at the first look.", Some(m.matched as f64)),
         ("sockkill_sockets_destroyed", "Sockets destroyed.", Some(m.destroyed as f64)),
         ("sockkill_sockets_already_gone", "Sockets gone before their destroy arrived.", Some(m.already_gone as f64)),
@@ -50,6 +57,16 @@ pub fn render(m: &Metrics) -> String {
             Some(m.failed as f64),
         ),
         ("sockkill_sockets_remaining", "Sockets still matching at the end.", m.remaining.map(|r| r as f64)),
+        (
+            "sockkill_sockets_ambiguous",
+            "Sockets left alone at the end because their owner could not tell whose they are.",
+            Some(m.ambiguous as f64),
+        ),
+        (
+            "sockkill_clean",
+            "1 when nothing matching remains and nothing is ambiguous (the verdict is clean), else 0.",
+            clean,
+        ),
         ("sockkill_duration_seconds", "Wall time of the run.", Some(m.duration.as_secs_f64())),
         (
             "sockkill_exit_code",
@@ -64,7 +81,12 @@ pub fn render(m: &Metrics) -> String {
     }
     for (name, help, value) in gauges {
         if let Some(value) = value {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}");
+            // The verdict's word rides on the exit code (one series per run, never two).
+            let extra = match (name, m.verdict) {
+                ("sockkill_exit_code", Some(v)) => format!(",verdict=\"{}\"", v.name()),
+                _ => String::new(),
+            };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}{extra}}} {value}");
         }
     }
     out
@@ -83,7 +105,7 @@ fn dir_of(path: &Path) -> &Path {
 /// its directory exists, and the path is missing or a regular file (never a
 /// device, FIFO, socket, directory or symbolic link: `/dev/null` stays `/dev/null`).
 pub fn check_target(path: &Path) -> Result<()> {
-    let fail = |reason: String| Error::Metrics { path: path.to_path_buf(), reason };
+    let fail = |reason: String| Error::MetricsPath { path: path.to_path_buf(), reason };
     if path.file_name().is_none() {
         return Err(fail("not a file path".into()));
     }
@@ -95,7 +117,7 @@ pub fn check_target(path: &Path) -> Result<()> {
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_file() => Ok(()),
-        Ok(m) => Err(fail(format!("is {}, not a regular file: refusing to replace it", crate::netns::file_kind(&m)))),
+        Ok(m) => Err(fail(format!("is {}, not a regular file: refusing to replace it", crate::sys::file_kind(&m)))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(fail(e.to_string())),
     }
@@ -105,7 +127,7 @@ pub fn check_target(path: &Path) -> Result<()> {
 /// replaces, or gets 0644 (node_exporter must read it).
 pub fn write(path: &Path, m: &Metrics) -> Result<()> {
     check_target(path)?;
-    let fail = |e: std::io::Error| Error::Metrics { path: path.to_path_buf(), reason: e.to_string() };
+    let fail = |source: std::io::Error| Error::Metrics { path: path.to_path_buf(), source };
     let dir = dir_of(path);
     let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644);
     // An unpredictable name, created with O_EXCL: nothing planted in a shared
@@ -150,11 +172,22 @@ mod tests {
         assert!(!unverified.contains("sockkill_sockets_remaining"), "{unverified}");
         let labelled = render(&Metrics { command: "haproxy", server: Some("be/\"s1\"".into()), ..m.clone() });
         assert!(labelled.contains("sockkill_exit_code{command=\"haproxy\",server=\"be/\\\"s1\\\"\"} 0"), "{labelled}");
+        // No verdict (a run that never got one): no `sockkill_clean`.
+        assert!(!text.contains("sockkill_clean"), "{text}");
+        // The verdict: `sockkill_clean` and a label on the exit code, the same story.
+        let clean = render(&Metrics { verdict: Some(Verdict::Clean), ..m.clone() });
+        assert!(clean.contains("sockkill_clean{command=\"kill\"} 1\n"), "{clean}");
+        assert!(clean.contains("sockkill_exit_code{command=\"kill\",verdict=\"clean\"} 0\n"), "{clean}");
+        let amb = render(&Metrics { verdict: Some(Verdict::Ambiguous), ambiguous: 2, exit_code: 1, ..m.clone() });
+        assert!(amb.contains("sockkill_clean{command=\"kill\"} 0\n"), "{amb}");
+        assert!(amb.contains("sockkill_sockets_ambiguous{command=\"kill\"} 2\n"), "{amb}");
+        assert!(amb.contains("sockkill_exit_code{command=\"kill\",verdict=\"ambiguous\"} 1\n"), "{amb}");
 
         let dir = scratch("write");
         let path = dir.join("sockkill.prom");
         write(&path, &m).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 24);
+        // Nine gauges of three lines (`sockkill_clean` only with a verdict).
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 27);
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
         // The mode of a file it replaces is kept.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();

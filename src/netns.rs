@@ -89,7 +89,8 @@ impl Netns {
         // empty regular files to stat.
         let meta = std::fs::metadata(&path).map_err(missing)?;
         if !meta.file_type().is_file() {
-            return Err(err(format!("{} is not a namespace file (it is {})", path.display(), file_kind(&meta))));
+            let kind = crate::sys::file_kind(&meta);
+            return Err(err(format!("{} is not a namespace file (it is {kind})", path.display())));
         }
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -116,10 +117,11 @@ impl Netns {
 
     /// The namespace's inode number (what `ls -iL /proc/PID/ns/net` shows).
     pub fn inode(&self) -> Result<u64> {
-        self.file
-            .metadata()
-            .map(|m| m.ino())
-            .map_err(|e| Error::Netns { spec: self.label.clone(), reason: e.to_string() })
+        self.file.metadata().map(|m| m.ino()).map_err(|source| Error::NetnsIo {
+            spec: self.label.clone(),
+            op: "stat",
+            source,
+        })
     }
 
     /// Runs `f` on a new thread that has entered this namespace, and returns its result.
@@ -127,12 +129,11 @@ impl Netns {
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         on_own_thread(
             || {
-                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| Error::Netns {
-                    spec: self.label.clone(),
-                    reason: match e {
-                        nix::errno::Errno::EPERM => "entering it needs CAP_SYS_ADMIN".to_string(),
-                        e => format!("setns: {e}"),
-                    },
+                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| match e {
+                    nix::errno::Errno::EPERM => {
+                        Error::Netns { spec: self.label.clone(), reason: "entering it needs CAP_SYS_ADMIN".to_string() }
+                    }
+                    e => Error::NetnsIo { spec: self.label.clone(), op: "setns", source: e.into() },
                 })
             },
             f,
@@ -148,7 +149,7 @@ fn on_own_thread<T: Send>(enter: impl FnOnce() -> Result<()> + Send, f: impl FnO
             enter()?;
             Ok(f())
         });
-        handle.join().map_err(|_| Error::Other("namespace worker thread panicked".into()))?
+        handle.join().map_err(|_| Error::Internal("the namespace worker thread panicked".into()))?
     })
 }
 
@@ -157,69 +158,55 @@ fn on_own_thread<T: Send>(enter: impl FnOnce() -> Result<()> + Send, f: impl FnO
 pub fn run_in_new_netns<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T> {
     on_own_thread(
         || {
-            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
-                Error::Other(format!("cannot create a private network namespace (unshare: {e}; needs CAP_SYS_ADMIN)"))
-            })?;
-            loopback_up().map_err(|e| {
-                let why = if e.raw_os_error() == Some(libc::EPERM) { " (needs CAP_NET_ADMIN)" } else { "" };
-                Error::Other(format!("cannot bring up loopback in the new namespace: {e}{why}"))
-            })
+            let fail = |op, source| Error::NetnsIo { spec: "(new)".into(), op, source };
+            unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(|e| fail("creating a private namespace (unshare; needs CAP_SYS_ADMIN)", e.into()))?;
+            loopback_up().map_err(|e| fail("bringing up loopback (needs CAP_NET_ADMIN)", e))
         },
         f,
     )
 }
 
-/// What kind of file `meta` describes, for error messages.
-pub fn file_kind(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else {
-        "a regular file"
-    }
-}
-
 /// The inode of the calling thread's network namespace.
 pub fn current_netns_inode() -> Result<u64> {
     let path = "/proc/thread-self/ns/net";
-    std::fs::metadata(path).map(|m| m.ino()).map_err(|source| Error::Proc { path: path.into(), source })
+    std::fs::metadata(path).map(|m| m.ino()).map_err(|source| Error::File { path: path.into(), source })
 }
 
-/// Sets the `lo` interface up in the calling thread's namespace (SIOCSIFFLAGS).
+/// Sets the `lo` interface up in the calling thread's namespace: an
+/// RTM_NEWLINK request with IFF_UP for interface 1 (loopback is always the
+/// first interface of a namespace), acknowledged, as netavark does it.
 pub fn loopback_up() -> std::io::Result<()> {
-    // SAFETY: plain socket/ioctl calls on a zeroed ifreq whose name fits; fd closed below.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
-            *dst = *src as libc::c_char;
-        }
-        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut ifr);
-        if rc == 0 {
-            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &mut ifr);
-        }
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(err)
-        }
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+    use netlink_packet_route::link::{LinkFlags, LinkMessage};
+    use netlink_packet_route::RouteNetlinkMessage;
+
+    let mut link = LinkMessage::default();
+    link.header.index = 1;
+    link.header.flags = LinkFlags::Up;
+    link.header.change_mask = LinkFlags::Up;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    header.sequence_number = 1;
+    let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(RouteNetlinkMessage::SetLink(link)));
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+
+    let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    sock.send(&buf, 0)?;
+    let mut reply = vec![0; 4096];
+    let n = sock.recv(&mut &mut reply[..], 0)?;
+    let ack = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n.min(reply.len())])
+        .map_err(|e| std::io::Error::other(format!("RTM_NEWLINK reply: {e}")))?;
+    match ack.payload {
+        NetlinkPayload::Error(e) => match e.code {
+            None => Ok(()),
+            Some(code) => Err(std::io::Error::from_raw_os_error(-code.get())),
+        },
+        other => Err(std::io::Error::other(format!("RTM_NEWLINK: unexpected reply {other:?}"))),
     }
 }
 

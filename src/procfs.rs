@@ -41,26 +41,26 @@ fn stat_fields(pid: u32) -> io::Result<Vec<String>> {
     Ok(rest.split_whitespace().map(str::to_string).collect())
 }
 
-fn process_error(pid: u32, e: &io::Error, what: &str) -> Error {
-    Error::Process {
-        pid,
-        reason: match e.kind() {
-            io::ErrorKind::NotFound => "no such process".to_string(),
-            io::ErrorKind::PermissionDenied => format!("cannot read {what}: permission denied"),
-            _ => format!("{what}: {e}"),
-        },
+fn process_error(pid: u32, e: io::Error, path: &str) -> Error {
+    match e.kind() {
+        io::ErrorKind::NotFound => Error::NoProcess { pid },
+        _ => Error::Process { pid, path: path.into(), source: e },
     }
+}
+
+fn unreadable_stat(pid: u32) -> Error {
+    Error::Process { pid, path: format!("/proc/{pid}/stat").into(), source: io::Error::other("unreadable") }
 }
 
 impl Process {
     /// The process with this pid now. Errors when there is none.
     pub fn open(pid: u32) -> Result<Process> {
-        let fields = stat_fields(pid).map_err(|e| process_error(pid, &e, &format!("/proc/{pid}/stat")))?;
+        let fields = stat_fields(pid).map_err(|e| process_error(pid, e, &format!("/proc/{pid}/stat")))?;
         // starttime is field 22 of stat, the 20th after the command name.
         let start = fields
             .get(19)
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::Process { pid, reason: format!("unreadable /proc/{pid}/stat") })?;
+            .ok_or_else(|| unreadable_stat(pid))?;
         Ok(Process { pid, start })
     }
 
@@ -81,7 +81,7 @@ impl Process {
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(process_error(self.pid, &e, &dir.display().to_string())),
+            Err(e) => return Err(process_error(self.pid, e, &dir.display().to_string())),
         };
         // A process that exits while we read simply yields fewer fds.
         let fds: Vec<(u32, u32)> = entries
@@ -106,11 +106,12 @@ fn parse_socket_link(target: &std::path::Path) -> Option<u32> {
     target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// The socket inodes among `pid`'s open file descriptors. Errors when the
 /// process does not exist or its fds cannot be read.
 pub fn socket_inodes(pid: u32) -> Result<HashSet<u32>> {
     let p = Process::open(pid)?;
-    let fds = p.socket_fds()?.ok_or_else(|| Error::Process { pid, reason: "no such process".into() })?;
+    let fds = p.socket_fds()?.ok_or(Error::NoProcess { pid })?;
     Ok(fds.into_iter().map(|(_, inode)| inode).collect())
 }
 
@@ -136,10 +137,10 @@ pub fn cmdline(pid: u32) -> Vec<String> {
 /// The parent pid of `pid`, from /proc/PID/stat.
 pub fn parent_pid(pid: u32) -> Result<u32> {
     stat_fields(pid)
-        .map_err(|e| process_error(pid, &e, &format!("/proc/{pid}/stat")))?
+        .map_err(|e| process_error(pid, e, &format!("/proc/{pid}/stat")))?
         .get(1)
         .and_then(|p| p.parse().ok())
-        .ok_or_else(|| Error::Process { pid, reason: format!("unreadable /proc/{pid}/stat") })
+        .ok_or_else(|| unreadable_stat(pid))
 }
 
 /// `pid`'s pid in each nested pid namespace, outermost (ours) first, innermost
@@ -153,7 +154,7 @@ pub fn nspid(pid: u32) -> Option<Vec<u32>> {
 /// The inode of `pid`'s namespace of kind `kind` (`net`, `pid`, `mnt`...).
 pub fn namespace_inode(pid: u32, kind: &str) -> Result<u64> {
     let path = PathBuf::from(format!("/proc/{pid}/ns/{kind}"));
-    fs::metadata(&path).map(|m| m.ino()).map_err(|e| process_error(pid, &e, &path.display().to_string()))
+    fs::metadata(&path).map(|m| m.ino()).map_err(|e| process_error(pid, e, &path.display().to_string()))
 }
 
 /// Every pid currently in /proc.

@@ -106,7 +106,7 @@ impl TcpSocket {
     }
 
     /// A socket as a dump would return it, for tests of code above the kernel.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "testing"))]
     pub fn for_test(local: SocketAddr, peer: SocketAddr, state: TcpState) -> TcpSocket {
         let id = SocketId {
             source_port: local.port(),
@@ -121,7 +121,7 @@ impl TcpSocket {
     }
 
     /// Sets the cookie and inode, for tests of code above the kernel.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "testing"))]
     pub fn with_ids(mut self, cookie: u64, inode: u32) -> TcpSocket {
         let lo = (cookie as u32).to_ne_bytes();
         let hi = ((cookie >> 32) as u32).to_ne_bytes();

@@ -17,7 +17,7 @@ use sockkill::{Filter, StateSet, TcpSocket};
 /// header ports), before any user-side re-check.
 fn kernel_dump(filter: &Filter) -> BTreeSet<(String, String)> {
     let mut diag = SockDiag::open().unwrap();
-    let query = sockkill::Query::new(filter.clone()).unwrap();
+    let query = sockkill::engine::Query::new(filter.clone()).unwrap();
     let mut out = BTreeSet::new();
     for af in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         diag.dump(&query.spec(af), |s| {
@@ -140,7 +140,7 @@ fn stale_cookie_is_already_gone_and_spares_the_new_connection() {
         new.assert_alive();
 
         // Through the engine the stale socket counts as already gone, not failed.
-        let mut engine = sockkill::Engine::open(None).unwrap();
+        let mut engine = sockkill::engine::Engine::open(None).unwrap();
         let pass = engine.destroy(&[old_sock], None, None);
         assert!(pass.error.is_none());
         assert_eq!(pass.outcomes, vec![(0, Outcome::AlreadyGone)]);

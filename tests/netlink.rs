@@ -8,8 +8,9 @@ use std::thread::JoinHandle;
 use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use sockkill::diag::{DumpSpec, DumpStatus, SockDiag};
 use sockkill::engine::dump_family;
+use sockkill::engine::Query;
 use sockkill::filter::parse_cidr;
-use sockkill::{Filter, Query, StateSet};
+use sockkill::{Filter, StateSet};
 
 const NLMSG_DONE: u16 = 3;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;

@@ -7,18 +7,17 @@
 
 #[macro_use]
 mod common;
-#[path = "common/strategies.rs"]
-mod strategies;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use proptest::prelude::*;
 use sockkill::diag::{bytecode, wire, DumpSpec, SockDiag};
+use sockkill::engine::Query;
 use sockkill::filter::{parse_cidr, Family, PortRange};
 use sockkill::haproxy::parse;
-use sockkill::{Filter, Query};
-use strategies::{arb_filter, arb_range, arb_states};
+use sockkill::testing::strategies::{arb_filter, arb_range, arb_states};
+use sockkill::Filter;
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig { cases, ..ProptestConfig::default() }

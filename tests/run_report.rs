@@ -87,7 +87,7 @@ fn an_error_after_the_first_destroy_keeps_the_report() {
         assert_eq!(gone, destroyed);
         assert_eq!(doc["summary"]["destroyed"].as_u64().unwrap() as usize, destroyed.len());
         let metrics = std::fs::read_to_string(&prom).unwrap();
-        assert!(metrics.contains("sockkill_exit_code{command=\"kill\"} 1"), "{metrics}");
+        assert!(metrics.contains("sockkill_exit_code{command=\"kill\",verdict=\"failed\"} 1"), "{metrics}");
         assert!(metrics.contains(&format!("sockkill_sockets_destroyed{{command=\"kill\"}} {}", destroyed.len())));
         drop(conns);
         let _ = std::fs::remove_dir_all(&dir);

@@ -194,10 +194,13 @@ pub struct HaproxyArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// How long HAProxy gets to close the sessions itself (at most 1h).
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration, help_heading = "Timing")]
-    pub grace: Duration,
-    /// Clean only once no matching socket was seen for this long (at most 1h).
+    /// How long HAProxy gets to close the sessions itself before anything is
+    /// destroyed (at most 1h). Default 2s when commands are sent to HAProxy
+    /// (--server); none when nothing is (--addr alone, --no-shutdown).
+    #[arg(long, value_name = "DURATION", value_parser = duration, help_heading = "Timing")]
+    pub grace: Option<Duration>,
+    /// Clean only once nothing was destroyed, and no matching socket seen, for
+    /// this long, every look in between empty (at most 1h).
     #[arg(long, value_name = "DURATION", default_value = "1.5s", value_parser = duration, help_heading = "Timing")]
     pub settle: Duration,
     /// Give up (exit 1) when sockets still appear after this long; at least
@@ -306,16 +309,11 @@ impl FilterArgs {
     }
 }
 
-/// Generators shared with the integration tests.
-#[cfg(test)]
-#[path = "../../tests/common/strategies.rs"]
-mod strategies;
-
 #[cfg(test)]
 mod tests {
-    use super::strategies;
     use super::*;
     use proptest::prelude::*;
+    use sockkill::testing::strategies;
 
     #[test]
     fn parses_durations() {

@@ -11,10 +11,10 @@ use sockkill::filter::Filter;
 use sockkill::{haproxy, Error, KillReport, TcpSocket};
 
 use super::args::Cli;
-use super::plan::Plan;
+use super::plan::{Plan, Records};
 
 /// What a command produced.
-pub enum Outcome {
+pub enum Ran {
     List {
         netns: Option<String>,
         filter: Filter,
@@ -41,13 +41,19 @@ pub fn command_line() -> String {
     std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
 }
 
-fn audit_log(path: Option<&PathBuf>, netns: Option<String>) -> Result<Option<Arc<AuditLog>>, Error> {
-    path.map(|p| AuditLog::open(p, command_line(), netns).map(Arc::new)).transpose()
+/// The signal handler and the audit log of a run that may destroy.
+fn records(records: &Records, netns: Option<String>, dry_run: bool) -> Result<(Cancel, Option<Arc<AuditLog>>), Error> {
+    let cancel = Cancel::on_signals(&STOP_SIGNALS)?;
+    let audit = match (&records.audit_log, dry_run) {
+        (Some(p), false) => Some(Arc::new(AuditLog::open(p, command_line(), netns)?)),
+        _ => None,
+    };
+    Ok((cancel, audit))
 }
 
-/// Runs `plan`. Returns the outcome, and the audit log when one was opened
+/// Runs `plan`. Returns what happened, and the audit log when one was opened
 /// (its `end` event is written with the exit code, in `output`).
-pub fn execute(plan: Plan) -> (Outcome, Option<Arc<AuditLog>>) {
+pub fn execute(plan: Plan) -> (Ran, Option<Arc<AuditLog>>) {
     match plan {
         Plan::List { netns, filter, processes } => {
             let started = Instant::now();
@@ -55,67 +61,57 @@ pub fn execute(plan: Plan) -> (Outcome, Option<Arc<AuditLog>>) {
             match sockkill::list(netns.as_ref(), filter.clone(), processes) {
                 Ok(sockets) => {
                     let duration_ms = started.elapsed().as_millis() as u64;
-                    (Outcome::List { netns: label, filter, sockets, duration_ms }, None)
+                    (Ran::List { netns: label, filter, sockets, duration_ms }, None)
                 }
-                Err(e) => (Outcome::Failed(e), None),
+                Err(e) => (Ran::Failed(e), None),
             }
         }
-        Plan::Kill { netns, filter, mut options, records } => {
+        Plan::Kill { netns, mut plan, records: r } => {
             let label = netns.as_ref().map(|n| n.label().to_string());
-            let cancel = match Cancel::on_signals(&STOP_SIGNALS) {
-                Ok(c) => c,
-                Err(e) => return (Outcome::Failed(e), None),
+            let (cancel, audit) = match records(&r, label.clone(), false) {
+                Ok(x) => x,
+                Err(e) => return (Ran::Failed(e), None),
             };
-            let audit = match audit_log(records.audit_log.as_ref(), label.clone()) {
-                Ok(a) => a,
-                Err(e) => return (Outcome::Failed(e), None),
+            plan.attach(Some(cancel), audit.clone());
+            let filter = plan.filter().clone();
+            let ran = match plan.run(netns.as_ref()) {
+                Ok(report) => Ran::Kill { netns: label, filter, report: Box::new(report) },
+                Err(e) => Ran::Failed(e),
             };
-            options.cancel = Some(cancel);
-            options.audit = audit.clone();
-            let outcome = match sockkill::kill(netns.as_ref(), filter.clone(), &options) {
-                Ok(report) => Outcome::Kill { netns: label, filter, report: Box::new(report) },
-                Err(e) => Outcome::Failed(e),
-            };
-            (outcome, audit)
+            (ran, audit)
         }
-        Plan::Haproxy { mut options, records } => {
-            let cancel = match Cancel::on_signals(&STOP_SIGNALS) {
-                Ok(c) => c,
-                Err(e) => return (Outcome::Failed(e), None),
+        Plan::Haproxy { mut plan, records: r } => {
+            let opts = plan.options();
+            let (cancel, audit) = match records(&r, opts.netns.clone(), opts.dry_run) {
+                Ok(x) => x,
+                Err(e) => return (Ran::Failed(e), None),
             };
-            let audit =
-                if options.dry_run { Ok(None) } else { audit_log(records.audit_log.as_ref(), options.netns.clone()) };
-            let audit = match audit {
-                Ok(a) => a,
-                Err(e) => return (Outcome::Failed(e), None),
+            plan.attach(Some(cancel), audit.clone());
+            let ran = match plan.run() {
+                Ok(report) => Ran::Haproxy(Box::new(report)),
+                Err(e) => Ran::Failed(e),
             };
-            options.cancel = Some(cancel);
-            options.audit = audit.clone();
-            let outcome = match haproxy::run(&options) {
-                Ok(report) => Outcome::Haproxy(Box::new(report)),
-                Err(e) => Outcome::Failed(e),
-            };
-            (outcome, audit)
+            (ran, audit)
         }
         Plan::Check { netns } => match check::check(netns.as_ref()) {
-            Ok(r) => (Outcome::Check(r), None),
-            Err(e) => (Outcome::Failed(e), None),
+            Ok(r) => (Ran::Check(r), None),
+            Err(e) => (Ran::Failed(e), None),
         },
         Plan::Completions(shell) => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "sockkill", &mut out);
-            (Outcome::Text(out), None)
+            (Ran::Text(out), None)
         }
         Plan::Man(None) => {
             let mut out = Vec::new();
             match super::man::render(&super::man::pages()[0], &mut out) {
-                Ok(()) => (Outcome::Text(out), None),
-                Err(e) => (Outcome::Failed(Error::Other(format!("rendering the man page: {e}"))), None),
+                Ok(()) => (Ran::Text(out), None),
+                Err(e) => (Ran::Failed(Error::System { what: "rendering the man page", source: e }), None),
             }
         }
         Plan::Man(Some(dir)) => match super::man::write_all(&dir) {
-            Ok(files) => (Outcome::Written(files), None),
-            Err(e) => (Outcome::Failed(Error::Other(format!("writing man pages to {}: {e}", dir.display()))), None),
+            Ok(files) => (Ran::Written(files), None),
+            Err(source) => (Ran::Failed(Error::File { path: dir, source }), None),
         },
     }
 }

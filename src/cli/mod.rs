@@ -14,8 +14,8 @@ use std::io::IsTerminal;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use args::{Cli, Command};
-use exec::Outcome;
+use args::Cli;
+use exec::Ran;
 use plan::Global;
 
 /// Runs sockkill with `argv` and returns the exit code.
@@ -29,27 +29,17 @@ pub fn main(argv: Vec<OsString>) -> u8 {
     init_logging(&global);
     output::set_color(std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()));
     let command = plan::command_name(&cli);
-    let metrics_file = match &cli.command {
-        Command::Kill { kill, .. } => kill.metrics_file.clone(),
-        Command::Haproxy(a) => a.metrics_file.clone(),
-        _ => None,
-    };
-    // The server label of a haproxy run's metrics, known before the run (an early failure has it too).
-    let server = match &cli.command {
-        Command::Haproxy(a) => a.server.as_ref().map(|(b, s)| format!("{b}/{s}")).or(a.addr.map(|a| a.to_string())),
-        _ => None,
-    };
+    let (metrics_file, server) = plan::metrics_target(&cli);
     let plan = match plan::plan(cli) {
         Ok(plan) => plan,
         Err(e) => {
             // Nothing was done; a metrics file that can be written still says so.
             let metrics = metrics_file.filter(|p| sockkill::metrics::check_target(p).is_ok());
-            return output::finish(&global, command, Outcome::Failed(e), None, metrics.as_deref(), server);
+            return output::finish(&global, command, Ran::Failed(e), None, metrics.as_deref(), server);
         }
     };
-    let metrics_file = plan.metrics_file().cloned();
-    let (outcome, audit) = exec::execute(plan);
-    output::finish(&global, command, outcome, audit.as_deref(), metrics_file.as_deref(), server)
+    let (ran, audit) = exec::execute(plan);
+    output::finish(&global, command, ran, audit.as_deref(), metrics_file.as_deref(), server)
 }
 
 /// clap's own errors keep clap's format (help and --version exit 0); with
@@ -62,12 +52,9 @@ fn usage_error(e: &clap::Error, json: bool, argv: &[OsString]) -> u8 {
     if json {
         let text = e.to_string();
         let first = text.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
-        let command = argv
-            .iter()
-            .skip(1)
-            .filter_map(|a| a.to_str())
-            .find(|a| ["list", "kill", "haproxy", "check", "completions", "man"].contains(a))
-            .unwrap_or("sockkill");
+        let cli = <Cli as clap::CommandFactory>::command();
+        let names: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
+        let command = argv.iter().skip(1).filter_map(|a| a.to_str()).find(|a| names.contains(a)).unwrap_or("sockkill");
         let mut out = std::io::stdout().lock();
         let _ = output::error_doc(&mut out, command, &first);
     }

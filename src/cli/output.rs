@@ -12,13 +12,12 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sockkill::audit::AuditLog;
 use sockkill::check::CheckReport;
-use sockkill::diag::errno_text;
-use sockkill::engine::enforce::{Ledger, Spared};
+use sockkill::engine::{Ledger, Spared};
 use sockkill::filter::Filter;
 use sockkill::metrics::{self, Metrics};
-use sockkill::{haproxy, KillReport, Outcome as Fate, TcpSocket};
+use sockkill::{haproxy, KillReport, Outcome, TcpSocket, Verdict};
 
-use super::exec::Outcome;
+use super::exec::Ran;
 use super::plan::Global;
 
 /// Version of the JSON documents; bumped only on incompatible changes.
@@ -36,56 +35,127 @@ pub fn stderr_line(text: &str) {
     let _ = writeln!(io::stderr(), "{text}");
 }
 
-/// The exit code and the error of an outcome, before output.
-fn verdict(o: &Outcome) -> (u8, Option<String>) {
-    match o {
-        Outcome::List { .. } | Outcome::Text(_) | Outcome::Written(_) => (0, None),
-        Outcome::Check(r) => (if r.ok { 0 } else { 2 }, None),
-        Outcome::Kill { report, .. } => (report.exit_code() as u8, report.report.error.as_ref().map(|e| e.to_string())),
-        Outcome::Haproxy(r) => (r.exit_code() as u8, r.error.clone()),
-        Outcome::Failed(e) => (2, Some(e.to_string())),
+/// The verdict of a run that may destroy (`kill`, `haproxy`), and whether it did anything.
+fn verdict_of(ran: &Ran) -> Option<(Verdict, bool)> {
+    match ran {
+        Ran::Kill { report, .. } => Some((report.verdict(), report.report.destroyed_any())),
+        Ran::Haproxy(r) => {
+            let done = r.summary.destroyed > 0 || r.engine.unacknowledged > 0 || !r.commands_sent.is_empty();
+            Some((r.verdict(), done))
+        }
+        _ => None,
     }
 }
 
-/// Finishes a run: audit `end` event, metrics, stdout, stderr. Returns the exit code.
+/// Sets a new verdict in the report itself, so the JSON, the audit log and
+/// the metrics keep telling the exit code's story.
+fn set_verdict(ran: &mut Ran, v: Verdict) {
+    match ran {
+        Ran::Kill { report, .. } => {
+            report.report.summary.verdict = v;
+            report.report.summary.clean = v.clean();
+        }
+        Ran::Haproxy(r) => {
+            r.verdict = v;
+            r.clean = v.clean();
+            r.summary.verdict = v;
+            r.summary.clean = v.clean();
+        }
+        _ => {}
+    }
+}
+
+/// The exit code of what ran: the verdict's for kill and haproxy; `list`
+/// and the others 0, `check` 2 when the probe failed, 2 when nothing ran.
+fn exit_code(ran: &Ran) -> u8 {
+    match ran {
+        Ran::List { .. } | Ran::Text(_) | Ran::Written(_) => 0,
+        Ran::Check(r) => {
+            if r.ok {
+                0
+            } else {
+                2
+            }
+        }
+        Ran::Kill { .. } | Ran::Haproxy(_) => verdict_of(ran).map_or(2, |(v, _)| v.exit_code()),
+        Ran::Failed(_) => 2,
+    }
+}
+
+fn error_of(ran: &Ran) -> Option<String> {
+    match ran {
+        Ran::Kill { report, .. } => report.report.error.as_ref().map(|e| e.to_string()),
+        Ran::Haproxy(r) => r.error.clone(),
+        Ran::Failed(e) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
+/// A record written at the end failed: the run's verdict becomes `failed`
+/// (keeping whether anything was done). Returns whether it changed.
+fn degrade(ran: &mut Ran) -> bool {
+    match verdict_of(ran) {
+        Some((v, done)) => {
+            let after = v.after_late_error(done);
+            set_verdict(ran, after);
+            after != v
+        }
+        None => false,
+    }
+}
+
+/// Finishes a run: metrics, audit `end` event, stdout, stderr. Returns the
+/// exit code. Every record says what the exit code says: a record that fails
+/// turns the verdict into `failed` before the next one is written (and the
+/// metrics, written first, are written again).
 pub fn finish(
     global: &Global,
     command: &'static str,
-    outcome: Outcome,
+    mut ran: Ran,
     audit: Option<&AuditLog>,
     metrics_file: Option<&Path>,
     server: Option<String>,
 ) -> u8 {
-    let (mut code, mut error) = verdict(&outcome);
     let mut late = Vec::new();
+    let write_metrics = |ran: &Ran| -> Result<(), String> {
+        match metrics_file {
+            Some(path) => metrics::write(path, &Metrics { server: server.clone(), ..metrics_of(command, ran) })
+                .map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    };
+    let metrics_ok = match write_metrics(&ran) {
+        Ok(()) => true,
+        Err(e) => {
+            late.push(e);
+            degrade(&mut ran);
+            false
+        }
+    };
     if let Some(log) = audit {
-        if let Err(e) = log.end(i32::from(code), &summary_value(&outcome), error.as_deref()) {
+        let verdict = verdict_of(&ran).map(|(v, _)| v.name());
+        if let Err(e) = log.end(i32::from(exit_code(&ran)), verdict, &summary_value(&ran), error_of(&ran).as_deref()) {
             late.push(e.to_string());
+            if degrade(&mut ran) && metrics_ok {
+                let _ = write_metrics(&ran);
+            }
         }
     }
-    if let Some(path) = metrics_file {
-        if let Err(e) = metrics::write(path, &Metrics { server, ..metrics_of(command, &outcome, code) }) {
-            late.push(e.to_string());
-        }
-    }
-    // A record that could not be written after something was done: the run
-    // did not end as it should, but what it did is still reported.
-    if !late.is_empty() && code == 0 {
-        code = 1;
-    }
-    if error.is_none() && !late.is_empty() {
-        error = Some(late.join("; "));
-    }
-    let written = write_stdout(|out| {
-        if global.json {
-            json_doc(out, command, &outcome, code, error.as_deref())
-        } else {
-            human(out, &outcome)
-        }
-    });
+    let mut code = exit_code(&ran);
+    let error = error_of(&ran).or_else(|| (!late.is_empty()).then(|| late.join("; ")));
+    let written =
+        write_stdout(
+            |out| {
+                if global.json {
+                    json_doc(out, command, &ran, code, error.as_deref())
+                } else {
+                    human(out, &ran)
+                }
+            },
+        );
     if let Some(e) = &error {
         // A run that started and stopped on an error before destroying anything says so.
-        let nothing = code == 2 && matches!(outcome, Outcome::Kill { .. } | Outcome::Haproxy(_));
+        let nothing = code == 2 && matches!(ran, Ran::Kill { .. } | Ran::Haproxy(_));
         stderr_line(&format!("sockkill: error: {e}{}", if nothing { " (nothing was destroyed)" } else { "" }));
     }
     for e in late.iter().filter(|e| Some(*e) != error.as_ref()) {
@@ -94,7 +164,14 @@ pub fn finish(
     if let Err(e) = written {
         stderr_line(&format!("sockkill: error: writing output: {e}"));
         if code == 0 {
-            code = if matches!(outcome, Outcome::List { .. } | Outcome::Check(_) | Outcome::Text(_)) { 2 } else { 1 };
+            // The report could not be delivered: not a success (the metrics say so too).
+            if degrade(&mut ran) && metrics_ok {
+                let _ = write_metrics(&ran);
+            }
+            code = match ran {
+                Ran::Kill { .. } | Ran::Haproxy(_) => exit_code(&ran),
+                _ => 2,
+            };
         }
     }
     code
@@ -110,18 +187,19 @@ fn write_stdout(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<
     }
 }
 
-fn summary_value(o: &Outcome) -> Value {
-    match o {
-        Outcome::Kill { report, .. } => serde_json::to_value(&report.report.summary).unwrap_or(Value::Null),
-        Outcome::Haproxy(r) => serde_json::to_value(&r.summary).unwrap_or(Value::Null),
+fn summary_value(ran: &Ran) -> Value {
+    match ran {
+        Ran::Kill { report, .. } => serde_json::to_value(&report.report.summary).unwrap_or(Value::Null),
+        Ran::Haproxy(r) => serde_json::to_value(&r.summary).unwrap_or(Value::Null),
         _ => Value::Null,
     }
 }
 
-fn metrics_of(command: &'static str, o: &Outcome, exit_code: u8) -> Metrics {
-    let base = Metrics { command, exit_code: i32::from(exit_code), ..Metrics::default() };
-    match o {
-        Outcome::Kill { report, .. } => {
+fn metrics_of(command: &'static str, ran: &Ran) -> Metrics {
+    let base = Metrics { command, exit_code: i32::from(exit_code(ran)), ..Metrics::default() };
+    let verdict = verdict_of(ran).map(|(v, _)| v);
+    match ran {
+        Ran::Kill { report, .. } => {
             let s = &report.report.summary;
             Metrics {
                 matched: s.matched,
@@ -129,19 +207,24 @@ fn metrics_of(command: &'static str, o: &Outcome, exit_code: u8) -> Metrics {
                 already_gone: s.already_gone,
                 failed: s.failed + s.unacknowledged + s.not_found,
                 remaining: s.remaining,
+                ambiguous: s.ambiguous,
+                verdict,
                 duration: Duration::from_millis(s.duration_ms),
                 ..base
             }
         }
-        Outcome::Haproxy(r) => Metrics {
+        Ran::Haproxy(r) => Metrics {
             matched: r.summary.initial,
             destroyed: r.summary.destroyed,
             already_gone: r.summary.already_gone,
             failed: r.summary.failed,
-            remaining: Some(r.summary.remaining + r.summary.ambiguous),
+            remaining: Some(r.summary.remaining),
+            ambiguous: r.summary.ambiguous,
+            verdict,
             duration: Duration::from_millis(r.duration_ms),
             ..base
         },
+        Ran::Failed(_) => Metrics { verdict: Some(Verdict::Failed { done: false }), ..base },
         _ => base,
     }
 }
@@ -162,9 +245,9 @@ struct Doc<'a, T: Serialize> {
     body: &'a T,
 }
 
-fn json_doc(out: &mut dyn Write, command: &'static str, o: &Outcome, code: u8, error: Option<&str>) -> io::Result<()> {
+fn json_doc(out: &mut dyn Write, command: &'static str, o: &Ran, code: u8, error: Option<&str>) -> io::Result<()> {
     match o {
-        Outcome::List { netns, filter, sockets, duration_ms } => {
+        Ran::List { netns, filter, sockets, duration_ms } => {
             #[derive(Serialize)]
             struct List<'a> {
                 netns: &'a Option<String>,
@@ -176,7 +259,7 @@ fn json_doc(out: &mut dyn Write, command: &'static str, o: &Outcome, code: u8, e
                 List { netns, filter, sockets, summary: json!({"count": sockets.len(), "duration_ms": duration_ms}) };
             json(out, &Doc { schema_version: SCHEMA_VERSION, command, exit_code: None, body: &body })
         }
-        Outcome::Kill { netns, filter, report } => {
+        Ran::Kill { netns, filter, report } => {
             #[derive(Serialize)]
             struct Kill<'a> {
                 netns: &'a Option<String>,
@@ -191,7 +274,7 @@ fn json_doc(out: &mut dyn Write, command: &'static str, o: &Outcome, code: u8, e
             let body = Kill { netns, filter, report, error: late };
             json(out, &Doc { schema_version: SCHEMA_VERSION, command, exit_code: Some(code), body: &body })
         }
-        Outcome::Haproxy(r) => {
+        Ran::Haproxy(r) => {
             #[derive(Serialize)]
             struct Haproxy<'a> {
                 #[serde(flatten)]
@@ -203,13 +286,13 @@ fn json_doc(out: &mut dyn Write, command: &'static str, o: &Outcome, code: u8, e
             let body = Haproxy { report: r, error: late };
             json(out, &Doc { schema_version: SCHEMA_VERSION, command, exit_code: Some(code), body: &body })
         }
-        Outcome::Check(r) => json(out, &Doc { schema_version: SCHEMA_VERSION, command, exit_code: None, body: r }),
-        Outcome::Text(bytes) => out.write_all(bytes),
-        Outcome::Written(files) => {
+        Ran::Check(r) => json(out, &Doc { schema_version: SCHEMA_VERSION, command, exit_code: None, body: r }),
+        Ran::Text(bytes) => out.write_all(bytes),
+        Ran::Written(files) => {
             let body = json!({ "files": files });
             json(out, &Doc { schema_version: SCHEMA_VERSION, command, exit_code: None, body: &body })
         }
-        Outcome::Failed(_) => error_doc(out, command, error.unwrap_or("error")),
+        Ran::Failed(_) => error_doc(out, command, error.unwrap_or("error")),
     }
 }
 
@@ -229,15 +312,15 @@ pub fn error_doc(out: &mut dyn Write, command: &str, error: &str) -> io::Result<
     json(out, &doc)
 }
 
-fn human(out: &mut dyn Write, o: &Outcome) -> io::Result<()> {
+fn human(out: &mut dyn Write, o: &Ran) -> io::Result<()> {
     match o {
-        Outcome::List { sockets, .. } => write_table(out, false, sockets.iter().map(|s| (None, s))),
-        Outcome::Kill { report, .. } => write_kill(out, report),
-        Outcome::Haproxy(r) => write_haproxy(out, r),
-        Outcome::Check(r) => write_check(out, r),
-        Outcome::Text(bytes) => out.write_all(bytes),
-        Outcome::Written(files) => files.iter().try_for_each(|f| writeln!(out, "{}", f.display())),
-        Outcome::Failed(_) => Ok(()),
+        Ran::List { sockets, .. } => write_table(out, false, sockets.iter().map(|s| (None, s))),
+        Ran::Kill { report, .. } => write_kill(out, report),
+        Ran::Haproxy(r) => write_haproxy(out, r),
+        Ran::Check(r) => write_check(out, r),
+        Ran::Text(bytes) => out.write_all(bytes),
+        Ran::Written(files) => files.iter().try_for_each(|f| writeln!(out, "{}", f.display())),
+        Ran::Failed(_) => Ok(()),
     }
 }
 
@@ -326,14 +409,14 @@ fn write_table<'a>(
     Ok(())
 }
 
-fn outcome_word(o: Fate) -> &'static str {
+fn outcome_word(o: Outcome) -> &'static str {
     match o {
-        Fate::WouldDestroy => "would-destroy",
-        Fate::Destroyed => "destroyed",
-        Fate::AlreadyGone => "already-gone",
-        Fate::NotFound => "NOT-FOUND",
-        Fate::Failed(_) => "FAILED",
-        Fate::Unacknowledged => "no-ack",
+        Outcome::WouldDestroy => "would-destroy",
+        Outcome::Destroyed => "destroyed",
+        Outcome::AlreadyGone => "already-gone",
+        Outcome::NotFound => "NOT-FOUND",
+        Outcome::Failed(_) => "FAILED",
+        Outcome::Unacknowledged => "no-ack",
     }
 }
 
@@ -351,8 +434,8 @@ fn entry_rows<'a>(
 
 fn write_reasons(out: &mut dyn Write, entries: &Ledger, spared: &[(&'static str, &[Spared])]) -> io::Result<()> {
     for e in entries.iter() {
-        if let Some(errno) = e.outcome.errno() {
-            writeln!(out, "failed: {} -> {}: {}", e.socket.local(), e.socket.peer(), errno_text(errno))?;
+        if let Some(why) = e.outcome.error_text() {
+            writeln!(out, "failed: {} -> {}: {why}", e.socket.local(), e.socket.peer())?;
         }
     }
     for (tag, list) in spared {
@@ -366,7 +449,7 @@ fn write_reasons(out: &mut dyn Write, entries: &Ledger, spared: &[(&'static str,
 fn write_kill(out: &mut dyn Write, k: &KillReport) -> io::Result<()> {
     let r = &k.report;
     let remaining = if r.dry_run { &[][..] } else { r.remaining.as_deref().unwrap_or(&[]) };
-    let spared = [("unsure", &r.unsure[..]), ("kept", &r.kept[..])];
+    let spared = [("ambiguous", &r.ambiguous[..]), ("other-server", &r.other_server[..])];
     write_table(out, true, entry_rows(&r.sockets, remaining, &spared))?;
     write_reasons(out, &r.sockets, &spared)?;
     if !k.processes_exited.is_empty() {
@@ -450,7 +533,7 @@ fn write_haproxy(out: &mut dyn Write, r: &haproxy::Report) -> io::Result<()> {
             last.map_or(String::new(), |t| format!(" (last seen gone at {t} ms)"))
         )?;
         let mut per: std::collections::BTreeMap<String, std::collections::BTreeMap<&str, usize>> = Default::default();
-        for e in r.destroyed.iter().filter(|e| e.outcome == Fate::Destroyed) {
+        for e in r.destroyed.iter().filter(|e| e.outcome == Outcome::Destroyed) {
             let pid = e.socket.owners.as_ref().and_then(|o| o.first()).map_or("?".to_string(), |o| o.pid.to_string());
             *per.entry(pid).or_default().entry(e.socket.state_name()).or_default() += 1;
         }
@@ -492,20 +575,14 @@ fn write_haproxy(out: &mut dyn Write, r: &haproxy::Report) -> io::Result<()> {
         "HAProxy's session count for the server (scur): {}",
         r.scur.map_or("-".to_string(), |s| s.to_string())
     )?;
-    let verdict = match (r.dry_run, r.clean) {
+    let head = match (r.dry_run, r.clean) {
         (true, true) => "no lingering sockets".to_string(),
-        (true, false) => format!("{} lingering sockets", r.remaining.len()),
+        (true, false) => "lingering sockets".to_string(),
         (false, true) => format!("CLEAN: no socket to the server since {} ms", r.last_seen_ms.unwrap_or(0)),
-        (false, false) => format!("NOT CLEAN: {} sockets remain after {} ms", r.remaining.len(), r.duration_ms),
+        (false, false) => format!("NOT CLEAN ({}) after {} ms", r.verdict.name(), r.duration_ms),
     };
-    let ambiguous =
-        if r.ambiguous.is_empty() { String::new() } else { format!("; {} AMBIGUOUS left alone", r.ambiguous.len()) };
-    let how = if r.interrupted {
-        " (interrupted by a signal)"
-    } else if r.error.is_some() {
-        " (stopped by an error)"
-    } else {
-        ""
-    };
-    writeln!(out, "result: {verdict}{ambiguous}{how}")
+    match &r.verdict_reason {
+        Some(why) => writeln!(out, "result: {head}: {why}"),
+        None => writeln!(out, "result: {head}"),
+    }
 }

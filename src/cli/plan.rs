@@ -1,20 +1,20 @@
-//! From what the user typed to what will be done: every check that can fail
-//! without touching anything happens here (filters, catch-all, durations and
-//! their bounds, the namespace, output and log paths), so an error is
+//! From what the user typed to what will be done, converted once: the
+//! command line's own bounds (durations, record paths, the namespace) are
+//! checked here, and the library's plans ([`KillPlan`], [`HaproxyPlan`]) check
+//! the rest (filter, catch-all, timing rules) exactly once. An error is
 //! reported before the first socket could be destroyed.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use sockkill::filter::Filter;
-use sockkill::haproxy::Options as HaproxyOptions;
-use sockkill::{audit, metrics, Error, Netns, Result};
+use sockkill::haproxy::{Options as HaproxyOptions, Plan as HaproxyPlan};
+use sockkill::{audit, metrics, Error, KillPlan, Netns, Result};
 
 use super::args::{Cli, Command, FilterArgs, HaproxyArgs, KillArgs};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
-const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Output and logging choices, common to every command.
@@ -25,32 +25,22 @@ pub struct Global {
     pub quiet: bool,
 }
 
-/// Where the run's records go.
+/// Where the run's audit trail goes (the metrics file is known before the
+/// plan: see [`metrics_target`]).
 #[derive(Debug, Clone, Default)]
 pub struct Records {
     pub audit_log: Option<PathBuf>,
-    pub metrics_file: Option<PathBuf>,
 }
 
 /// A validated command, ready to run.
 #[derive(Debug)]
 pub enum Plan {
     List { netns: Option<Netns>, filter: Filter, processes: bool },
-    Kill { netns: Option<Netns>, filter: Filter, options: sockkill::KillOptions, records: Records },
-    Haproxy { options: Box<HaproxyOptions>, records: Records },
+    Kill { netns: Option<Netns>, plan: Box<KillPlan>, records: Records },
+    Haproxy { plan: Box<HaproxyPlan>, records: Records },
     Completions(clap_complete::Shell),
     Man(Option<PathBuf>),
     Check { netns: Option<Netns> },
-}
-
-impl Plan {
-    /// The metrics textfile to write, if any.
-    pub fn metrics_file(&self) -> Option<&PathBuf> {
-        match self {
-            Plan::Kill { records, .. } | Plan::Haproxy { records, .. } => records.metrics_file.as_ref(),
-            _ => None,
-        }
-    }
 }
 
 /// The subcommand's name, before its arguments are validated.
@@ -62,6 +52,19 @@ pub fn command_name(cli: &Cli) -> &'static str {
         Command::Completions { .. } => "completions",
         Command::Man { .. } => "man",
         Command::Check { .. } => "check",
+    }
+}
+
+/// The metrics textfile a command line asks for, known before it is validated
+/// (an early failure writes one too), and the `server` label of a haproxy run.
+pub fn metrics_target(cli: &Cli) -> (Option<PathBuf>, Option<String>) {
+    match &cli.command {
+        Command::Kill { kill, .. } => (kill.metrics_file.clone(), None),
+        Command::Haproxy(a) => (
+            a.metrics_file.clone(),
+            a.server.as_ref().map(|(b, s)| format!("{b}/{s}")).or(a.addr.map(|a| a.to_string())),
+        ),
+        _ => (None, None),
     }
 }
 
@@ -87,27 +90,24 @@ fn open_netns(spec: Option<&str>) -> Result<Option<Netns>> {
     spec.map(Netns::open).transpose()
 }
 
-fn records(audit_log: Option<PathBuf>, metrics_file: Option<PathBuf>) -> Result<Records> {
+/// Checks the record files before anything is done: only a missing path or
+/// a regular file is ever written.
+fn records(audit_log: Option<PathBuf>, metrics_file: Option<&PathBuf>) -> Result<Records> {
     if let Some(p) = &audit_log {
         audit::check_path(p)?;
     }
-    if let Some(p) = &metrics_file {
+    if let Some(p) = metrics_file {
         metrics::check_target(p)?;
     }
-    Ok(Records { audit_log, metrics_file })
-}
-
-fn filter(args: &FilterArgs) -> Result<Filter> {
-    let f = args.to_filter();
-    f.validate()?;
-    Ok(f)
+    Ok(Records { audit_log })
 }
 
 /// Validates the command line into a plan.
 pub fn plan(cli: Cli) -> Result<Plan> {
     let plan = match cli.command {
+        // `list` changes nothing: the library checks the filter when it runs.
         Command::List { filter: f, processes } => {
-            Plan::List { filter: filter(&f)?, netns: open_netns(f.netns.as_deref())?, processes }
+            Plan::List { filter: f.to_filter(), netns: open_netns(f.netns.as_deref())?, processes }
         }
         Command::Kill { filter: f, kill } => kill_plan(&f, kill)?,
         Command::Haproxy(a) => haproxy_plan(a)?,
@@ -119,49 +119,25 @@ pub fn plan(cli: Cli) -> Result<Plan> {
 }
 
 fn kill_plan(f: &FilterArgs, k: KillArgs) -> Result<Plan> {
-    let filter = filter(f)?;
-    if filter.is_catch_all() && !k.allow_catch_all {
-        return Err(Error::CatchAll);
-    }
     let window = k.window.map(|w| nonzero("--for", w, DAY)).transpose()?;
     let interval = bounded("--interval", k.interval, MIN_INTERVAL, HOUR)?;
-    let records = records(k.audit_log, k.metrics_file)?;
-    let netns = open_netns(f.netns.as_deref())?;
     let options = sockkill::KillOptions {
         dry_run: k.dry_run,
         verify: !k.no_verify,
         processes: k.processes,
-        max: (k.max > 0 && !k.dry_run).then_some(k.max),
+        max: (k.max > 0).then_some(k.max),
         allow_catch_all: k.allow_catch_all,
         window,
         interval,
         ..sockkill::KillOptions::default()
     };
-    Ok(Plan::Kill { netns, filter, options, records })
+    let plan = KillPlan::new(f.to_filter(), options)?;
+    let records = records(k.audit_log, k.metrics_file.as_ref())?;
+    let netns = open_netns(f.netns.as_deref())?;
+    Ok(Plan::Kill { netns, plan: Box::new(plan), records })
 }
 
 fn haproxy_plan(a: HaproxyArgs) -> Result<Plan> {
-    let grace = bounded("--grace", a.grace, Duration::ZERO, HOUR)?;
-    let settle = bounded("--settle", a.settle, Duration::ZERO, HOUR)?;
-    let api_timeout = nonzero("--api-timeout", a.api_timeout, HOUR)?;
-    let window = a.window.map(|w| nonzero("--for", w, DAY)).transpose()?;
-    let floor = grace.saturating_add(settle);
-    let deadline = match a.deadline {
-        Some(d) => {
-            let d = nonzero("--deadline", d, DAY)?;
-            if d < floor {
-                return Err(Error::Usage(format!(
-                    "--deadline {d:?} is shorter than --grace + --settle ({floor:?}): nothing could ever be judged clean"
-                )));
-            }
-            d
-        }
-        None => match window {
-            Some(w) => w.saturating_add(settle).max(floor),
-            None => DEFAULT_DEADLINE.max(floor),
-        },
-    };
-    let records = records(a.audit_log, a.metrics_file)?;
     let options = HaproxyOptions {
         socket: a.socket,
         master_socket: a.master_socket,
@@ -171,15 +147,17 @@ fn haproxy_plan(a: HaproxyArgs) -> Result<Plan> {
         netns: a.netns,
         no_shutdown: a.no_shutdown,
         dry_run: a.dry_run,
-        grace,
-        settle,
-        deadline,
-        api_timeout,
+        grace: a.grace.map(|g| bounded("--grace", g, Duration::ZERO, HOUR)).transpose()?,
+        settle: bounded("--settle", a.settle, Duration::ZERO, HOUR)?,
+        deadline: a.deadline.map(|d| nonzero("--deadline", d, DAY)).transpose()?,
+        api_timeout: nonzero("--api-timeout", a.api_timeout, HOUR)?,
         poll: Duration::from_millis(100),
-        window,
+        window: a.window.map(|w| nonzero("--for", w, DAY)).transpose()?,
         max: (a.max > 0).then_some(a.max),
         cancel: None,
         audit: None,
     };
-    Ok(Plan::Haproxy { options: Box::new(options), records })
+    let plan = HaproxyPlan::new(options)?;
+    let records = records(a.audit_log, a.metrics_file.as_ref())?;
+    Ok(Plan::Haproxy { plan: Box::new(plan), records })
 }

@@ -40,6 +40,11 @@ impl Outcome {
         }
     }
 
+    /// Why the kernel refused it (`EPERM (Operation not permitted)`), for a refused destroy.
+    pub fn error_text(self) -> Option<String> {
+        self.errno().map(errno_text)
+    }
+
     /// The word used for it in tables and JSON.
     pub fn name(self) -> &'static str {
         match self {

@@ -68,12 +68,12 @@ impl SockDiag {
 
     /// Wraps an already-open socket, for tests that feed crafted replies
     /// through the real receive loop (e.g. one end of a datagram socketpair).
-    #[doc(hidden)]
     pub fn from_socket(sock: netlink_sys::Socket) -> SockDiag {
         SockDiag { sock, seq: 0, buf: vec![0; RECV_BUF], out: Vec::with_capacity(DESTROY_BATCH * 72) }
     }
 
     /// The netlink port id the kernel gave this socket.
+    #[cfg(any(test, feature = "testing"))]
     pub fn port_id(&self) -> Result<u32> {
         let mut addr = netlink_sys::SocketAddr::new(0, 0);
         self.sock.get_address(&mut addr).map_err(|e| Error::netlink("getsockname", e))?;
@@ -81,7 +81,7 @@ impl SockDiag {
     }
 
     /// Sets SO_RCVBUF, for tests of lost acks (the kernel drops what does not fit).
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "testing"))]
     pub fn set_recv_buffer(&self, bytes: usize) -> Result<()> {
         self.sock.set_rx_buf_sz(bytes).map_err(|e| Error::netlink("setsockopt", e))
     }

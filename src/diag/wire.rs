@@ -21,6 +21,7 @@ use crate::socket::TcpSocket;
 
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const NLA_HDR_LEN: usize = 4;
+#[cfg(any(test, feature = "testing"))]
 const INET_REQUEST_LEN: usize = 56;
 
 /// The longest bytecode program one request attribute can carry (its length is a u16).
@@ -64,6 +65,7 @@ pub struct DumpSpec<'a> {
     pub dport: u16,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl<'a> DumpSpec<'a> {
     /// A dump of `family` in `states` through `bytecode`, without port pre-filters.
     pub fn new(family: u8, states: StateSet, bytecode: &'a [u8]) -> DumpSpec<'a> {
@@ -225,6 +227,7 @@ pub fn decode_each(datagram: &[u8], mut each: impl FnMut(Reply)) -> Result<()> {
 }
 
 /// Decodes every netlink message in one datagram into a vector.
+#[cfg(any(test, feature = "testing"))]
 pub fn decode(datagram: &[u8]) -> Result<Vec<Reply>> {
     let mut out = Vec::new();
     decode_each(datagram, |r| out.push(r))?;
@@ -232,21 +235,29 @@ pub fn decode(datagram: &[u8]) -> Result<Vec<Reply>> {
 }
 
 /// A dump request as the kernel reads it (for tests of the encoder).
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, PartialEq, Eq)]
 pub struct DumpRequest {
+    /// nlmsg_flags.
     pub flags: u16,
+    /// nlmsg_seq.
     pub seq: u32,
+    /// The family asked for (AF_UNSPEC in the one-walk request).
     pub family: u8,
+    /// IPPROTO_TCP.
     pub protocol: u8,
+    /// The state mask, as sent.
     pub states: u32,
+    /// The local port pre-filter.
     pub sport: u16,
+    /// The peer port pre-filter.
     pub dport: u16,
+    /// The bytecode attribute's program.
     pub bytecode: Vec<u8>,
 }
 
 /// Reads back a dump request built by [`encode_dump`] (for tests of the encoder).
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub fn decode_dump_request(bytes: &[u8]) -> Result<DumpRequest> {
     let decode = |e: netlink_packet_core::DecodeError| Error::Decode(e.to_string());
     let buf = NetlinkBuffer::new_checked(bytes).map_err(decode)?;

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tracing::debug;
 
-use super::{Engine, Query};
+use super::session::{Engine, Query};
 use crate::diag::{DumpStatus, SockDiag};
 use crate::error::{Error, Result};
 use crate::filter::TcpState;
@@ -43,7 +43,7 @@ impl Engine {
             [af0, af1, ..] => std::thread::scope(|scope| {
                 let other = scope.spawn(|| dump_family(d1, *af1, query));
                 let mut first = dump_family(d0, *af0, query)?;
-                let second = other.join().map_err(|_| Error::Other("dump thread panicked".into()))??;
+                let second = other.join().map_err(|_| Error::Internal("a dump thread panicked".into()))??;
                 // A socket is in one family's table only: no duplicates across the two.
                 first.extend(second);
                 Ok::<_, Error>(first)
@@ -75,7 +75,10 @@ pub fn dump_family(diag: &mut SockDiag, family: u8, query: &Query) -> Result<Vec
         out.clear();
         debug!(family, tries, "dump interrupted (NLM_F_DUMP_INTR); dumping again");
     }
-    Err(Error::Other(format!(
-        "the kernel interrupted the socket dump {MAX_DUMP_RETRIES} times (table changing too fast); nothing was acted on from it"
-    )))
+    Err(Error::Netlink {
+        op: "dump",
+        source: std::io::Error::other(format!(
+            "the kernel interrupted the socket dump {MAX_DUMP_RETRIES} times (table changing too fast); nothing was acted on from it"
+        )),
+    })
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
-use super::Engine;
+use super::session::Engine;
 use crate::audit::AuditLog;
 use crate::cancel::Cancel;
 use crate::diag::{errno_text, Outcome, SockDiag, DESTROY_BATCH};
@@ -56,7 +56,7 @@ impl Engine {
                         a.outcomes.extend(b.outcomes);
                         a.error = a.error.or(b.error);
                     }
-                    Err(_) => a.error = a.error.or(Some(Error::Other("destroy thread panicked".into()))),
+                    Err(_) => a.error = a.error.or(Some(Error::Internal("a destroy thread panicked".into()))),
                 }
                 a
             };

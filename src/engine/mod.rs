@@ -1,92 +1,39 @@
-//! The road every command takes: collect (one kernel-filtered dump per
-//! family), classify (through a [`Judge`]), destroy (cookie-exact, batched,
-//! acknowledged), and look again, under a [`Policy`] — in one loop,
-//! [`enforce::Run`], shared by `kill` and the HAProxy mode.
+//! The road every command takes: collect (one kernel-filtered dump), classify
+//! (through a judge), destroy (cookie-exact, batched, acknowledged), and look
+//! again, under a policy — in one loop ([`run`]), shared by `kill` and the
+//! HAProxy mode — and the [`Verdict`] of the whole.
 
 mod collect;
 mod destroy;
-pub mod enforce;
-pub mod owners;
-
-pub use collect::dump_family;
-pub use destroy::DestroyPass;
-pub use enforce::{Class, Entry, Judge, Ledger, Policy, Report, Run, Summary};
-
-use ipnet::IpNet;
-
-use crate::diag::{bytecode, DumpSpec, SockDiag};
-use crate::error::{Error, Result};
-use crate::filter::{Family, Filter, PortRange};
-use crate::netns::Netns;
-use crate::procfs::SockStat;
-
-/// A sock_diag session in one network namespace: two netlink sockets (the
-/// families are dumped, and large destroy sets destroyed, on both cores) and
-/// the namespace's socket counters.
-pub struct Engine {
-    diag: [SockDiag; 2],
-    /// `None` when /proc cannot tell: then every family is always dumped.
-    stat: Option<SockStat>,
+mod judge;
+mod ledger;
+mod policy;
+mod session;
+mod verdict;
+crate::internal! {
+    /// Which processes hold which sockets, cheaply enough to ask on every poll.
+    mod owners;
+}
+crate::internal! {
+    /// The enforcement loop: its rules as a pure state machine, and the driver.
+    mod run;
 }
 
-impl Engine {
-    /// Opens a session in `netns`, or in the calling thread's namespace.
-    pub fn open(netns: Option<&Netns>) -> Result<Engine> {
-        // Everything bound to the namespace is opened on the thread that entered it.
-        let here = || -> Result<Engine> {
-            Ok(Engine { diag: [SockDiag::open()?, SockDiag::open()?], stat: SockStat::open().ok() })
-        };
-        match netns {
-            Some(ns) => ns.run(here)?,
-            None => here(),
-        }
-    }
-}
+pub use ledger::{Entry, Ledger, Spared};
+pub use run::{End, RunReport, Summary};
+pub use verdict::Verdict;
 
-/// A filter made ready for the kernel: bytecode compiled once, families
-/// chosen, and single ports lifted into the request header.
-#[derive(Debug, Clone)]
-pub struct Query {
-    filter: Filter,
-    bytecode: Vec<u8>,
-    families: Vec<u8>,
-    sport: u16,
-    dport: u16,
-}
-
-impl Query {
-    /// Validates `filter` and compiles it.
-    pub fn new(filter: Filter) -> Result<Query> {
-        filter.validate()?;
-        let bytecode = bytecode::compile(&filter);
-        if bytecode.len() > crate::diag::wire::MAX_BYTECODE {
-            return Err(Error::InvalidFilter("too many --dst/--src/--dport/--sport values".into()));
-        }
-        let only_v6 = |nets: &[IpNet]| !nets.is_empty() && nets.iter().all(|n| matches!(n, IpNet::V6(_)));
-        // The AF_INET6 dump also returns IPv4-mapped sockets, so IPv4 needs both
-        // dumps; pure IPv6 needs only the second one.
-        let families = if filter.family == Some(Family::V6) || only_v6(&filter.dst) || only_v6(&filter.src) {
-            vec![libc::AF_INET6 as u8]
-        } else {
-            vec![libc::AF_INET as u8, libc::AF_INET6 as u8]
-        };
-        // One nonzero port is also checked in the header, where the kernel looks
-        // before it runs the bytecode (which still decides).
-        let single = |ranges: &[PortRange]| match ranges {
-            [r] if r.lo == r.hi => r.lo,
-            _ => 0,
-        };
-        let (sport, dport) = (single(&filter.sport), single(&filter.dport));
-        Ok(Query { filter, bytecode, families, sport, dport })
-    }
-
-    /// The dump request for `family`.
-    pub fn spec(&self, family: u8) -> DumpSpec<'_> {
-        DumpSpec { family, states: self.filter.states, bytecode: &self.bytecode, sport: self.sport, dport: self.dport }
-    }
-
-    /// The filter this query was built from.
-    pub fn filter(&self) -> &Filter {
-        &self.filter
-    }
-}
+#[cfg(feature = "testing")]
+pub use self::{
+    collect::dump_family,
+    destroy::DestroyPass,
+    judge::{Class, Judge},
+    policy::{Policy, MAX_PASSES},
+    session::{Engine, Query},
+};
+#[cfg(not(feature = "testing"))]
+pub(crate) use self::{
+    judge::{Class, Judge},
+    policy::Policy,
+    session::{Engine, Query},
+};

@@ -70,6 +70,7 @@ impl Holders {
     }
 
     /// How many times the fd tables were read (for the benchmark and tests).
+    #[cfg(any(test, feature = "testing"))]
     pub fn scans(&self) -> usize {
         self.scans
     }

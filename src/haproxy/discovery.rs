@@ -21,7 +21,7 @@ use super::parse::{self, Info};
 use crate::cancel::Cancel;
 use crate::diag::SockDiag;
 use crate::engine::{Engine, Query};
-use crate::error::{Error, Result};
+use crate::error::{HaproxyError, Result};
 use crate::filter::{Filter, PortRange, StateSet};
 use crate::netns::{self, Netns};
 use crate::procfs::{self, Process};
@@ -224,9 +224,10 @@ pub fn discover(
         Some(a) => a,
         None if !pids.is_empty() => Worker { pid: pids[0], inner_pid: inner_pid(pids[0]) },
         None => {
-            return Err(Error::Haproxy(
+            return Err(HaproxyError::Topology(
                 "cannot tell which process answers the stats socket (not found through the connection, and no single HAProxy process has the pid `show info` prints): give --pid".into(),
-            ))
+            )
+            .into())
         }
     };
     let workers = if !pids.is_empty() {
@@ -247,7 +248,7 @@ pub fn discover(
             }
         }
         if workers.is_empty() {
-            return Err(Error::Haproxy(format!("the master CLI at {cli} lists no worker that runs here")));
+            return Err(HaproxyError::Topology(format!("the master CLI at {cli} lists no worker that runs here")).into());
         }
         workers
     } else if let Some(m) = master {
@@ -280,10 +281,11 @@ pub fn namespace_of(pids: &[u32], explicit: Option<&str>) -> Result<Option<Netns
     }
     if seen.len() > 1 {
         let list: Vec<String> = seen.iter().map(|(ino, (pid, _))| format!("pid {pid} in net:[{ino}]")).collect();
-        return Err(Error::Haproxy(format!(
+        return Err(HaproxyError::Topology(format!(
             "the HAProxy processes span several network namespaces ({}): give --pid and --netns",
             list.join(", ")
-        )));
+        ))
+        .into());
     }
     let Some((ino, (_, ns))) = seen.into_iter().next() else { return Ok(None) };
     Ok((ino != netns::current_netns_inode()?).then_some(ns))

@@ -1,28 +1,29 @@
-//! Which of HAProxy's sockets to the server's address are the named server's,
-//! from HAProxy's own stream table.
+//! Which of HAProxy's sockets to the server's address are the named server's.
 //!
 //! A candidate is a socket an HAProxy process holds whose peer is the
-//! server's address. It is destroyed only when HAProxy attributes it to the
-//! server (its stream's `srv=`), or HAProxy lists no stream for it (the
-//! lingering sessions this tool exists for, idle pooled connections) and no
-//! other server in the current worker's configuration has that address.
-//! Sockets of another server are kept; unlisted sockets at a shared address
-//! are left alone as unsure. A socket is attributed once (cached by cookie),
-//! and HAProxy is asked only when an unattributed candidate exists — always
-//! after the dump that found it, so a brand-new stream is in the table.
+//! server's address. HAProxy names its server through one of its two tables
+//! ([`super::attribution`]): a stream's `srv=` (`show sess`), or the
+//! connection's own `sv=` (`show fd`: idle pools, connections an idle client
+//! session owns, idle h2 — everything without a stream). A named socket
+//! follows one rule whichever table named it; a socket neither table names
+//! is *unlisted*. The rule ([`Rule`]) is pure and unit-tested. A socket is
+//! attributed once (cached by cookie), and HAProxy is asked only when an
+//! unattributed candidate exists — always after the dump that found it, so a
+//! brand-new stream is in the table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use serde::Serialize;
 use tracing::{debug, warn};
 
 use super::api::Api;
-use super::discovery::Worker;
-use super::parse::{self, ServerState, Stream};
-use crate::engine::enforce::{Class, Judge};
-use crate::engine::owners::Holders;
-use crate::error::{Error, Result};
+use super::attribution::{Attributor, Candidate, Source, Tables};
+use super::discovery::Topology;
+use super::parse::{ServerState, Stream};
+use crate::engine::owners::{Holders, Holding};
+use crate::engine::{Class, Judge};
+use crate::error::Result;
 use crate::filter::canonical_ip;
 use crate::socket::TcpSocket;
 
@@ -51,8 +52,18 @@ pub struct Closed {
     pub at_ms: u64,
 }
 
-/// The one rule for what is a target (see the module docs): pure, given the
-/// target, the address and the current worker's configuration.
+/// Whose process holds a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// The worker answering the stats socket: its configuration is the one
+    /// `show servers state` printed.
+    Current,
+    /// Another process (an old worker after a reload): its configuration may differ.
+    Other,
+}
+
+/// The one rule for what is a target: pure, given the target, the address
+/// and the current worker's configuration.
 #[derive(Debug, Clone)]
 pub struct Rule {
     target: Target,
@@ -73,44 +84,78 @@ impl Rule {
         self.config.iter().filter(move |s| s.addr.map(canonical_ip) == Some(ip) && (s.port == port || s.port == 0))
     }
 
+    fn is_configured(&self, be: &str, srv: &str) -> bool {
+        self.config.iter().any(|s| s.backend == be && s.name == srv)
+    }
+
     /// Whether server `be/srv`'s connections could go to this address: it is
     /// configured here, or the current configuration no longer has it.
     pub fn may_be_at_addr(&self, be: &str, srv: &str) -> bool {
-        let mut configured = self.config.iter().filter(|s| s.backend == be && s.name == srv).peekable();
-        configured.peek().is_none() || self.configured_at_addr().any(|s| s.backend == be && s.name == srv)
+        !self.is_configured(be, srv) || self.configured_at_addr().any(|s| s.backend == be && s.name == srv)
     }
 
-    /// The verdict on one candidate from its stream's server (`be/srv`), or —
-    /// `attributed` being `None` — from its absence (`unlisted_why` says why).
-    pub fn decide(&self, attributed: Option<(&str, &str)>, unlisted_why: &str) -> Class {
-        match (attributed, &self.target) {
-            (Some((be, srv)), Target::Named { backend, server }) => {
+    /// `(backend, server)` as printed, or swapped when only the swapped pair
+    /// is configured (`show fd` printed `SERVER/BACKEND` before 2.5).
+    pub fn orient<'a>(&self, a: &'a str, b: &'a str) -> (&'a str, &'a str) {
+        if !self.is_configured(a, b) && self.is_configured(b, a) {
+            (b, a)
+        } else {
+            (a, b)
+        }
+    }
+
+    /// The verdict on one candidate held by `holder`, from the server a table
+    /// named (`named`), or — `None` — from no table naming it (`why`).
+    pub fn decide(&self, named: Option<&Source>, holder: Holder, why: &str) -> Class {
+        let others = |exclude: Option<(&str, &str)>| -> Vec<String> {
+            self.configured_at_addr()
+                .filter(|s| exclude.is_none_or(|(b, n)| !(s.backend == b && s.name == n)))
+                .map(|s| format!("{}/{}", s.backend, s.name))
+                .collect()
+        };
+        match (named, &self.target) {
+            (Some(src), Target::Named { backend, server }) => {
+                let (be, srv) = src.server();
                 if be == backend && srv == server {
                     Class::Target
                 } else {
-                    Class::Keep(format!("HAProxy attributes it to {be}/{srv}"))
+                    Class::OtherServer(format!("HAProxy attributes it to {be}/{srv} (`{}`)", src.table()))
                 }
             }
-            (Some((be, srv)), Target::Gone) => {
+            (Some(src), Target::Gone) => {
+                let (be, srv) = src.server();
                 if self.configured_at_addr().any(|s| s.backend == be && s.name == srv) {
-                    Class::Keep(format!("HAProxy attributes it to {be}/{srv}, still configured at {}", self.addr))
+                    Class::OtherServer(format!(
+                        "HAProxy attributes it to {be}/{srv} (`{}`), still configured at {}",
+                        src.table(),
+                        self.addr
+                    ))
                 } else {
                     Class::Target
                 }
             }
-            (None, target) => {
-                let others: Vec<String> = self
-                    .configured_at_addr()
-                    .filter(|s| match target {
-                        Target::Named { backend, server } => !(&s.backend == backend && &s.name == server),
-                        Target::Gone => true,
-                    })
-                    .map(|s| format!("{}/{}", s.backend, s.name))
-                    .collect();
+            (None, Target::Named { backend, server }) => {
+                let others = others(Some((backend.as_str(), server.as_str())));
                 if others.is_empty() {
                     Class::Target
                 } else {
-                    Class::Unsure(format!("{unlisted_why}, and {} share the address", others.join(", ")))
+                    Class::Ambiguous(format!("{why}, and {} share the address", others.join(", ")))
+                }
+            }
+            (None, Target::Gone) => {
+                let others = others(None);
+                match (others.is_empty(), holder) {
+                    (true, _) => Class::Target,
+                    // The current worker's configuration is the truth for the current worker:
+                    // a connection of its own to this address is one of these servers'.
+                    (false, Holder::Current) => Class::OtherServer(format!(
+                        "{why}; the current worker's configuration has {} at {}",
+                        others.join(", "),
+                        self.addr
+                    )),
+                    (false, Holder::Other) => {
+                        Class::Ambiguous(format!("{why}, and {} share the address", others.join(", ")))
+                    }
                 }
             }
         }
@@ -121,46 +166,50 @@ impl Rule {
 pub struct HaproxyJudge {
     rule: Rule,
     holders: Holders,
-    workers: Vec<Worker>,
+    workers: Vec<u32>,
     answering: u32,
-    api: Api,
-    master: Option<Api>,
+    attributor: Attributor,
     verdicts: HashMap<u64, Class>,
     /// Sockets HAProxy closed by itself.
     pub closed: Vec<Closed>,
-    /// `show sess` answers asked for.
-    pub tables_read: usize,
 }
 
+/// A process's stream table as read during one look (each asked at most once per look).
+type StreamTables = HashMap<u32, std::result::Result<Vec<Stream>, String>>;
+
 impl HaproxyJudge {
-    /// A judge for sockets to `addr` held by `workers`; `api` reaches the
-    /// answering worker, `master` (the master CLI) the others.
+    /// A judge for sockets to `addr` held by the processes of `topo`; `api`
+    /// reaches the answering worker, `master` (the master CLI) the others.
     pub fn new(
         target: Target,
         addr: SocketAddr,
         config: Vec<ServerState>,
-        workers: Vec<Worker>,
-        answering: u32,
+        topo: &Topology,
+        version: &str,
         api: Api,
         master: Option<Api>,
     ) -> Result<HaproxyJudge> {
-        let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
+        let pids: Vec<u32> = topo.workers.iter().map(|w| w.pid).collect();
+        let answering = topo.answering.pid;
         Ok(HaproxyJudge {
             rule: Rule::new(target, addr, config),
             holders: Holders::new(&pids)?,
-            workers,
+            workers: pids,
             answering,
-            api,
-            master,
+            attributor: Attributor::new(api, master, topo.workers.clone(), answering, version),
             verdicts: HashMap::new(),
             closed: Vec::new(),
-            tables_read: 0,
         })
     }
 
     /// The API of the answering worker (for the final `show stat`).
     pub fn api(&self) -> &Api {
-        &self.api
+        self.attributor.api()
+    }
+
+    /// The HAProxy tables read so far, and their size.
+    pub fn tables(&self) -> &Tables {
+        self.attributor.tables()
     }
 
     /// Workers that exited during the run.
@@ -169,31 +218,17 @@ impl HaproxyJudge {
     }
 
     /// How often the workers' fd tables were read.
+    #[cfg(any(test, feature = "testing"))]
     pub fn fd_scans(&self) -> usize {
         self.holders.scans()
     }
 
-    /// The stream table of `pid`, or why it cannot be had. Only a cancel
-    /// request is an error: the run stops.
-    fn table(&mut self, pid: u32) -> Result<std::result::Result<Vec<Stream>, String>> {
-        let answer = if pid == self.answering {
-            self.api.command("show sess")
-        } else {
-            let Some(master) = &self.master else {
-                return Ok(Err(format!("HAProxy pid {pid} cannot be asked (no master CLI)")));
-            };
-            let inner = self.workers.iter().find(|w| w.pid == pid).map_or(pid, |w| w.inner_pid);
-            master.command(&format!("@!{inner} show sess"))
-        };
-        self.tables_read += 1;
-        Ok(match answer {
-            Ok(text) => match parse::check_query("show sess", &text) {
-                Ok(()) => Ok(parse::parse_sess(&text)),
-                Err(e) => Err(format!("HAProxy pid {pid} gave no stream table ({e})")),
-            },
-            Err(e @ Error::Interrupted(_)) => return Err(e),
-            Err(e) => Err(format!("HAProxy pid {pid} gave no stream table ({e})")),
-        })
+    /// The named server, for narrowed questions.
+    fn named(&self) -> Option<(String, String)> {
+        match &self.rule.target {
+            Target::Named { backend, server } => Some((backend.clone(), server.clone())),
+            Target::Gone => None,
+        }
     }
 
     /// Finds who holds the sockets of `sockets` with an unknown inode. The
@@ -201,25 +236,16 @@ impl HaproxyJudge {
     /// and one fd link per stream whose server could be at this address (one
     /// configured there, or one the configuration no longer has). Whatever is
     /// still unknown then costs a full read of the processes' fd tables.
-    fn find_new_holders(
-        &mut self,
-        sockets: &[TcpSocket],
-        tables: &mut HashMap<u32, std::result::Result<Vec<Stream>, String>>,
-    ) -> Result<()> {
-        let mut unknown: std::collections::HashSet<u32> =
-            sockets.iter().map(|s| s.inode).filter(|i| !self.holders.knows(*i)).collect();
-        let askable: Vec<u32> = self
-            .workers
-            .iter()
-            .map(|w| w.pid)
-            .filter(|&p| p == self.answering || self.master.is_some())
-            .filter(|p| self.holders.pids().contains(p))
-            .collect();
+    fn find_new_holders(&mut self, sockets: &[TcpSocket], tables: &mut StreamTables) -> Result<()> {
+        let mut unknown: HashSet<u32> = sockets.iter().map(|s| s.inode).filter(|i| !self.holders.knows(*i)).collect();
+        let live = self.holders.pids();
+        let askable: Vec<u32> =
+            self.workers.iter().copied().filter(|&p| self.attributor.askable(p) && live.contains(&p)).collect();
         for pid in askable {
             if unknown.is_empty() {
                 break;
             }
-            let table = self.table(pid)?;
+            let table = self.attributor.streams(pid, None)?;
             if let Ok(streams) = &table {
                 for st in streams {
                     let (Some(fd), Some(be), Some(srv)) = (st.fd, st.backend.as_deref(), st.server.as_deref()) else {
@@ -230,7 +256,7 @@ impl HaproxyJudge {
                     }
                     let Some(inode) = crate::procfs::socket_of_fd(pid, fd) else { continue };
                     if unknown.remove(&inode) {
-                        self.holders.learn(inode, crate::engine::owners::Holding { pid, fd });
+                        self.holders.learn(inode, Holding { pid, fd });
                     }
                 }
             }
@@ -242,12 +268,76 @@ impl HaproxyJudge {
         }
         Ok(())
     }
+
+    /// Attributes the candidates `idx` of `sockets` that process `pid` holds.
+    fn attribute(
+        &mut self,
+        pid: u32,
+        sockets: &[TcpSocket],
+        idx: &[usize],
+        tables: &mut StreamTables,
+    ) -> Result<Vec<(usize, Option<Source>, String)>> {
+        let fd_of = |s: &TcpSocket| self.holders.holder(s).map(|h| h.fd);
+        let candidates: Vec<(usize, Candidate)> = idx
+            .iter()
+            .filter_map(|&i| {
+                let s = &sockets[i];
+                Some((i, Candidate { fd: fd_of(s)?, lport: s.local().port(), rport: s.peer().port() }))
+            })
+            .collect();
+        let mut named: HashMap<u32, Source> = HashMap::new();
+        let mut why = format!("no HAProxy table of pid {pid} names it");
+        // Streams first: a table already read in this look, or — when many are
+        // unattributed — one read (narrowed to the named server where possible).
+        let stream_table = match tables.get(&pid) {
+            Some(t) => Some(t.clone()),
+            None if candidates.len() > super::attribution::FEW => {
+                let named_server = self.named();
+                let t = self.attributor.streams(pid, named_server.as_ref().map(|(b, s)| (b.as_str(), s.as_str())))?;
+                Some(t)
+            }
+            None => None,
+        };
+        match &stream_table {
+            Some(Ok(streams)) => {
+                for st in streams {
+                    if let (Some(fd), Some(be), Some(srv)) = (st.fd, &st.backend, &st.server) {
+                        named.insert(fd, Source::Stream(be.clone(), srv.clone()));
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                warn!(pid, why = %e, "no stream table");
+                why = e.clone();
+            }
+            None => {}
+        }
+        // Then the connection table for what no stream names.
+        let rest: Vec<Candidate> =
+            candidates.iter().filter(|(_, c)| !named.contains_key(&c.fd)).map(|(_, c)| *c).collect();
+        if !rest.is_empty() {
+            match self.attributor.fd_lines(pid, &rest)? {
+                Ok(lines) => {
+                    for (fd, conn) in lines {
+                        if let Some((a, b)) = &conn.server {
+                            let (be, srv) = self.rule.orient(a, b);
+                            named.insert(fd, Source::Connection(be.to_string(), srv.to_string()));
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(pid, why = %e, "no connection table");
+                    why = e;
+                }
+            }
+        }
+        Ok(candidates.into_iter().map(|(i, c)| (i, named.get(&c.fd).cloned(), why.clone())).collect())
+    }
 }
 
 impl Judge for HaproxyJudge {
     fn classify(&mut self, sockets: &mut [TcpSocket]) -> Result<Vec<Class>> {
-        // Stream tables read during this look, by pid (each asked at most once).
-        let mut tables: HashMap<u32, std::result::Result<Vec<Stream>, String>> = HashMap::new();
+        let mut tables = StreamTables::new();
         if sockets.iter().any(|s| !self.holders.knows(s.inode)) {
             self.find_new_holders(sockets, &mut tables)?;
         }
@@ -261,29 +351,11 @@ impl Judge for HaproxyJudge {
             }
         }
         for (pid, idx) in pending {
-            if let std::collections::hash_map::Entry::Vacant(slot) = tables.entry(pid) {
-                slot.insert(self.table(pid)?);
-            }
-            let table = &tables[&pid];
-            if let Err(why) = table {
-                warn!(pid, why = %why, "no stream table: sockets of this process count as unlisted");
-            }
-            let by_fd: HashMap<u32, (&str, &str)> = table
-                .as_ref()
-                .map(|t| {
-                    t.iter().filter_map(|s| Some((s.fd?, (s.backend.as_deref()?, s.server.as_deref()?)))).collect()
-                })
-                .unwrap_or_default();
-            let unlisted_why = match table {
-                Ok(_) => format!("HAProxy (pid {pid}) lists no stream for it"),
-                Err(why) => why.clone(),
-            };
-            for i in idx {
-                let s = &sockets[i];
-                let attributed = self.holders.holder(s).and_then(|h| by_fd.get(&h.fd).copied());
-                let class = self.rule.decide(attributed, &unlisted_why);
-                debug!(cookie = s.cookie(), pid, ?attributed, ?class, "attributed");
-                self.verdicts.insert(s.cookie(), class);
+            let holder = if pid == self.answering { Holder::Current } else { Holder::Other };
+            for (i, source, why) in self.attribute(pid, sockets, &idx, &mut tables)? {
+                let class = self.rule.decide(source.as_ref(), holder, &why);
+                debug!(cookie = sockets[i].cookie(), pid, ?source, ?class, "attributed");
+                self.verdicts.insert(sockets[i].cookie(), class);
             }
         }
         Ok(sockets
@@ -312,20 +384,32 @@ mod tests {
         Target::Named { backend: be.into(), server: srv.into() }
     }
 
-    const WHY: &str = "no stream";
+    fn stream(be: &str, srv: &str) -> Source {
+        Source::Stream(be.into(), srv.into())
+    }
+
+    fn conn(be: &str, srv: &str) -> Source {
+        Source::Connection(be.into(), srv.into())
+    }
+
+    const WHY: &str = "no table names it";
 
     #[test]
-    fn named_server_attribution_decides() {
+    fn named_server_attribution_decides_whichever_table_named_it() {
         let addr: SocketAddr = "10.88.0.11:9001".parse().unwrap();
         let shared = vec![server("be_a", "a1", "10.88.0.11", 9001), server("be_b", "b1", "10.88.0.11", 9001)];
         let r = Rule::new(named("be_a", "a1"), addr, shared.clone());
-        assert_eq!(r.decide(Some(("be_a", "a1")), WHY), Class::Target);
-        assert!(matches!(r.decide(Some(("be_b", "b1")), WHY), Class::Keep(why) if why.contains("be_b/b1")));
-        // Unlisted at an address be_b/b1 shares: cannot tell, left alone.
-        assert!(matches!(r.decide(None, WHY), Class::Unsure(why) if why.contains("be_b/b1") && why.starts_with(WHY)));
+        for h in [Holder::Current, Holder::Other] {
+            assert_eq!(r.decide(Some(&stream("be_a", "a1")), h, WHY), Class::Target);
+            assert_eq!(r.decide(Some(&conn("be_a", "a1")), h, WHY), Class::Target);
+            assert!(matches!(r.decide(Some(&stream("be_b", "b1")), h, WHY), Class::OtherServer(w) if w.contains("be_b/b1") && w.contains("show sess")));
+            assert!(matches!(r.decide(Some(&conn("be_b", "b1")), h, WHY), Class::OtherServer(w) if w.contains("show fd")));
+            // Unlisted at an address be_b/b1 shares: cannot tell, left alone.
+            assert!(matches!(r.decide(None, h, WHY), Class::Ambiguous(w) if w.contains("be_b/b1") && w.starts_with(WHY)));
+        }
         // Unlisted, nobody else there: the lingering case, a target.
         let alone = Rule::new(named("be_a", "a1"), addr, vec![shared[0].clone()]);
-        assert_eq!(alone.decide(None, WHY), Class::Target);
+        assert_eq!(alone.decide(None, Holder::Other, WHY), Class::Target);
     }
 
     #[test]
@@ -333,22 +417,27 @@ mod tests {
         let addr: SocketAddr = "127.0.0.11:9001".parse().unwrap();
         // A reload renamed s1 to s1b at the same address.
         let r = Rule::new(Target::Gone, addr, vec![server("be", "s1b", "127.0.0.11", 9001)]);
-        assert_eq!(r.decide(Some(("be", "s1")), WHY), Class::Target);
-        assert!(matches!(r.decide(Some(("be", "s1b")), WHY), Class::Keep(_)));
-        assert!(matches!(r.decide(None, WHY), Class::Unsure(_)));
+        assert_eq!(r.decide(Some(&stream("be", "s1")), Holder::Other, WHY), Class::Target);
+        assert_eq!(r.decide(Some(&conn("be", "s1")), Holder::Other, WHY), Class::Target);
+        assert!(matches!(r.decide(Some(&conn("be", "s1b")), Holder::Other, WHY), Class::OtherServer(_)));
+        // An old worker's unlisted socket: it may have had another server there.
+        assert!(matches!(r.decide(None, Holder::Other, WHY), Class::Ambiguous(_)));
+        // The current worker's own unlisted socket is its configured server's.
+        assert!(matches!(r.decide(None, Holder::Current, WHY), Class::OtherServer(w) if w.contains("be/s1b")));
         // A reload removed it: nothing configured there any more.
         let gone = Rule::new(Target::Gone, addr, vec![server("be", "s2", "127.0.0.12", 9002)]);
-        assert_eq!(gone.decide(None, WHY), Class::Target);
+        assert_eq!(gone.decide(None, Holder::Other, WHY), Class::Target);
+        assert_eq!(gone.decide(None, Holder::Current, WHY), Class::Target);
         // A server that uses the client's port (0) shares every port of its address.
         let any_port = Rule::new(Target::Gone, addr, vec![server("be", "p", "127.0.0.11", 0)]);
-        assert!(matches!(any_port.decide(None, WHY), Class::Unsure(_)));
+        assert!(matches!(any_port.decide(None, Holder::Other, WHY), Class::Ambiguous(_)));
         // IPv4-mapped addresses are the IPv4 ones.
         let mapped = Rule::new(
             Target::Gone,
             "[::ffff:127.0.0.11]:9001".parse().unwrap(),
             vec![server("be", "s1b", "127.0.0.11", 9001)],
         );
-        assert!(matches!(mapped.decide(None, WHY), Class::Unsure(_)));
+        assert!(matches!(mapped.decide(None, Holder::Other, WHY), Class::Ambiguous(_)));
     }
 
     #[test]
@@ -362,5 +451,14 @@ mod tests {
         assert!(r.may_be_at_addr("be", "s1"));
         assert!(!r.may_be_at_addr("be", "s2"));
         assert!(r.may_be_at_addr("be", "removed_by_a_reload"));
+    }
+
+    #[test]
+    fn fd_names_are_oriented_by_the_configuration() {
+        let r = Rule::new(Target::Gone, "127.0.0.11:9001".parse().unwrap(), vec![server("be", "s1", "127.0.0.11", 9001)]);
+        assert_eq!(r.orient("be", "s1"), ("be", "s1"));
+        assert_eq!(r.orient("s1", "be"), ("be", "s1"));
+        // Neither pair known (a removed server): as printed.
+        assert_eq!(r.orient("be", "gone"), ("be", "gone"));
     }
 }

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use crate::error::{Error, Result};
+use crate::error::{HaproxyError, Result};
 
 /// What `show info` says about the answering process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,8 +78,8 @@ pub enum WaitAnswer {
     Failed,
 }
 
-/// A known refusal in `answer`, as the message to report (with a hint when useful).
-fn refusal(answer: &str) -> Option<String> {
+/// A known refusal in `answer`: its first line and a hint when one helps.
+fn refusal(answer: &str) -> Option<(&'static str, &'static str)> {
     let first = answer.trim_start().lines().next().unwrap_or("").trim();
     let known = [
         "No such server.",
@@ -98,13 +98,15 @@ fn refusal(answer: &str) -> Option<String> {
         "Unknown command" => " (this HAProxy version does not know the command)",
         _ => "",
     };
-    Some(format!("{hit}{hint}"))
+    Some((hit, hint))
 }
 
 /// Turns HAProxy's known error answers to a query into errors; other text passes.
 pub fn check_query(command: &str, answer: &str) -> Result<()> {
     match refusal(answer) {
-        Some(why) => Err(Error::Haproxy(format!("`{command}` refused: {why}"))),
+        Some((hit, hint)) => {
+            Err(HaproxyError::Refused { command: command.to_string(), answer: hit.to_string(), hint }.into())
+        }
         None => Ok(()),
     }
 }
@@ -117,7 +119,7 @@ pub fn expect_empty(command: &str, answer: &str) -> Result<()> {
     if answer.trim().is_empty() {
         Ok(())
     } else {
-        Err(Error::Haproxy(format!("unexpected answer to `{command}`: {:?}", shown(answer))))
+        Err(unexpected(command, answer))
     }
 }
 
@@ -129,7 +131,7 @@ pub fn parse_wait(command: &str, answer: &str) -> Result<WaitAnswer> {
         "Done." => Ok(WaitAnswer::Done),
         "Wait delay expired." => Ok(WaitAnswer::Expired),
         "Failed." => Ok(WaitAnswer::Failed),
-        _ => Err(Error::Haproxy(format!("unexpected answer to `{command}`: {:?}", shown(answer)))),
+        _ => Err(unexpected(command, answer)),
     }
 }
 
@@ -137,12 +139,20 @@ fn shown(text: &str) -> String {
     text.trim().chars().take(80).collect()
 }
 
+fn unexpected(command: &str, answer: &str) -> crate::error::Error {
+    HaproxyError::Unexpected { command: command.to_string(), answer: shown(answer) }.into()
+}
+
+fn malformed(command: &'static str, why: String) -> crate::error::Error {
+    HaproxyError::Malformed { command, why }.into()
+}
+
 /// Parses `show info`. Errors when the text is not an HAProxy `show info` answer.
 pub fn parse_info(text: &str) -> Result<Info> {
     let field = |name: &str| {
         text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_string()))
     };
-    let not_haproxy = || Error::Haproxy(format!("not an HAProxy `show info` answer: {:?}", shown(text)));
+    let not_haproxy = || malformed("show info", format!("not an HAProxy one: {:?}", shown(text)));
     let version = field("Version").filter(|v| !v.is_empty()).ok_or_else(not_haproxy)?;
     let pid = field("Pid").and_then(|p| p.parse().ok()).ok_or_else(not_haproxy)?;
     Ok(Info { version, pid })
@@ -161,7 +171,7 @@ pub fn version_at_least(version: &str, major: u32, minor: u32) -> bool {
 /// `# be_id be_name ...` header, then one space-separated line per server.
 pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let bad = |why: &str| Error::Haproxy(format!("unexpected `show servers state` answer: {why}"));
+    let bad = |why: &str| malformed("show servers state", why.to_string());
     let version = lines.next().ok_or_else(|| bad("empty"))?;
     if version.trim() != "1" {
         return Err(bad(&format!("unknown format version {:?}", shown(version))));
@@ -191,7 +201,7 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>> {
 /// Parses `show stat` CSV by its `# pxname,svname,...` header.
 pub fn parse_stat(text: &str) -> Result<Vec<StatRow>> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let bad = |why: &str| Error::Haproxy(format!("unexpected `show stat` answer: {why}"));
+    let bad = |why: &str| malformed("show stat", why.to_string());
     let header = lines.next().and_then(|h| h.strip_prefix("# ")).ok_or_else(|| bad("no `# pxname,...` header"))?;
     let names: Vec<&str> = header.split(',').collect();
     let col = |name: &str| names.iter().position(|n| *n == name).ok_or_else(|| bad(&format!("no {name} field")));
@@ -211,7 +221,7 @@ pub fn parse_stat(text: &str) -> Result<Vec<StatRow>> {
 /// `<relative PID>` column the others lack).
 pub fn parse_proc(text: &str) -> Result<Vec<ProcEntry>> {
     if !text.trim_start().starts_with("#<PID>") {
-        return Err(Error::Haproxy(format!("not an HAProxy master CLI `show proc` answer: {:?}", shown(text))));
+        return Err(malformed("show proc", format!("not an HAProxy master CLI's: {:?}", shown(text))));
     }
     let mut out = Vec::new();
     let mut section = "workers";
@@ -263,6 +273,58 @@ pub fn parse_sess(text: &str) -> Vec<Stream> {
             s
         })
         .collect()
+}
+
+/// One connection of `show fd`: its fd, its ports, and the server it is
+/// connected to (`sv=`), when it is a server-side connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdConn {
+    /// The fd in the process that printed it.
+    pub fd: u32,
+    /// `back=1`: a server-side connection.
+    pub back: bool,
+    /// `lport=`: the connection's local port.
+    pub lport: Option<u16>,
+    /// `rport=`: the peer's port.
+    pub rport: Option<u16>,
+    /// `sv=`: `(backend, server)`.
+    pub server: Option<(String, String)>,
+}
+
+/// Parses `show fd` (all fds, or one: `show fd N`). The format is meant for
+/// developers and differs between branches, so it is read tolerantly: a line
+/// is `<fd> : key=value ...`; only `back`, `lport`, `rport` and `sv` are used.
+/// `sv=` is `BACKEND/SERVER` since 2.5 and `SERVER/BACKEND` in 2.4
+/// (`server_first`).
+pub fn parse_fd(text: &str, server_first: bool) -> Vec<FdConn> {
+    text.lines()
+        .filter_map(|line| {
+            let (fd, rest) = line.trim_start().split_once(':')?;
+            let fd = fd.trim().parse().ok()?;
+            let mut c = FdConn { fd, back: false, lport: None, rport: None, server: None };
+            for token in rest.split_whitespace() {
+                let Some((key, value)) = token.split_once('=') else { continue };
+                match key {
+                    "back" => c.back = value == "1",
+                    "lport" => c.lport = value.parse().ok(),
+                    "rport" => c.rport = value.parse().ok(),
+                    "sv" => {
+                        c.server = value.split_once('/').map(|(a, b)| {
+                            let (be, srv) = if server_first { (b, a) } else { (a, b) };
+                            (be.to_string(), srv.to_string())
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            Some(c)
+        })
+        .collect()
+}
+
+/// Whether this version prints `show fd`'s `sv=` as `SERVER/BACKEND` (2.4; fixed in 2.5).
+pub fn fd_server_first(version: &str) -> bool {
+    !version_at_least(version, 2, 5)
 }
 
 /// The `fd=N` inside an endpoint's `[...]` (negative: none).
@@ -359,6 +421,33 @@ mod tests {
         let unconnected = "0x1: proto=tcpv4 be=be srv=s1 scb=[8,1h,fd=-1]\n";
         assert_eq!(parse_sess(unconnected)[0].fd, None);
         assert!(parse_sess("Unknown command\n").is_empty());
+    }
+
+    #[test]
+    fn parses_fd_lines_in_both_orders() {
+        let v26 = "     13 : st=0x010421(cL heOpi W:sRa R:srA) ref=0 gid=1 tmask=0x1 umask=0x0 owner=0x55 iocb=0x55(sock_conn_iocb) back=1 cflg=0x00000300 cerr=0 fam=ipv4 lport=41060 rport=9001 sv=be/s1 mux=H1 ctx=0x55 h1c.flg=0x80002200 .sub=1 xprt=RAW\n\
+                      12 : st=0x000020(cl heopi W:sRa R:sra) iocb=0x55(sock_conn_iocb) back=0 cflg=0x00000300 cerr=0 fam=ipv4 lport=8000 rport=37430 fe=fe mux=H1 ctx=0x55 xprt=RAW\n\
+                       4 : st=0x100121(cl heopI W:sRa R:srA) iocb=0x55(sock_accept_iocb) l.st=RDY fe=fe fam=ipv4 lport=8000\n";
+        let conns = parse_fd(v26, fd_server_first("2.6.12-1+deb12u4"));
+        assert_eq!(conns.len(), 3);
+        assert_eq!(
+            conns[0],
+            FdConn {
+                fd: 13,
+                back: true,
+                lport: Some(41060),
+                rport: Some(9001),
+                server: Some(("be".into(), "s1".into()))
+            }
+        );
+        assert!(!conns[1].back && conns[1].server.is_none());
+        assert_eq!(conns[2].fd, 4);
+        // 2.4 prints the server first.
+        let v24 = "     21 : st=0x22(R:pRa W:pRa) ev=0x00(heopi) [lc] tmask=0x1 umask=0x0 owner=0x1 iocb=0x2(sock_conn_iocb) back=1 cflg=0x00000300 fe=fe sv=s1/be mux=PASS ctx=0x3 xprt=RAW\n";
+        assert!(fd_server_first("2.4.0-4ce7d8a"));
+        assert_eq!(parse_fd(v24, true)[0].server, Some(("be".into(), "s1".into())));
+        assert!(parse_fd("Unknown command\n", false).is_empty());
+        assert!(parse_fd("", false).is_empty());
     }
 
     #[test]

@@ -1,28 +1,36 @@
-//! `sockkill haproxy`: ask HAProxy to let go of a server, wait for it, then
-//! destroy what its processes still hold to that server, and verify.
+//! `sockkill haproxy`: ask HAProxy to let go of a server, watch it do so,
+//! then destroy what its processes still hold to that server, and verify.
 //!
 //! This module says what a target is (through [`HaproxyJudge`]) and talks to
 //! HAProxy; the loop itself is the engine's, and it never sees netlink bytes.
+//! HAProxy's `wait` (3.0+) runs on its own connection and thread while the
+//! loop keeps looking, so what HAProxy closes is timed and what it retries is seen.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::api::{Api, Endpoint};
-use super::discovery::{self, Worker};
+use super::api::{Api, Endpoint, Pending};
+use super::attribution::Tables;
+use super::discovery::{self, Topology, Worker};
 use super::judge::{Closed, HaproxyJudge, Target};
 use super::parse::{self, ServerState, WaitAnswer};
 use crate::audit::AuditLog;
 use crate::cancel::Cancel;
 use crate::diag::Outcome;
-use crate::engine::enforce::{Ledger, Policy, Run, Spared, Summary};
-use crate::engine::{Engine, Query};
-use crate::error::{Error, Result};
+use crate::engine::run::{Awaited, Clock, LiveKernel, Run, WallClock};
+use crate::engine::{Engine, Ledger, Policy, Query, RunReport, Spared, Summary, Verdict};
+use crate::error::{Error, HaproxyError, Result};
 use crate::filter::{canonical_ip, Filter, PortRange, StateSet};
 use crate::socket::TcpSocket;
+
+/// The grace period when commands are sent to HAProxy and none is given.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+/// The deadline when none is given (or grace + settle, or the window + settle, when longer).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What to do; see `sockkill haproxy --help`.
 #[derive(Debug, Clone)]
@@ -43,12 +51,15 @@ pub struct Options {
     pub no_shutdown: bool,
     /// Change nothing, destroy nothing: report what lingers now.
     pub dry_run: bool,
-    /// How long HAProxy gets to close the sessions itself.
-    pub grace: Duration,
-    /// Clean only once no target was seen for this long.
+    /// How long HAProxy gets to close the sessions itself; `None`: [`DEFAULT_GRACE`]
+    /// when commands are sent to HAProxy, none when nothing is (`--addr` alone,
+    /// `--no-shutdown`): then HAProxy was asked for nothing and closes nothing.
+    pub grace: Option<Duration>,
+    /// Clean only once no target was seen, and nothing destroyed, for this long.
     pub settle: Duration,
-    /// Give up (not clean) this long after the start.
-    pub deadline: Duration,
+    /// Give up (not clean) this long after the start; `None`: [`DEFAULT_DEADLINE`],
+    /// or grace + settle (with `--for`: the window + settle) when longer.
+    pub deadline: Option<Duration>,
     /// Timeout for connecting to HAProxy and for each answer.
     pub api_timeout: Duration,
     /// Time between looks.
@@ -62,6 +73,77 @@ pub struct Options {
     pub cancel: Option<Cancel>,
     /// Records every destroyed socket.
     pub audit: Option<Arc<AuditLog>>,
+}
+
+impl Options {
+    /// Options for `socket` and a target, with the command line's defaults.
+    pub fn new(socket: impl Into<String>) -> Options {
+        Options {
+            socket: socket.into(),
+            master_socket: None,
+            server: None,
+            addr: None,
+            pids: Vec::new(),
+            netns: None,
+            no_shutdown: false,
+            dry_run: false,
+            grace: None,
+            settle: Duration::from_millis(1500),
+            deadline: None,
+            api_timeout: Duration::from_secs(5),
+            poll: Duration::from_millis(100),
+            window: None,
+            max: Some(10_000),
+            cancel: None,
+            audit: None,
+        }
+    }
+
+    /// Whether state-changing commands will be sent to HAProxy.
+    pub fn sends_commands(&self) -> bool {
+        self.server.is_some() && !self.no_shutdown && !self.dry_run
+    }
+
+    /// The grace period in effect (see [`Options::grace`]).
+    pub fn grace(&self) -> Duration {
+        self.grace.unwrap_or(if self.sends_commands() { DEFAULT_GRACE } else { Duration::ZERO })
+    }
+
+    /// The loop's policy from these options, checked once. Errors when no
+    /// server is named, or the deadline leaves no room to ever be judged clean.
+    pub fn policy(&self) -> Result<Policy> {
+        if self.server.is_none() && self.addr.is_none() {
+            return Err(HaproxyError::NoTarget.into());
+        }
+        if self.poll.is_zero() || self.api_timeout.is_zero() || self.window.is_some_and(|w| w.is_zero()) {
+            return Err(Error::Usage(
+                "the poll interval, the API timeout and the --for window must be longer than 0".into(),
+            ));
+        }
+        let grace = self.grace();
+        let floor = grace.saturating_add(self.settle);
+        let deadline = match self.deadline {
+            Some(d) if d < floor => return Err(Error::Usage(format!(
+                "--deadline {d:?} is shorter than --grace + --settle ({floor:?}): nothing could ever be judged clean"
+            ))),
+            Some(d) => d,
+            None => match self.window {
+                Some(w) => w.saturating_add(self.settle).max(floor),
+                None => DEFAULT_DEADLINE.max(floor),
+            },
+        };
+        Ok(Policy {
+            dry_run: self.dry_run,
+            verify: true,
+            passes: None,
+            grace,
+            settle: self.settle,
+            deadline: Some(deadline),
+            window: self.window,
+            interval: self.poll,
+            max: self.max,
+        })
+    }
 }
 
 /// Counts of a [`Report`].
@@ -83,8 +165,12 @@ pub struct HaproxySummary {
     pub other_server: usize,
     /// Sockets left alone because HAProxy could not tell whose they are.
     pub ambiguous: usize,
-    /// No target for the settle period at the end.
+    /// Targets first seen after the first destroy (HAProxy retrying, new connections).
+    pub appeared_after_first_destroy: usize,
+    /// The verdict is `clean`: nothing remains and nothing is ambiguous.
     pub clean: bool,
+    /// The verdict's word.
+    pub verdict: Verdict,
 }
 
 /// The outcome of a safety-net run.
@@ -114,6 +200,14 @@ pub struct Report {
     pub server_left_in_maintenance: bool,
     /// HAProxy >= 3.0: the answer to `wait <grace> srv-removable`.
     pub wait_answer: Option<WaitAnswer>,
+    /// When HAProxy answered the `wait`, in ms from the start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_answered_at_ms: Option<u64>,
+    /// Why the `wait` got no usable answer (enforcement went on without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_error: Option<String>,
+    /// The grace period in effect, in ms.
+    pub grace_ms: u64,
     /// Targets at the start.
     pub initial: usize,
     /// Targets HAProxy closed by itself, and when.
@@ -124,16 +218,23 @@ pub struct Report {
     pub remaining: Vec<TcpSocket>,
     /// Sockets to the address that HAProxy attributes to another server (left alone).
     pub other_server: Vec<Spared>,
-    /// Sockets to the address whose server HAProxy cannot tell while others
-    /// share the address (left alone; the run is not clean while one remains).
+    /// Sockets to the address that no HAProxy table names while other servers
+    /// may hold that address (left alone; the run is not clean while one remains).
     pub ambiguous: Vec<Spared>,
     /// Workers that exited during the run (e.g. an old worker done with its last session).
     pub workers_exited: Vec<u32>,
     /// HAProxy's session count for the server at the end (`show stat` scur).
     pub scur: Option<u64>,
-    /// No target for the settle period.
+    /// HAProxy tables read to attribute sockets, per process, and their size.
+    pub tables_read: Tables,
+    /// The verdict is `clean`: nothing remains and nothing is ambiguous.
     pub clean: bool,
-    /// When a target was last seen (ms since start).
+    /// The verdict: `clean`, `remaining`, `unsettled`, `ambiguous`, `interrupted`, `failed`.
+    pub verdict: Verdict,
+    /// The verdict in plain words, when it is not clean.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict_reason: Option<String>,
+    /// When a target was last seen, in ms from the start.
     pub last_seen_ms: Option<u64>,
     /// A signal stopped the run.
     pub interrupted: bool,
@@ -142,20 +243,20 @@ pub struct Report {
     /// What stopped the run early, if an error did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The error's kind, for scripts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<&'static str>,
     /// Counts.
     pub summary: HaproxySummary,
-    /// The engine's counts (for metrics and the exit code).
+    /// The engine's counts.
     #[serde(skip)]
     pub engine: Summary,
-    #[serde(skip)]
-    exit_code: i32,
 }
 
 impl Report {
-    /// The documented exit code: 0 clean, 1 sockets remain (or a signal or an
-    /// error came after something was done), 2 error with nothing done.
-    pub fn exit_code(&self) -> i32 {
-        self.exit_code
+    /// The run's verdict (exit code, `clean`).
+    pub fn verdict(&self) -> Verdict {
+        self.verdict
     }
 }
 
@@ -163,10 +264,105 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-/// Runs the safety net. An `Err` means nothing was changed or destroyed;
-/// anything that goes wrong later is in the report's `error`.
+/// HAProxy's `wait <grace> srv-removable` on its own connection, polled by the loop.
+struct WaitCall {
+    cmd: String,
+    pending: Option<Pending>,
+    clock: WallClock,
+    answer: Option<WaitAnswer>,
+    at_ms: Option<u64>,
+    error: Option<Error>,
+}
+
+impl Awaited for WaitCall {
+    fn poll(&mut self) -> Option<bool> {
+        let answer = self.pending.as_mut()?.try_take()?;
+        self.pending = None;
+        self.at_ms = Some(ms(self.clock.now()));
+        match answer.and_then(|a| parse::parse_wait(&self.cmd, &a)) {
+            Ok(a) => {
+                info!(cmd = %self.cmd, answer = ?a, at_ms = self.at_ms, "HAProxy answered");
+                self.answer = Some(a);
+                // `Done.`: HAProxy says the server has no session left; waiting longer is pointless.
+                Some(a == WaitAnswer::Done)
+            }
+            Err(e) => {
+                warn!(%e, "no usable answer to `wait`: enforcing without it");
+                self.error = Some(e);
+                Some(false)
+            }
+        }
+    }
+}
+
+impl WaitCall {
+    /// At the end of the run: a short last chance for an answer still pending, then abandoned.
+    fn settle(&mut self, patience: Duration) {
+        if let Some(p) = self.pending.as_mut() {
+            let _ = p.wait(patience);
+        }
+        if self.pending.is_some() && self.poll().is_none() {
+            self.pending = None; // dropping it closes the connection: HAProxy ends the wait
+            self.error = Some(Error::Internal("`wait` was still unanswered when the run ended".into()));
+        }
+    }
+}
+
+/// Everything the run learnt besides the engine's report.
+struct Learnt {
+    version: String,
+    topo: Topology,
+    server_addr: SocketAddr,
+    commands_sent: Vec<String>,
+    maintenance: bool,
+    wait: Option<WaitCall>,
+    initial: usize,
+    grace: Duration,
+    clock: WallClock,
+}
+
+/// Options that passed every check that needs nothing from the system, and
+/// the loop's policy made from them (once).
+#[derive(Debug)]
+pub struct Plan {
+    options: Options,
+    policy: Policy,
+}
+
+impl Plan {
+    /// Checks `options` (see [`Options::policy`]).
+    pub fn new(options: Options) -> Result<Plan> {
+        let policy = options.policy()?;
+        Ok(Plan { options, policy })
+    }
+
+    /// Attaches what stops the run (a signal) and where destroyed sockets are recorded.
+    pub fn attach(&mut self, cancel: Option<Cancel>, audit: Option<Arc<AuditLog>>) {
+        self.options.cancel = cancel;
+        self.options.audit = audit;
+    }
+
+    /// The options.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Runs the safety net. An `Err` means nothing was changed or destroyed;
+    /// anything that goes wrong later is in the report's `error`.
+    pub fn run(self) -> Result<Report> {
+        execute(&self.options, self.policy)
+    }
+}
+
+/// Runs the safety net with `opts` (checked first). An `Err` means nothing
+/// was changed or destroyed; anything that goes wrong later is in the
+/// report's `error`.
 pub fn run(opts: &Options) -> Result<Report> {
-    let started = Instant::now();
+    Plan::new(opts.clone())?.run()
+}
+
+fn execute(opts: &Options, policy: Policy) -> Result<Report> {
+    let clock = WallClock::start();
     let cancel = opts.cancel.as_ref();
     let api = Api::new(Endpoint::parse(&opts.socket), opts.api_timeout, opts.cancel.clone())?;
     let (info, answering) = discovery::identify(&api)?;
@@ -177,7 +373,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     info!(?pids, master = ?topo.master, "HAProxy processes");
     let ns = discovery::namespace_of(&pids, opts.netns.as_deref())?;
     let mut engine = Engine::open(ns.as_ref())?;
-    if !opts.dry_run && !crate::check::has_cap_net_admin() {
+    if !opts.dry_run && !crate::sys::has_cap_net_admin() {
         return Err(Error::NoPermission);
     }
     let query = Query::new(Filter {
@@ -204,29 +400,19 @@ pub fn run(opts: &Options) -> Result<Report> {
         Some((backend, server)) => Target::Named { backend: backend.clone(), server: server.clone() },
         None => Target::Gone,
     };
-    let judge =
-        HaproxyJudge::new(target, server_addr, config, topo.workers.clone(), topo.answering.pid, api, master_api)?;
-    let policy = Policy {
-        dry_run: opts.dry_run,
-        verify: true,
-        passes: None,
-        grace: opts.grace,
-        settle: opts.settle,
-        deadline: Some(opts.deadline),
-        window: opts.window,
-        interval: opts.poll,
-        max: opts.max,
-    };
-    let mut run = Run::start(&mut engine, &query, policy, judge, cancel, opts.audit.as_deref())?;
+    let judge = HaproxyJudge::new(target, server_addr, config, &topo, &info.version, api, master_api)?;
+    let grace = policy.grace;
+    let kernel = LiveKernel { engine: &mut engine, query: &query };
+    let mut run = Run::start(kernel, clock, policy, judge, cancel, opts.audit.as_deref())?;
     let initial = run.matched();
 
     // HAProxy's own shutdown, unless told not to. Nothing is sent after a signal.
     let mut commands_sent = Vec::new();
     let mut maintenance = false;
-    let mut wait_answer = None;
     let mut failure = None;
-    if let (Some((b, s)), false, false) = (&opts.server, opts.no_shutdown, opts.dry_run) {
-        let api = run.judge_mut().api();
+    let mut wait = None;
+    if let (Some((b, s)), true) = (&opts.server, opts.sends_commands()) {
+        let api = run.judge_mut().api().clone();
         for cmd in [format!("set server {b}/{s} state maint"), format!("shutdown sessions server {b}/{s}")] {
             match api.command(&cmd).and_then(|a| parse::expect_empty(&cmd, &a)) {
                 Ok(()) => {
@@ -241,75 +427,93 @@ pub fn run(opts: &Options) -> Result<Report> {
             }
         }
         if failure.is_none() && parse::version_at_least(&info.version, 3, 0) {
-            // Waits until the server has no session left, or the grace period ends.
-            let cmd = format!("wait {}ms srv-removable {b}/{s}", ms(opts.grace));
-            match api
-                .command_within(&cmd, opts.grace.saturating_add(api.timeout()))
-                .and_then(|a| parse::parse_wait(&cmd, &a))
-            {
-                Ok(answer) => {
-                    info!(cmd = %cmd, ?answer, "HAProxy answered");
-                    wait_answer = Some(answer);
-                    commands_sent.push(cmd);
+            // Answered once the server has no session left, or when the grace period ends;
+            // the loop keeps looking meanwhile.
+            let cmd = format!("wait {}ms srv-removable {b}/{s}", ms(grace));
+            match api.spawn(&cmd, grace.saturating_add(api.timeout())) {
+                Ok(pending) => {
+                    commands_sent.push(cmd.clone());
+                    wait =
+                        Some(WaitCall { cmd, pending: Some(pending), clock, answer: None, at_ms: None, error: None });
                 }
                 Err(e) => failure = Some(e),
             }
         }
     }
     let (enf, mut judge) = match failure {
-        Some(Error::Interrupted(_)) => run.interrupt(),
         Some(e) => run.stop(e),
-        None => run.finish(),
+        None => run.finish_awaiting(wait.as_mut().map(|w| w as &mut dyn Awaited)),
     };
-    let abandoned = cancel.is_some_and(Cancel::is_abandoned);
+    let learnt =
+        Learnt { version: info.version, topo, server_addr, commands_sent, maintenance, wait, initial, grace, clock };
+    Ok(report(opts, enf, &mut judge, learnt))
+}
+
+fn report(opts: &Options, mut enf: RunReport, judge: &mut HaproxyJudge, mut l: Learnt) -> Report {
+    let cancelled = opts.cancel.as_ref().is_some_and(Cancel::is_cancelled);
+    if let Some(w) = l.wait.as_mut() {
+        w.settle(if cancelled { Duration::ZERO } else { Duration::from_millis(200) });
+    }
+    // A command that changed HAProxy's state counts as done for the exit code.
+    enf.judge(l.maintenance || !l.commands_sent.is_empty());
+    let verdict = enf.verdict();
+    let abandoned = opts.cancel.as_ref().is_some_and(Cancel::is_abandoned);
     let scur = if abandoned { None } else { scur(judge.api(), opts) };
     let count = |o: fn(&Outcome) -> bool| enf.sockets.count(|x| o(&x));
-    let remaining = enf.remaining.clone().unwrap_or_default();
-    let exit_code = enf.exit_code(maintenance || !commands_sent.is_empty());
+    let remaining = enf.remaining.take().unwrap_or_default();
     let summary = HaproxySummary {
-        initial,
+        initial: l.initial,
         closed_by_haproxy: judge.closed.len(),
         destroyed: count(|o| *o == Outcome::Destroyed),
         already_gone: count(|o| *o == Outcome::AlreadyGone),
         failed: count(|o| matches!(o, Outcome::Failed(_) | Outcome::Unacknowledged | Outcome::NotFound)),
         remaining: remaining.len(),
-        other_server: enf.kept.len(),
-        ambiguous: enf.unsure.len(),
-        clean: enf.clean,
+        other_server: enf.other_server.len(),
+        ambiguous: enf.ambiguous.len(),
+        appeared_after_first_destroy: enf.summary.appeared_after_first_destroy,
+        clean: verdict.clean(),
+        verdict,
     };
-    let workers_exited = judge.exited().to_vec();
-    let answering_pid = topo.answering.pid;
-    let duration_ms = ms(started.elapsed());
-    Ok(Report {
+    let (wait_answer, wait_answered_at_ms, wait_error) = match l.wait {
+        Some(w) => (w.answer, w.at_ms, w.error.map(|e| e.to_string())),
+        None => (None, None, None),
+    };
+    Report {
         dry_run: opts.dry_run,
-        haproxy_version: info.version,
-        pids,
-        workers: topo.workers,
-        answering_pid,
-        master_pid: topo.master,
-        master_cli: topo.master_cli.map(|c| c.to_string()),
+        haproxy_version: l.version,
+        pids: l.topo.workers.iter().map(|w| w.pid).collect(),
+        answering_pid: l.topo.answering.pid,
+        workers: l.topo.workers,
+        master_pid: l.topo.master,
+        master_cli: l.topo.master_cli.map(|c| c.to_string()),
         server: opts.server.as_ref().map(|(b, s)| format!("{b}/{s}")),
-        server_addr,
-        commands_sent,
-        server_left_in_maintenance: maintenance,
+        server_addr: l.server_addr,
+        commands_sent: l.commands_sent,
+        server_left_in_maintenance: l.maintenance,
         wait_answer,
-        initial,
-        closed_by_haproxy: judge.closed,
+        wait_answered_at_ms,
+        wait_error,
+        grace_ms: ms(l.grace),
+        initial: l.initial,
+        closed_by_haproxy: std::mem::take(&mut judge.closed),
         destroyed: enf.sockets,
         remaining,
-        other_server: enf.kept,
-        ambiguous: enf.unsure,
-        workers_exited,
+        other_server: enf.other_server,
+        ambiguous: enf.ambiguous,
+        workers_exited: judge.exited().to_vec(),
         scur,
-        clean: enf.clean,
+        tables_read: judge.tables().clone(),
+        clean: verdict.clean(),
+        verdict,
+        verdict_reason: enf.verdict_reason,
         last_seen_ms: enf.last_seen_ms,
         interrupted: enf.summary.interrupted,
-        duration_ms,
-        error: enf.error.map(|e| e.to_string()),
+        duration_ms: ms(l.clock.now()),
+        error: enf.error.as_ref().map(|e| e.to_string()),
+        error_kind: enf.error_kind,
         summary,
         engine: enf.summary,
-        exit_code,
-    })
+    }
 }
 
 fn scur(api: &Api, opts: &Options) -> Option<u64> {
@@ -334,15 +538,15 @@ fn servers_state(api: &Api) -> Result<Vec<ServerState>> {
 /// The server's address: `--addr`, else the named server's in `show servers state`.
 fn resolve_addr(config: &[ServerState], opts: &Options) -> Result<SocketAddr> {
     let Some((b, s)) = &opts.server else {
-        return opts.addr.ok_or_else(|| Error::Haproxy("give --server BACKEND/SERVER or --addr IP:PORT".into()));
+        return opts.addr.ok_or_else(|| HaproxyError::NoTarget.into());
     };
     if !config.iter().any(|st| &st.backend == b) {
-        return Err(Error::Haproxy(format!("no backend {b} (`show servers state`)")));
+        return Err(HaproxyError::NoBackend { backend: b.clone() }.into());
     }
     let st = config
         .iter()
         .find(|st| &st.backend == b && &st.name == s)
-        .ok_or_else(|| Error::Haproxy(format!("no server {s} in backend {b} (`show servers state`)")))?;
+        .ok_or_else(|| HaproxyError::NoServer { backend: b.clone(), server: s.clone() })?;
     let named = st.addr.map(|ip| SocketAddr::new(ip, st.port));
     match (opts.addr, named) {
         (Some(given), Some(named)) => {
@@ -353,9 +557,15 @@ fn resolve_addr(config: &[ServerState], opts: &Options) -> Result<SocketAddr> {
         }
         (Some(given), None) => Ok(given),
         (None, Some(named)) if named.port() != 0 => Ok(named),
-        (None, Some(_)) => {
-            Err(Error::Haproxy(format!("server {b}/{s} has port 0 (it uses the client's port): give --addr IP:PORT")))
+        (None, Some(_)) => Err(HaproxyError::NoAddress {
+            backend: b.clone(),
+            server: s.clone(),
+            why: "has port 0 (it uses the client's port)",
         }
-        (None, None) => Err(Error::Haproxy(format!("server {b}/{s} has no address in HAProxy: give --addr IP:PORT"))),
+        .into()),
+        (None, None) => {
+            Err(HaproxyError::NoAddress { backend: b.clone(), server: s.clone(), why: "has no address in HAProxy" }
+                .into())
+        }
     }
 }

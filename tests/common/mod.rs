@@ -6,7 +6,7 @@
 //! never at risk. Processes spawned from such a thread inherit its namespace.
 #![allow(dead_code)] // each test binary uses a different part
 
-pub mod farm;
+pub use sockkill::testing::farm;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sockkill::{Engine, Filter, Query, TcpSocket};
+use sockkill::engine::{Engine, Query};
+use sockkill::{Filter, TcpSocket};
 
 #[allow(unused_imports)]
 pub use farm::connect_from;

@@ -1,17 +1,17 @@
 //! proptest generators of library values, shared by the integration tests
 //! (tests/properties.rs) and the binary's own tests (src/cli/args.rs).
-#![allow(dead_code)] // each user takes what it needs
+#![allow(clippy::unwrap_used)] // generated values are valid by construction
 
 use std::net::Ipv6Addr;
 
+use crate::filter::{parse_cidr, Family, PortRange, StateSet};
+use crate::Filter;
 use proptest::prelude::*;
-use sockkill::filter::{parse_cidr, Family, PortRange, StateSet};
-use sockkill::Filter;
 
 /// Any non-empty set of TCP states, built from `--state` names.
 pub fn arb_states() -> impl Strategy<Value = StateSet> {
     (1u32..(1 << 11)).prop_map(|bits| {
-        let names: Vec<&str> = sockkill::filter::state_flag_names()
+        let names: Vec<&str> = crate::filter::state_flag_names()
             .into_iter()
             .enumerate()
             .filter(|(i, _)| bits & (1 << i) != 0)
@@ -21,6 +21,7 @@ pub fn arb_states() -> impl Strategy<Value = StateSet> {
     })
 }
 
+/// Any IPv4 or IPv6 prefix (IPv4-mapped ones become IPv4, as parsing does).
 pub fn arb_net() -> impl Strategy<Value = ipnet::IpNet> {
     prop_oneof![
         (any::<[u8; 4]>(), 0u8..=32)
@@ -29,10 +30,12 @@ pub fn arb_net() -> impl Strategy<Value = ipnet::IpNet> {
     ]
 }
 
+/// Any port range.
 pub fn arb_range() -> impl Strategy<Value = PortRange> {
     (any::<u16>(), any::<u16>()).prop_map(|(a, b)| PortRange { lo: a.min(b), hi: a.max(b) })
 }
 
+/// Any filter without `--pid`.
 pub fn arb_filter() -> impl Strategy<Value = Filter> {
     (
         proptest::collection::vec(arb_net(), 0..3),

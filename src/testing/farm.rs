@@ -9,7 +9,7 @@
 //! received back to check that a connection still carries data.
 //!
 //! Shared by the benchmark (`benches/kill.rs`) and the reliability tests.
-#![allow(dead_code)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};

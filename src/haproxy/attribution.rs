@@ -1,0 +1,228 @@
+//! Which server HAProxy says a connection belongs to, from its two tables:
+//! `show sess` (streams: `srv=` and the server-side connection's fd) and
+//! `show fd` (every connection, streams or not — idle pools, connections an
+//! idle keep-alive client session owns, idle h2 — with `sv=` and its ports).
+//! Both are joined to a socket by the fd that holds it in that process
+//! (/proc/PID/fd), and `show fd` also by the ports it prints.
+//!
+//! Cost: HAProxy builds these answers on its own threads, so each process is
+//! asked as narrowly as its version allows, and never twice about one socket
+//! (verdicts are cached by cookie in the judge): a few unattributed
+//! connections cost one `show fd <fd>` each; more cost one table; 3.2+
+//! narrows `show sess` to the named server's streams. Every read is counted
+//! with its size in the report (`tables_read`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::api::Api;
+use super::discovery::Worker;
+use super::parse::{self, FdConn, Stream};
+use crate::error::{Error, Result};
+
+/// Up to this many unattributed connections in a process are asked about one
+/// `show fd <fd>` at a time; more cost one whole table.
+pub const FEW: usize = 16;
+
+/// Who HAProxy says a connection is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A stream's server (`show sess`: `srv=`).
+    Stream(String, String),
+    /// The connection's own server (`show fd`: `sv=`): streams or not.
+    Connection(String, String),
+}
+
+impl Source {
+    /// `(backend, server)`.
+    pub fn server(&self) -> (&str, &str) {
+        match self {
+            Source::Stream(b, s) | Source::Connection(b, s) => (b, s),
+        }
+    }
+
+    /// Which table said so.
+    pub fn table(&self) -> &'static str {
+        match self {
+            Source::Stream(..) => "show sess",
+            Source::Connection(..) => "show fd",
+        }
+    }
+}
+
+/// One candidate connection of a process: its fd there and its ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// The fd holding it in the process.
+    pub fd: u32,
+    /// Our local port (HAProxy's side).
+    pub lport: u16,
+    /// The server's port.
+    pub rport: u16,
+}
+
+/// HAProxy tables read during a run: how many answers, and their bytes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Tables {
+    /// Per process (our pid) and command (`show sess`, `show sess server`,
+    /// `show fd`, `show fd <fd>`).
+    pub reads: Vec<TableRead>,
+}
+
+/// One kind of read from one process.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TableRead {
+    /// Our pid of the process.
+    pub pid: u32,
+    /// The command (fd numbers and server names left out).
+    pub command: &'static str,
+    /// How many times it was sent.
+    pub count: usize,
+    /// Bytes of the answers.
+    pub bytes: usize,
+}
+
+impl Tables {
+    fn add(&mut self, pid: u32, command: &'static str, bytes: usize) {
+        match self.reads.iter_mut().find(|r| r.pid == pid && r.command == command) {
+            Some(r) => {
+                r.count += 1;
+                r.bytes += bytes;
+            }
+            None => self.reads.push(TableRead { pid, command, count: 1, bytes }),
+        }
+    }
+
+    /// Total answers read.
+    pub fn count(&self) -> usize {
+        self.reads.iter().map(|r| r.count).sum()
+    }
+}
+
+/// Reaches HAProxy's processes: the answering worker directly, the others
+/// through the master CLI (`@!<pid> ...`).
+pub struct Attributor {
+    api: Api,
+    master: Option<Api>,
+    workers: Vec<Worker>,
+    answering: u32,
+    /// `show fd`'s `sv=` is `SERVER/BACKEND` (2.4).
+    server_first: bool,
+    /// `show sess server B/S` exists (3.2+).
+    sess_filters: bool,
+    /// `show fd s` (server-side connections only) exists (2.8+).
+    fd_filters: bool,
+    tables: Tables,
+}
+
+/// A table that could not be had, and why (the sockets it would have named count as unlisted).
+pub type Unavailable = String;
+
+impl Attributor {
+    /// Tables of `workers`; `api` reaches `answering`, `master` the others.
+    pub fn new(api: Api, master: Option<Api>, workers: Vec<Worker>, answering: u32, version: &str) -> Attributor {
+        Attributor {
+            api,
+            master,
+            workers,
+            answering,
+            server_first: parse::fd_server_first(version),
+            sess_filters: parse::version_at_least(version, 3, 2),
+            fd_filters: parse::version_at_least(version, 2, 8),
+            tables: Tables::default(),
+        }
+    }
+
+    /// The answering worker's API.
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+
+    /// What was read so far.
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// Whether `pid` can be asked at all.
+    pub fn askable(&self, pid: u32) -> bool {
+        pid == self.answering || self.master.is_some()
+    }
+
+    /// Sends `cmd` to `pid`, counted under `label`. Only a cancel request is an
+    /// error; anything else is why the table is unavailable.
+    fn ask(&mut self, pid: u32, cmd: &str, label: &'static str) -> Result<std::result::Result<String, Unavailable>> {
+        let answer = if pid == self.answering {
+            self.api.command(cmd)
+        } else {
+            let Some(master) = &self.master else {
+                return Ok(Err(format!("HAProxy pid {pid} cannot be asked (no master CLI)")));
+            };
+            let inner = self.workers.iter().find(|w| w.pid == pid).map_or(pid, |w| w.inner_pid);
+            master.command(&format!("@!{inner} {cmd}"))
+        };
+        match answer {
+            Ok(text) => {
+                self.tables.add(pid, label, text.len());
+                Ok(match parse::check_query(cmd, &text) {
+                    Ok(()) => Ok(text),
+                    Err(e) => Err(format!("HAProxy pid {pid} answered `{label}` with a refusal ({e})")),
+                })
+            }
+            Err(e @ Error::Interrupted(_)) => Err(e),
+            Err(e) => Ok(Err(format!("HAProxy pid {pid} gave no `{label}` ({e})"))),
+        }
+    }
+
+    /// `pid`'s streams; with `server` on 3.2+, only that server's.
+    pub fn streams(
+        &mut self,
+        pid: u32,
+        server: Option<(&str, &str)>,
+    ) -> Result<std::result::Result<Vec<Stream>, Unavailable>> {
+        if let (Some((b, s)), true) = (server, self.sess_filters) {
+            match self.ask(pid, &format!("show sess server {b}/{s}"), "show sess server")? {
+                Ok(text) => return Ok(Ok(parse::parse_sess(&text))),
+                // An old worker without that server: its whole table instead.
+                Err(why) => tracing::debug!(pid, why = %why, "no narrowed stream table"),
+            }
+        }
+        Ok(self.ask(pid, "show sess", "show sess")?.map(|t| parse::parse_sess(&t)))
+    }
+
+    /// `show fd` lines for `candidates` of `pid`: one `show fd <fd>` each when
+    /// few, else one table (server-side connections only, where the version
+    /// can say so). A line whose ports are not the candidate's is dropped (the
+    /// fd was reused since /proc was read).
+    pub fn fd_lines(
+        &mut self,
+        pid: u32,
+        candidates: &[Candidate],
+    ) -> Result<std::result::Result<HashMap<u32, FdConn>, Unavailable>> {
+        let mut texts = Vec::new();
+        if candidates.len() <= FEW {
+            for c in candidates {
+                match self.ask(pid, &format!("show fd {}", c.fd), "show fd <fd>")? {
+                    Ok(t) => texts.push(t),
+                    Err(why) => return Ok(Err(why)),
+                }
+            }
+        } else {
+            let cmd = if self.fd_filters { "show fd s" } else { "show fd" };
+            match self.ask(pid, cmd, "show fd")? {
+                Ok(t) => texts.push(t),
+                Err(why) => return Ok(Err(why)),
+            }
+        }
+        let wanted: BTreeMap<u32, Candidate> = candidates.iter().map(|c| (c.fd, *c)).collect();
+        let mut out = HashMap::new();
+        for conn in texts.iter().flat_map(|t| parse::parse_fd(t, self.server_first)) {
+            let Some(c) = wanted.get(&conn.fd) else { continue };
+            let ports_match = conn.lport.is_none_or(|p| p == c.lport) && conn.rport.is_none_or(|p| p == c.rport);
+            if conn.back && ports_match {
+                out.insert(conn.fd, conn);
+            }
+        }
+        Ok(Ok(out))
+    }
+}
