@@ -14,439 +14,19 @@
 #[macro_use]
 mod common;
 
-use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::haproxy::*;
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-use sockkill::filter::parse_cidr;
-use sockkill::haproxy::api::{Api, Endpoint};
 use sockkill::haproxy::parse;
-use sockkill::{Filter, PortRange, StateSet, TcpSocket};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-const S1: &str = "127.0.0.11:9001";
-const S2: &str = "127.0.0.12:9002";
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn haproxy_bin() -> String {
-    std::env::var("SOCKKILL_HAPROXY").unwrap_or_else(|_| "haproxy".into())
-}
-
-/// The HAProxy version under test, e.g. (2, 6).
-fn version() -> (u32, u32) {
-    let out = Command::new(haproxy_bin()).arg("-v").output().expect("run haproxy -v");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let v = text.split_whitespace().nth(2).unwrap_or("0.0");
-    let mut it = v.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse().ok());
-    (it.next().unwrap_or(0), it.next().unwrap_or(0))
-}
-
-/// Appends what a scenario did to `$SOCKKILL_MATRIX_LOG` (for docs/haproxy-matrix.md).
-fn record(scenario: &str, master_socket: bool, doc: &Value, code: i32) {
-    let Ok(path) = std::env::var("SOCKKILL_MATRIX_LOG") else { return };
-    let n = |k: &str| doc["summary"][k].as_u64().unwrap_or(0);
-    let line = serde_json::json!({
-        "haproxy": doc["haproxy_version"],
-        "scenario": scenario,
-        "master_socket": master_socket,
-        "exit_code": code,
-        "initial": n("initial"),
-        "closed_by_haproxy": n("closed_by_haproxy"),
-        "destroyed": n("destroyed"),
-        "other_server": n("other_server"),
-        "ambiguous": n("ambiguous"),
-        "remaining": n("remaining"),
-        "workers_exited": doc["workers_exited"].as_array().map_or(0, |a| a.len()),
-        "wait_answer": doc["wait_answer"],
-    });
-    if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = writeln!(f, "{line}");
-    }
-}
-
-/// A backend server that answers each line with its name.
-fn tag_server(bind: &str, tag: &'static str) -> TcpListener {
-    let l = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
-    let listener = l.try_clone().unwrap();
-    std::thread::spawn(move || {
-        while let Ok((s, _)) = listener.accept() {
-            std::thread::spawn(move || {
-                let mut w = s.try_clone().unwrap();
-                for line in BufReader::new(s).lines() {
-                    if line.is_err() || writeln!(w, "{tag}").is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    l
-}
-
-/// A client through HAProxy, and the server it landed on.
-struct Client {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-    server: String,
-}
-
-impl Client {
-    fn connect(front: &str) -> Client {
-        let stream = TcpStream::connect(front).expect("connect to HAProxy");
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        let mut c = Client { stream, reader, server: String::new() };
-        c.server = c.ask().expect("first answer through HAProxy");
-        c
-    }
-
-    fn ask(&mut self) -> std::io::Result<String> {
-        writeln!(self.stream, "who")?;
-        let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
-        }
-        Ok(line.trim().to_string())
-    }
-
-    /// True once HAProxy ended this client's connection (EOF or reset).
-    fn ended(&mut self) -> bool {
-        self.stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        let mut line = String::new();
-        let r = self.reader.read_line(&mut line);
-        self.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        match r {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
-        }
-    }
-}
-
-/// Whether `pid` has a handler for signal `sig` (SigCgt in /proc/PID/status).
-fn catches(pid: u32, sig: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(|h| h.trim().to_string()))
-        .and_then(|h| u64::from_str_radix(&h, 16).ok())
-        .is_some_and(|mask| mask & (1 << (sig - 1)) != 0)
-}
-
-/// A backend: its frontend's port on 127.0.0.10, and its servers.
-struct Backend {
-    name: &'static str,
-    port: u16,
-    servers: Vec<(&'static str, &'static str)>,
-}
-
-fn be(name: &'static str, port: u16, servers: &[(&'static str, &'static str)]) -> Backend {
-    Backend { name, port, servers: servers.to_vec() }
-}
-
-fn config(dir: &Path, backends: &[Backend]) -> String {
-    let mut cfg = format!(
-        "global\n    stats socket {d}/admin.sock level admin\n    stats socket {d}/user.sock level user\n\
-         defaults\n    mode tcp\n    timeout connect 30s\n    timeout client 1h\n    timeout server 1h\n    retries 3\n",
-        d = dir.display()
-    );
-    for b in backends {
-        cfg += &format!("frontend fe_{n}\n    bind 127.0.0.10:{p}\n    default_backend {n}\n", n = b.name, p = b.port);
-        cfg += &format!("backend {}\n    balance roundrobin\n", b.name);
-        for (s, addr) in &b.servers {
-            cfg += &format!("    server {s} {addr}\n");
-        }
-    }
-    cfg
-}
-
-/// One HAProxy instance (master-worker or a single process); ended by pid on drop.
-struct Haproxy {
-    dir: PathBuf,
-    child: Child,
-    master_worker: bool,
-    /// Started with a master CLI (`-S`).
-    master_cli: bool,
-    /// The command HAProxy was started through, if any.
-    wrapped: Vec<String>,
-}
-
-fn scratch_dir() -> PathBuf {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("sockkill-hx-{}-{n}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-impl Haproxy {
-    /// Starts HAProxy with `backends`, through `wrap` (e.g. `unshare ...`) when given;
-    /// in master-worker mode with a master CLI unless `master_cli` is false.
-    fn start_with(master_worker: bool, master_cli: bool, backends: &[Backend], wrap: &[&str]) -> Haproxy {
-        let dir = scratch_dir();
-        fs::write(dir.join("haproxy.cfg"), config(&dir, backends)).unwrap();
-        let log = fs::File::create(dir.join("haproxy.log")).unwrap();
-        let mut cmd = Command::new(wrap.first().copied().unwrap_or(haproxy_bin().as_str()));
-        if !wrap.is_empty() {
-            cmd.args(&wrap[1..]).arg(haproxy_bin());
-        }
-        cmd.arg("-db");
-        let master_cli = master_worker && master_cli;
-        if master_worker {
-            cmd.arg("-W");
-        }
-        if master_cli {
-            cmd.arg("-S").arg(dir.join("master.sock"));
-        }
-        cmd.arg("-f").arg(dir.join("haproxy.cfg"));
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("start haproxy");
-        let h =
-            Haproxy { dir, child, master_worker, master_cli, wrapped: wrap.iter().map(|s| s.to_string()).collect() };
-        let admin = Endpoint::parse(&h.sock("admin.sock"));
-        wait_until(Duration::from_secs(10), "HAProxy to answer", || {
-            Api::new(admin.clone(), Duration::from_secs(2), None).is_ok_and(|a| a.command("show info").is_ok())
-        });
-        if master_worker {
-            // A reload is SIGUSR2 to the master: sent before its handler is in
-            // place, it is lost (or fatal). Wait until the master catches it.
-            let master = h.master_pid();
-            wait_until(Duration::from_secs(10), "the master's SIGUSR2 handler", || catches(master, libc::SIGUSR2));
-        }
-        if master_cli {
-            // The master serves its CLI from its event loop, after its signal
-            // handlers are in place: only then may a test send it SIGUSR2.
-            let master = Endpoint::parse(&h.sock("master.sock"));
-            wait_until(Duration::from_secs(10), "the master CLI", || {
-                Api::new(master.clone(), Duration::from_secs(2), None)
-                    .is_ok_and(|a| a.command("show proc").is_ok_and(|t| t.contains("worker")))
-            });
-        }
-        h
-    }
-
-    fn start(master_worker: bool, backends: &[Backend]) -> Haproxy {
-        Haproxy::start_with(master_worker, true, backends, &[])
-    }
-
-    fn sock(&self, name: &str) -> String {
-        self.dir.join(name).to_string_lossy().into_owned()
-    }
-
-    fn api(&self) -> Api {
-        Api::new(Endpoint::parse(&self.sock("admin.sock")), Duration::from_secs(2), None).unwrap()
-    }
-
-    /// The master's `show proc`, or None while its CLI does not answer.
-    fn master_procs(&self) -> Option<Vec<parse::ProcEntry>> {
-        let api = Api::new(Endpoint::parse(&self.sock("master.sock")), Duration::from_secs(2), None).ok()?;
-        parse::parse_proc(&api.command("show proc").ok()?).ok()
-    }
-
-    /// HAProxy's own pid of the current worker (what `show info` prints).
-    fn worker_pid(&self) -> u32 {
-        parse::parse_info(&self.api().command("show info").unwrap()).unwrap().pid
-    }
-
-    /// The master's pid here: our child, or its haproxy child when started through a wrapper.
-    fn master_pid(&self) -> u32 {
-        let child = self.child.id();
-        if sockkill::procfs::command(child) == "haproxy" {
-            return child;
-        }
-        let mut found = None;
-        wait_until(Duration::from_secs(5), "the wrapped HAProxy master", || {
-            found = sockkill::procfs::all_pids().into_iter().find(|&p| {
-                sockkill::procfs::parent_pid(p).ok() == Some(child) && sockkill::procfs::command(p) == "haproxy"
-            });
-            found.is_some()
-        });
-        found.unwrap()
-    }
-
-    /// Every HAProxy process of this instance (our pids).
-    fn pids(&self) -> Vec<u32> {
-        let master = self.master_pid();
-        let mut pids = vec![master];
-        pids.extend(sockkill::procfs::all_pids().into_iter().filter(|&p| {
-            sockkill::procfs::parent_pid(p).ok() == Some(master) && sockkill::procfs::command(p) == "haproxy"
-        }));
-        pids
-    }
-
-    /// Reloads with `backends` and waits for the new worker. Returns (old, new) as HAProxy numbers them.
-    fn reload(&self, backends: &[Backend]) -> (u32, u32) {
-        assert!(self.master_worker);
-        let old = self.worker_pid();
-        fs::write(self.dir.join("haproxy.cfg"), config(&self.dir, backends)).unwrap();
-        kill(Pid::from_raw(self.master_pid() as i32), Signal::SIGUSR2).unwrap();
-        let mut new = old;
-        let end = Instant::now() + Duration::from_secs(10);
-        while new == old {
-            assert!(Instant::now() < end, "no new worker 10 s after SIGUSR2; HAProxy's log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-            new = self.api().command("show info").ok().and_then(|t| parse::parse_info(&t).ok()).map_or(old, |i| i.pid);
-        }
-        if self.master_cli {
-            // The master re-executes itself on a reload and listens on its CLI
-            // again from its event loop, which can come after the new worker answers.
-            let mut procs = Vec::new();
-            wait_until(Duration::from_secs(10), "the master CLI after the reload", || {
-                procs = self.master_procs().unwrap_or_default();
-                !procs.is_empty()
-            });
-            assert!(procs.iter().any(|p| p.pid == old && p.old), "old worker draining: {procs:?}");
-        } else {
-            assert!(sockkill::procfs::Process::open(self.host_pid(old)).is_ok_and(|p| p.alive()), "old worker gone");
-        }
-        (old, new)
-    }
-
-    /// Our pid for HAProxy's pid `inner` (they differ when HAProxy has its own pid namespace).
-    fn host_pid(&self, inner: u32) -> u32 {
-        self.pids()
-            .into_iter()
-            .find(|&p| sockkill::procfs::nspid(p).and_then(|v| v.last().copied()) == Some(inner))
-            .unwrap_or(inner)
-    }
-
-    fn server_state(&self, backend: &str, server: &str) -> (u32, u32) {
-        let text = self.api().command("show servers state").unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        let header: Vec<&str> = lines[1].trim_start_matches('#').split_whitespace().collect();
-        let col = |n: &str| header.iter().position(|h| *h == n).unwrap();
-        for l in &lines[2..] {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.get(col("be_name")) == Some(&backend) && f.get(col("srv_name")) == Some(&server) {
-                return (f[col("srv_op_state")].parse().unwrap(), f[col("srv_admin_state")].parse().unwrap());
-            }
-        }
-        panic!("no {backend}/{server} in {text}");
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("haproxy.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        // SIGTERM to the master (or the single process) by pid; it ends its workers. Behind a
-        // wrapper (`unshare --fork`) the master itself: the wrapper passes no signal on, and
-        // it reaps the master and exits when the master ends.
-        let target = if self.wrapped.is_empty() {
-            Some(self.child.id())
-        } else {
-            sockkill::procfs::all_pids().into_iter().find(|&p| {
-                sockkill::procfs::parent_pid(p).ok() == Some(self.child.id())
-                    && sockkill::procfs::command(p) == "haproxy"
-            })
-        };
-        if let Some(pid) = target {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        }
-        let end = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Still there: the wrapper's --kill-child takes the master with it.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The standard lab: s1 and s2 behind `be` (frontend port 8000).
-fn std_backends() -> Vec<Backend> {
-    vec![be("be", 8000, &[("s1", S1), ("s2", S2)])]
-}
-
-fn lab(master_worker: bool) -> (TcpListener, TcpListener, Haproxy) {
-    let s1 = tag_server(S1, "s1");
-    let s2 = tag_server(S2, "s2");
-    (s1, s2, Haproxy::start(master_worker, &std_backends()))
-}
-
-/// HAProxy's sockets to `server` (any state but LISTEN/TIME-WAIT), from the kernel.
-fn haproxy_sockets_to(server: &str, pids: &[u32]) -> Vec<TcpSocket> {
-    let addr: SocketAddr = server.parse().unwrap();
-    let filter = Filter {
-        dst: vec![parse_cidr(&addr.ip().to_string()).unwrap()],
-        dport: vec![PortRange::one(addr.port())],
-        states: StateSet::DEFAULT,
-        pids: pids.to_vec(),
-        ..Filter::default()
-    };
-    sockkill::list(None, filter, false).unwrap_or_default()
-}
-
-fn clients(front: &str, n: usize) -> (Vec<Client>, Vec<Client>) {
-    let all: Vec<Client> = (0..n).map(|_| Client::connect(front)).collect();
-    let (s1, s2): (Vec<Client>, Vec<Client>) = all.into_iter().partition(|c| c.server == "s1");
-    assert!(!s1.is_empty() && !s2.is_empty(), "roundrobin should use both servers");
-    assert!(s2.iter().all(|c| c.server == "s2"));
-    (s1, s2)
-}
-
-/// No HAProxy socket to `server` exists, now and for `period`.
-fn assert_none_for(period: Duration, server: &str, h: &Haproxy) {
-    let end = Instant::now() + period;
-    loop {
-        let left = haproxy_sockets_to(server, &h.pids());
-        assert!(left.is_empty(), "HAProxy sockets to {server}: {left:?}");
-        if Instant::now() >= end {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The shared assertions after a run that should have ended every s1 socket.
-fn assert_s1_gone_s2_serving(h: &Haproxy, s1: &mut [Client], s2: &mut [Client]) {
-    assert_none_for(Duration::from_secs(2), S1, h);
-    for c in s1.iter_mut() {
-        wait_until(Duration::from_secs(10), "an s1 client to see its connection end", || c.ended());
-    }
-    for c in s2.iter_mut() {
-        assert_eq!(c.ask().expect("s2 client still served"), "s2");
-    }
-}
-
-/// `sockkill haproxy --json --socket admin.sock --addr S1 EXTRA`, with `--master-socket` when asked.
-fn run_addr_s1(h: &Haproxy, master_socket: bool, extra: &[&str]) -> (i32, Value, String) {
-    let (admin, master) = (h.sock("admin.sock"), h.sock("master.sock"));
-    let mut args = vec!["haproxy", "--json", "--socket", admin.as_str(), "--addr", S1];
-    if master_socket {
-        args.extend(["--master-socket", master.as_str()]);
-    }
-    args.extend_from_slice(extra);
-    run_json(&args)
-}
-
-fn run_json(args: &[&str]) -> (i32, Value, String) {
-    let out = sockkill_kill(args);
-    let err = stderr(&out);
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    if !doc.is_null() {
-        validate(&doc);
-    }
-    (code(&out), doc, err)
-}
 
 #[test]
 fn plain_server_removal() {
@@ -741,17 +321,7 @@ fn connect_retry_syn_sent_sockets_end() {
     let _g = serial();
     in_private_netns(|| {
         let _s2 = tag_server(S2, "s2");
-        let fd = nix::sys::socket::socket(
-            nix::sys::socket::AddressFamily::Inet,
-            nix::sys::socket::SockType::Stream,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .unwrap();
-        let s1_addr: std::net::SocketAddrV4 = S1.parse().unwrap();
-        nix::sys::socket::bind(fd.as_raw_fd(), &nix::sys::socket::SockaddrIn::from(s1_addr)).unwrap();
-        nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(0).unwrap()).unwrap();
-        let _filler = TcpStream::connect(S1).unwrap(); // fills the accept queue
+        let _s1 = never_accepting(S1);
         let h = Haproxy::start(false, &std_backends());
 
         // Clients whose streams go to s1 never get an answer: connect without asking.
@@ -812,6 +382,125 @@ fn connect_retry_syn_sent_sockets_end() {
         }
         assert!(ended >= 1, "no stream to s1 was ended");
         drop(streams);
+    });
+}
+
+/// A listener at `addr` that never accepts (backlog 0, its one queue slot
+/// filled): connections to it sit in SYN-SENT, retransmitting.
+fn never_accepting(addr: &str) -> (std::os::fd::OwnedFd, TcpStream) {
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    let at: std::net::SocketAddrV4 = addr.parse().unwrap();
+    bind(fd.as_raw_fd(), &SockaddrIn::from(at)).unwrap();
+    listen(&fd, Backlog::new(0).unwrap()).unwrap();
+    let filler = TcpStream::connect(addr).unwrap();
+    (fd, filler)
+}
+
+/// `n` clients whose streams go to s1 and get stuck connecting. Each sends a
+/// line at once: with request data pending, 3.0 and 3.1 do not purge the
+/// stream on `shutdown sessions` (without it they do).
+fn stuck_streams(h: &Haproxy, n: usize) -> Vec<TcpStream> {
+    let streams: Vec<TcpStream> = (0..n)
+        .map(|_| {
+            let mut c = TcpStream::connect("127.0.0.10:8000").unwrap();
+            c.write_all(b"who\n").unwrap();
+            c
+        })
+        .collect();
+    let pids = h.pids();
+    wait_until(Duration::from_secs(10), "SYN-SENT sockets to s1", || {
+        haproxy_sockets_to(S1, &pids).iter().filter(|s| s.state_name() == "SYN-SENT").count() >= n.min(20)
+    });
+    streams
+}
+
+/// The seed's own shape, where HAProxy fails to close: 24 streams stuck
+/// connecting to a server that never accepts, `timeout connect` (30 s) far
+/// longer than the run, `retries 3`. On 3.0/3.1 `wait` answers `Wait delay
+/// expired.` and HAProxy opens new SYN-SENT sockets about a second after each
+/// destroy until its retries run out; 2.x and 3.2+ close the streams
+/// themselves. Either way: exit 0 only once the retries stopped and a settle
+/// period of empty looks followed the last destroy, and no socket to s1
+/// comes back after the run. With a deadline shorter than the retries: exit
+/// 1, saying what kept appearing.
+#[test]
+fn connect_retry_where_haproxy_fails_to_close() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _s1 = never_accepting(S1);
+        let h = Haproxy::start(false, &[be("be", 8000, &[("s1", S1)])]);
+        let streams = stuck_streams(&h, 24);
+        let (rc, doc, err) = run_json(&["haproxy", "--json", "--socket", &h.sock("admin.sock"), "--server", "be/s1"]);
+        record("connect-retry, HAProxy fails to close (24 SYN-SENT streams)", false, &doc, rc);
+        // Nothing comes back after the run, and it ended a settle period after its last destroy.
+        assert_none_for(Duration::from_millis(1500), S1, &h);
+        let last_destroy = doc["destroyed"].as_array().unwrap().iter().filter_map(|d| d["at_ms"].as_u64()).max();
+        if let Some(t) = last_destroy {
+            assert!(doc["duration_ms"].as_u64().unwrap() >= t + 1500, "{doc}");
+        }
+        assert_eq!(rc, 0, "{err}\n{doc}\n{}", h.log());
+        assert_eq!(doc["verdict"], "clean", "{doc}");
+        drop(streams);
+
+        // Where HAProxy retried, a deadline shorter than its retries ends the run unclean.
+        if doc["summary"]["appeared_after_first_destroy"].as_u64().unwrap_or(0) > 0 {
+            let ready = h.api().command("set server be/s1 state ready").unwrap();
+            parse::expect_empty("set server", &ready).unwrap();
+            let streams = stuck_streams(&h, 24);
+            let (rc, doc, err) = run_json(&[
+                "haproxy",
+                "--json",
+                "--deadline",
+                "3.5s",
+                "--socket",
+                &h.sock("admin.sock"),
+                "--server",
+                "be/s1",
+            ]);
+            record("connect-retry, HAProxy fails to close, --deadline 3.5s", false, &doc, rc);
+            assert_eq!(rc, 1, "{err}\n{doc}");
+            assert_eq!(doc["clean"], false, "{doc}");
+            assert!(doc["verdict_reason"].as_str().unwrap().contains("deadline"), "{doc}");
+            drop(streams);
+        }
+    });
+}
+
+/// Three reloads in a row, each new worker taking new sessions to s1 and s2;
+/// the third removes s1. Three old workers hold s1's sessions: `--addr`
+/// ends all of them, in every old worker, and none of s2's.
+#[test]
+fn three_reloads_three_old_workers() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let (_s1, _s2, h) = lab(true);
+        let mut s1_clients = Vec::new();
+        let mut s2_clients = Vec::new();
+        let mut olds = Vec::new();
+        for round in 0..3 {
+            let (s1, s2) = clients("127.0.0.10:8000", 4);
+            s1_clients.extend(s1);
+            s2_clients.extend(s2);
+            let layout = if round < 2 { std_backends() } else { vec![be("be", 8000, &[("s2", S2)])] };
+            let (old, _new) = h.reload(&layout);
+            olds.push(h.host_pid(old));
+        }
+        wait_until(Duration::from_secs(5), "every old worker's s1 sessions", || {
+            haproxy_sockets_to(S1, &olds).len() == s1_clients.len()
+        });
+        let before: std::collections::BTreeSet<u64> =
+            haproxy_sockets_to(S1, &olds).iter().map(|s| s.cookie()).collect();
+        let (rc, doc, err) = run_addr_s1(&h, false, &[]);
+        record("three reloads, three old workers (--addr)", false, &doc, rc);
+        assert_eq!(rc, 0, "{err}\n{doc}\n{}", h.log());
+        assert_eq!(destroyed_cookies(&doc, "destroyed"), before, "{doc}");
+        let owners: std::collections::BTreeSet<u64> =
+            doc["destroyed"].as_array().unwrap().iter().filter_map(|d| d["owners"][0]["pid"].as_u64()).collect();
+        assert_eq!(owners.len(), 3, "sessions of all three old workers: {doc}");
+        assert_s1_gone_s2_serving(&h, &mut s1_clients, &mut s2_clients);
     });
 }
 

@@ -123,9 +123,11 @@ impl Options {
         let grace = self.grace();
         let floor = grace.saturating_add(self.settle);
         let deadline = match self.deadline {
-            Some(d) if d < floor => return Err(Error::Usage(format!(
+            Some(d) if d < floor => {
+                return Err(Error::Usage(format!(
                 "--deadline {d:?} is shorter than --grace + --settle ({floor:?}): nothing could ever be judged clean"
-            ))),
+            )))
+            }
             Some(d) => d,
             None => match self.window {
                 Some(w) => w.saturating_add(self.settle).max(floor),
