@@ -341,6 +341,68 @@ fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
     }
 }
 
+/// A cgroup v2 directory, as `--cgroup` named it, and its id (the
+/// directory's inode number on cgroup2fs, what the kernel compares).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Cgroup {
+    /// As given (or found) on the command line.
+    pub path: String,
+    /// The cgroup id.
+    pub id: u64,
+    /// It is the root of its cgroup2 hierarchy: on a host without cgroup v2
+    /// controllers every process is there, so it narrows nothing.
+    #[serde(skip)]
+    pub root: bool,
+}
+
+/// `--mark VALUE[/MASK]`: sockets whose `SO_MARK & MASK == VALUE` (as `ss`'s `fwmark`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Mark {
+    /// The value compared.
+    pub value: u32,
+    /// The bits compared (all by default).
+    pub mask: u32,
+}
+
+impl FromStr for Mark {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let num = |p: &str| {
+            let p = p.trim();
+            let parsed = match p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
+                Some(hex) => u32::from_str_radix(hex, 16),
+                None => p.parse::<u32>(),
+            };
+            parsed.map_err(|_| {
+                Error::InvalidFilter(format!(
+                    "bad mark {s:?}: expected VALUE or VALUE/MASK, decimal or 0x-hex, 32 bits"
+                ))
+            })
+        };
+        let mark = match s.split_once('/') {
+            Some((v, m)) => Mark { value: num(v)?, mask: num(m)? },
+            None => Mark { value: num(s)?, mask: u32::MAX },
+        };
+        if mark.value & !mark.mask != 0 {
+            return Err(Error::InvalidFilter(format!(
+                "bad mark {s:?}: the value has bits outside the mask, so nothing could match"
+            )));
+        }
+        Ok(mark)
+    }
+}
+
+impl fmt::Display for Mark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.mask == u32::MAX {
+            write!(f, "{:#x}", self.value)
+        } else {
+            write!(f, "{:#x}/{:#x}", self.value, self.mask)
+        }
+    }
+}
+
 /// Which TCP sockets to act on. Within one field the values are alternatives
 /// (OR); across fields every condition must hold (AND). `dst`/`dport` are the
 /// peer's address and port, `src`/`sport` the local ones, as in `ss`.
@@ -360,6 +422,14 @@ pub struct Filter {
     pub family: Option<Family>,
     /// Only sockets that are an open file descriptor of one of these processes.
     pub pids: Vec<u32>,
+    /// Only sockets created by a process of one of these cgroups (v2; the
+    /// cgroup itself, not its descendants, as the kernel compares).
+    pub cgroups: Vec<Cgroup>,
+    /// Only sockets bound to one of these interfaces (their index in the
+    /// target namespace): `SO_BINDTODEVICE`, or an IPv6 link-local scope — as `ss`'s `dev`.
+    pub devs: Vec<u32>,
+    /// Only sockets whose mark matches one of these.
+    pub marks: Vec<Mark>,
 }
 
 impl Default for Filter {
@@ -372,6 +442,9 @@ impl Default for Filter {
             states: StateSet::DEFAULT,
             family: None,
             pids: Vec::new(),
+            cgroups: Vec::new(),
+            devs: Vec::new(),
+            marks: Vec::new(),
         }
     }
 }
@@ -400,14 +473,21 @@ impl Filter {
         if self.pids.contains(&0) {
             return Err(Error::InvalidFilter("pid 0 is not a process".into()));
         }
+        if self.devs.contains(&0) {
+            return Err(Error::InvalidFilter("interface index 0 is no interface".into()));
+        }
+        if let Some(m) = self.marks.iter().find(|m| m.value & !m.mask != 0) {
+            return Err(Error::InvalidFilter(format!("mark {m}: the value has bits outside the mask")));
+        }
         Ok(())
     }
 
     /// True when the filter does not narrow what it matches: the union of the
     /// `--dst` (or `--src`) prefixes covers a whole address family, the union of
     /// the port ranges covers every port a socket in the chosen states can have,
-    /// and no `--pid` is given. A kill with such a filter is refused unless
-    /// explicitly allowed.
+    /// no `--pid` or `--dev` is given, every `--cgroup` is a hierarchy's root
+    /// and some `--mark` has an empty mask. A kill with such a filter is
+    /// refused unless explicitly allowed.
     pub fn is_catch_all(&self) -> bool {
         // A listener's peer is unspecified (address and port 0), and so is the
         // local address of one bound to the wildcard: a condition holding those
@@ -416,12 +496,17 @@ impl Filter {
         let narrows = nets_narrow(&self.dst, listeners)
             || nets_narrow(&self.src, listeners)
             || ports_narrow(&self.dport, listeners)
-            || ports_narrow(&self.sport, false);
+            || ports_narrow(&self.sport, false)
+            || !self.devs.is_empty()
+            || (!self.cgroups.is_empty() && self.cgroups.iter().all(|c| !c.root))
+            || (!self.marks.is_empty() && self.marks.iter().all(|m| m.mask != 0));
         !narrows && self.pids.is_empty()
     }
 
-    /// Whether `sock` matches every address, port, state and family condition
-    /// (the process condition is checked separately, by inode).
+    /// Whether `sock` matches every address, port, state, family, interface,
+    /// cgroup and mark condition (the process condition is checked separately,
+    /// by inode). A mark the kernel did not report (it reports marks to
+    /// CAP_NET_ADMIN only, never for TIME-WAIT) is left to the kernel's filter.
     pub fn matches(&self, sock: &TcpSocket) -> bool {
         let any_net = |nets: &[IpNet], ip| nets.is_empty() || nets.iter().any(|n| net_contains(n, ip));
         let any_port = |ranges: &[PortRange], p| ranges.is_empty() || ranges.iter().any(|r| r.contains(p));
@@ -433,6 +518,9 @@ impl Filter {
             && any_net(&self.src, local.ip())
             && any_port(&self.dport, peer.port())
             && any_port(&self.sport, local.port())
+            && (self.devs.is_empty() || self.devs.contains(&sock.interface()))
+            && (self.cgroups.is_empty() || self.cgroups.iter().any(|c| c.id == sock.cgroup))
+            && (self.marks.is_empty() || sock.mark.is_none_or(|m| self.marks.iter().any(|k| m & k.mask == k.value)))
     }
 
     /// The command-line flags that select exactly this filter, e.g.
@@ -451,6 +539,9 @@ impl Filter {
             self.states.flag_names().into_iter().for_each(|s| push("--state", s.to_string()));
         }
         self.pids.iter().for_each(|p| push("--pid", p.to_string()));
+        self.cgroups.iter().for_each(|c| push("--cgroup", c.path.clone()));
+        self.devs.iter().for_each(|d| push("--dev", d.to_string()));
+        self.marks.iter().for_each(|m| push("--mark", m.to_string()));
         match self.family {
             Some(Family::V4) => args.push("-4".into()),
             Some(Family::V6) => args.push("-6".into()),

@@ -38,6 +38,7 @@ pub(crate) use internal;
 
 pub mod audit;
 pub mod cancel;
+pub mod cgroup;
 pub mod check;
 internal! {
     /// The kernel's sock_diag bytes and the netlink socket.

@@ -167,6 +167,32 @@ pub fn run_in_new_netns<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T> {
     )
 }
 
+/// The index of interface `name` (or an index given as digits, checked) in
+/// `ns`, or in the calling thread's namespace.
+pub fn interface_index(ns: Option<&Netns>, name: &str) -> Result<u32> {
+    let fail = |reason: String| Error::Interface { name: name.to_string(), reason };
+    let look = || -> std::result::Result<Vec<(u32, String)>, nix::Error> {
+        Ok(nix::net::if_::if_nameindex()?
+            .iter()
+            .map(|i| (i.index(), i.name().to_string_lossy().into_owned()))
+            .collect())
+    };
+    let list = match ns {
+        Some(ns) => ns.run(look)?,
+        None => look(),
+    }
+    .map_err(|e| fail(format!("listing interfaces: {e}")))?;
+    let found = match name.parse::<u32>() {
+        Ok(index) => list.iter().find(|(i, _)| *i == index),
+        Err(_) => list.iter().find(|(_, n)| n == name),
+    };
+    let where_ = ns.map_or("this network namespace".to_string(), |n| format!("network namespace {}", n.label()));
+    found.map(|(i, _)| *i).ok_or_else(|| {
+        let names: Vec<&str> = list.iter().map(|(_, n)| n.as_str()).collect();
+        fail(format!("no such interface in {where_} (there: {})", names.join(", ")))
+    })
+}
+
 /// The inode of the calling thread's network namespace.
 pub fn current_netns_inode() -> Result<u64> {
     let path = "/proc/thread-self/ns/net";

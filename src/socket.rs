@@ -26,11 +26,16 @@ pub struct TcpSocket {
     pub inode: u32,
     /// Processes holding the socket open, when they were looked up.
     pub owners: Option<Box<[Owner]>>,
+    /// The cgroup v2 id of the socket's creator (`INET_DIAG_CGROUP_ID`); 0 when
+    /// the kernel did not say (TIME-WAIT and request sockets, old kernels).
+    pub cgroup: u64,
+    /// `SO_MARK` (`INET_DIAG_MARK`, sent to CAP_NET_ADMIN only); `None` when not sent.
+    pub mark: Option<u32>,
 }
 
 impl TcpSocket {
     pub(crate) fn from_kernel(af: u8, state: u8, id: SocketId, uid: u32, inode: u32) -> TcpSocket {
-        TcpSocket { id, af, state: TcpState::from_kernel(state), uid, inode, owners: None }
+        TcpSocket { id, af, state: TcpState::from_kernel(state), uid, inode, owners: None, cgroup: 0, mark: None }
     }
 
     fn addr(&self, ip: IpAddr, port: u16) -> SocketAddr {
@@ -99,6 +104,12 @@ impl TcpSocket {
         map.serialize_entry("inode", &self.inode)?;
         map.serialize_entry("cookie", &self.cookie())?;
         map.serialize_entry("interface", &self.interface())?;
+        if self.cgroup != 0 {
+            map.serialize_entry("cgroup", &self.cgroup)?;
+        }
+        if let Some(mark) = self.mark {
+            map.serialize_entry("mark", &mark)?;
+        }
         if let Some(o) = &self.owners {
             map.serialize_entry("owners", o)?;
         }
@@ -145,7 +156,7 @@ mod tests {
 
     #[test]
     fn stays_small_and_serializes_its_fields() {
-        assert!(std::mem::size_of::<TcpSocket>() <= 88, "{}", std::mem::size_of::<TcpSocket>());
+        assert!(std::mem::size_of::<TcpSocket>() <= 104, "{}", std::mem::size_of::<TcpSocket>());
         let s = TcpSocket::for_test("[::1]:5".parse().unwrap(), "[::1]:80".parse().unwrap(), TcpState::SynSent)
             .with_ids((1u64 << 32) + 7, 9);
         let v = serde_json::to_value(&s).unwrap();

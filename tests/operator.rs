@@ -121,11 +121,29 @@ fn metrics_file_is_written_atomically() {
 #[test]
 fn completions_offer_each_subcommands_own_flags() {
     let own: [(&str, &[&str]); 6] = [
-        ("list", &["--dst", "--dport", "--src", "--sport", "--state", "--pid", "--netns", "--processes"]),
+        (
+            "list",
+            &[
+                "--dst",
+                "--dport",
+                "--src",
+                "--sport",
+                "--state",
+                "--pid",
+                "--cgroup",
+                "--dev",
+                "--mark",
+                "--netns",
+                "--processes",
+            ],
+        ),
         (
             "kill",
             &[
                 "--dst",
+                "--cgroup",
+                "--dev",
+                "--mark",
                 "--dry-run",
                 "--no-verify",
                 "--allow-catch-all",

@@ -11,10 +11,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
+use nix::sys::socket::{setsockopt, sockopt};
 use proptest::prelude::*;
 use sockkill::diag::{bytecode, wire, DumpSpec, SockDiag};
 use sockkill::engine::Query;
-use sockkill::filter::{parse_cidr, Family, PortRange};
+use sockkill::filter::{parse_cidr, Cgroup, Family, Mark, PortRange, StateSet};
 use sockkill::haproxy::parse;
 use sockkill::testing::strategies::{arb_filter, arb_range, arb_states};
 use sockkill::Filter;
@@ -280,21 +281,27 @@ fn permutation(n: usize, mut seed: u64) -> Vec<usize> {
     v
 }
 
+/// One group of connections: (listen address, connect address, connections,
+/// the clients' mark, clients bound to `lo`).
+type Group = (String, String, usize, Option<u32>, bool);
+
 /// One generated socket layout: listeners (with connections to them) on a
-/// handful of addresses of both families, IPv4-mapped ones included.
+/// handful of addresses of both families, IPv4-mapped ones included, some
+/// clients marked (SO_MARK) or bound to `lo` (SO_BINDTODEVICE).
 #[derive(Debug, Clone)]
 struct Layout {
-    /// (listen address, connect address, connections)
-    groups: Vec<(String, String, usize)>,
+    groups: Vec<Group>,
 }
 
 fn arb_layout() -> impl Strategy<Value = Layout> {
-    let group = prop_oneof![
-        (0u8..4, 1usize..4).prop_map(|(h, n)| (format!("127.0.{h}.2"), format!("127.0.{h}.2"), n)),
-        (0u8..4, 1usize..4).prop_map(|(h, n)| ("::".to_string(), format!("::ffff:127.0.{h}.9"), n)),
-        (1u8..4, 1usize..4).prop_map(|(h, n)| (format!("fd00::{h}"), format!("fd00::{h}"), n)),
-        (1usize..4).prop_map(|n| ("::1".to_string(), "::1".to_string(), n)),
+    let addrs = prop_oneof![
+        (0u8..4).prop_map(|h| (format!("127.0.{h}.2"), format!("127.0.{h}.2"))),
+        (0u8..4).prop_map(|h| ("::".to_string(), format!("::ffff:127.0.{h}.9"))),
+        (1u8..4).prop_map(|h| (format!("fd00::{h}"), format!("fd00::{h}"))),
+        Just(("::1".to_string(), "::1".to_string())),
     ];
+    let mark = prop_oneof![Just(None), Just(Some(0x10)), Just(Some(0x11)), Just(Some(0x20))];
+    let group = (addrs, 1usize..4, mark, any::<bool>()).prop_map(|((l, c), n, m, b)| (l, c, n, m, b));
     proptest::collection::vec(group, 1..6).prop_map(|groups| Layout { groups })
 }
 
@@ -310,15 +317,30 @@ fn arb_near_filter() -> impl Strategy<Value = Filter> {
         Just(parse_cidr("127.0.0.1").unwrap()),
     ];
     let range = prop_oneof![(1u16..65535).prop_map(PortRange::one), arb_range()];
+    let mark = prop_oneof![
+        Just(Mark { value: 0x10, mask: u32::MAX }),
+        Just(Mark { value: 0x10, mask: 0xf0 }),
+        Just(Mark { value: 0x20, mask: 0x20 }),
+        Just(Mark { value: 0, mask: u32::MAX }),
+    ];
+    // A cgroup id is patched in at run time: 0 stands for the test's own cgroup, 1 for another.
+    let cgroup = (0u64..2).prop_map(|id| Cgroup { path: id.to_string(), id, root: false });
     (
-        proptest::collection::vec(net.clone(), 0..3),
-        proptest::collection::vec(net, 0..2),
-        proptest::collection::vec(range.clone(), 0..2),
-        proptest::collection::vec(range, 0..2),
+        (
+            proptest::collection::vec(net.clone(), 0..3),
+            proptest::collection::vec(net, 0..2),
+            proptest::collection::vec(range.clone(), 0..2),
+            proptest::collection::vec(range, 0..2),
+        ),
         arb_states(),
         prop_oneof![Just(None), Just(Some(Family::V4)), Just(Some(Family::V6))],
+        (
+            proptest::collection::vec(prop_oneof![Just(1u32), Just(2u32)], 0..2),
+            proptest::collection::vec(mark, 0..2),
+            proptest::collection::vec(cgroup, 0..2),
+        ),
     )
-        .prop_map(|(dst, src, dport, sport, states, family)| Filter {
+        .prop_map(|((dst, src, dport, sport), states, family, (devs, marks, cgroups))| Filter {
             // -4/-6 with a prefix of the other family is refused before any dump: keep it out.
             dst: dst.into_iter().filter(|n| compatible(family, n)).collect(),
             src: src.into_iter().filter(|n| compatible(family, n)).collect(),
@@ -327,6 +349,9 @@ fn arb_near_filter() -> impl Strategy<Value = Filter> {
             states,
             family,
             pids: Vec::new(),
+            devs,
+            marks,
+            cgroups,
         })
 }
 
@@ -336,12 +361,14 @@ fn compatible(family: Option<Family>, n: &ipnet::IpNet) -> bool {
 
 /// What the kernel returns for `filter` alone (bytecode and header ports, as
 /// sockkill asks), or, with `user_side`, what the user-side matcher selects
-/// from an unfiltered dump.
-fn dump(filter: &Filter, user_side: bool) -> BTreeSet<(String, String, u64)> {
+/// from an unfiltered dump — through one dump per family, or (`one_walk`)
+/// the one request that returns both families.
+fn dump(filter: &Filter, user_side: bool, one_walk: bool) -> BTreeSet<(String, String, u64)> {
     let mut diag = SockDiag::open().unwrap();
     let mut out = BTreeSet::new();
     let query = Query::new(filter.clone()).unwrap();
-    for af in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+    let families: &[u8] = if one_walk { &[0] } else { &[libc::AF_INET as u8, libc::AF_INET6 as u8] };
+    for &af in families {
         let spec = if user_side { DumpSpec::new(af, filter.states, &[]) } else { query.spec(af) };
         diag.dump(&spec, |s| {
             if !user_side || filter.matches(&s) {
@@ -379,22 +406,48 @@ proptest! {
             }
             let mut listeners = Vec::new();
             let mut keep = Vec::new();
-            for (listen, connect, n) in &layout.groups {
+            for (listen, connect, n, mark, bind_lo) in &layout.groups {
                 let ip: IpAddr = listen.parse().map_err(|_| format!("bad address {listen}"))?;
                 let l = std::net::TcpListener::bind((ip, 0)).map_err(|e| format!("bind {listen}: {e}"))?;
                 let port = l.local_addr().map_err(|e| e.to_string())?.port();
                 for _ in 0..*n {
                     let to = SocketAddr::new(connect.parse().map_err(|_| format!("bad address {connect}"))?, port);
-                    keep.push(std::net::TcpStream::connect(to).map_err(|e| format!("connect {to}: {e}"))?);
+                    let c = std::net::TcpStream::connect(to).map_err(|e| format!("connect {to}: {e}"))?;
+                    if let Some(m) = mark {
+                        setsockopt(&c, sockopt::Mark, m).map_err(|e| format!("SO_MARK: {e}"))?;
+                    }
+                    if *bind_lo {
+                        setsockopt(&c, sockopt::BindToDevice, &std::ffi::OsString::from("lo"))
+                            .map_err(|e| format!("SO_BINDTODEVICE: {e}"))?;
+                    }
+                    keep.push(c);
                     keep.push(l.accept().map_err(|e| e.to_string())?.0);
                 }
                 listeners.push(l);
             }
+            // The test's own cgroup (v2) id, as the kernel reports it for its sockets.
+            let own = {
+                let mut diag = SockDiag::open().map_err(|e| e.to_string())?;
+                let mut id = 0;
+                diag.dump(&DumpSpec::new(libc::AF_INET6 as u8, StateSet::ALL, &[]), |s| id = id.max(s.cgroup))
+                    .map_err(|e| e.to_string())?;
+                diag.dump(&DumpSpec::new(libc::AF_INET as u8, StateSet::ALL, &[]), |s| id = id.max(s.cgroup))
+                    .map_err(|e| e.to_string())?;
+                id
+            };
             for f in &filters {
-                let by_kernel = dump(f, false);
-                let by_user = dump(f, true);
+                let mut f = f.clone();
+                for c in &mut f.cgroups {
+                    c.id = if c.id == 0 { own } else { own + 1_000_003 };
+                }
+                let by_kernel = dump(&f, false, false);
+                let by_user = dump(&f, true, false);
                 if by_kernel != by_user {
                     return Err(format!("kernel and user side disagree for {f}:\nkernel {by_kernel:?}\nuser   {by_user:?}"));
+                }
+                let one_walk = dump(&f, false, true);
+                if one_walk != by_kernel {
+                    return Err(format!("the one walk differs for {f}:\none walk {one_walk:?}\nper family {by_kernel:?}"));
                 }
             }
             drop((keep, listeners));

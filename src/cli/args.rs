@@ -123,6 +123,19 @@ pub struct FilterArgs {
     /// Only sockets held open by this process; repeatable.
     #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: Vec<u32>,
+    /// Only sockets created in this cgroup v2 (e.g. a systemd unit's, a container's):
+    /// an absolute path, or one relative to the cgroup2 mount. The cgroup itself,
+    /// not its children, as the kernel compares; repeatable (OR).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Vec<String>,
+    /// Only sockets bound to this interface (name or index, in the target namespace):
+    /// SO_BINDTODEVICE, or an IPv6 link-local scope, as ss's `dev`; repeatable (OR).
+    #[arg(long, value_name = "IFACE")]
+    pub dev: Vec<String>,
+    /// Only sockets whose mark (SO_MARK) & MASK == VALUE, decimal or 0x-hex; needs
+    /// CAP_NET_ADMIN even to list (the kernel's rule); repeatable (OR).
+    #[arg(long, value_name = "VALUE[/MASK]", value_parser = mark)]
+    pub mark: Vec<sockkill::filter::Mark>,
     /// Network namespace: NAME under /run/netns, a PATH (contains /), or a PID (its /proc/PID/ns/net).
     #[arg(long, value_name = "NS")]
     pub netns: Option<String>,
@@ -281,6 +294,9 @@ fn cidr(s: &str) -> Result<IpNet, String> {
 fn port_range(s: &str) -> Result<PortRange, String> {
     s.parse::<PortRange>().map_err(|e| e.to_string())
 }
+fn mark(s: &str) -> Result<sockkill::filter::Mark, String> {
+    s.parse().map_err(|e: sockkill::Error| e.to_string())
+}
 fn state(s: &str) -> Result<StateSet, String> {
     StateSet::parse_name(s).map_err(|e| e.to_string())
 }
@@ -305,6 +321,11 @@ impl FilterArgs {
                 _ => None,
             },
             pids: self.pid.clone(),
+            marks: self.mark.clone(),
+            // Resolved against the system (the cgroup2 mount, the target
+            // namespace's interfaces) by `plan`.
+            cgroups: Vec::new(),
+            devs: Vec::new(),
         }
     }
 }

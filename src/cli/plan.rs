@@ -90,6 +90,15 @@ fn open_netns(spec: Option<&str>) -> Result<Option<Netns>> {
     spec.map(Netns::open).transpose()
 }
 
+/// The filter the flags describe, with what depends on the system resolved:
+/// cgroup paths to ids, interface names to indexes in the target namespace.
+fn filter_of(f: &FilterArgs, netns: Option<&Netns>) -> Result<Filter> {
+    let mut filter = f.to_filter();
+    filter.cgroups = f.cgroup.iter().map(|p| sockkill::cgroup::resolve(p)).collect::<Result<_>>()?;
+    filter.devs = f.dev.iter().map(|d| sockkill::netns::interface_index(netns, d)).collect::<Result<_>>()?;
+    Ok(filter)
+}
+
 /// Checks the record files before anything is done: only a missing path or
 /// a regular file is ever written.
 fn records(audit_log: Option<PathBuf>, metrics_file: Option<&PathBuf>) -> Result<Records> {
@@ -107,7 +116,8 @@ pub fn plan(cli: Cli) -> Result<Plan> {
     let plan = match cli.command {
         // `list` changes nothing: the library checks the filter when it runs.
         Command::List { filter: f, processes } => {
-            Plan::List { filter: f.to_filter(), netns: open_netns(f.netns.as_deref())?, processes }
+            let netns = open_netns(f.netns.as_deref())?;
+            Plan::List { filter: filter_of(&f, netns.as_ref())?, netns, processes }
         }
         Command::Kill { filter: f, kill } => kill_plan(&f, kill)?,
         Command::Haproxy(a) => haproxy_plan(a)?,
@@ -131,9 +141,9 @@ fn kill_plan(f: &FilterArgs, k: KillArgs) -> Result<Plan> {
         interval,
         ..sockkill::KillOptions::default()
     };
-    let plan = KillPlan::new(f.to_filter(), options)?;
-    let records = records(k.audit_log, k.metrics_file.as_ref())?;
     let netns = open_netns(f.netns.as_deref())?;
+    let plan = KillPlan::new(filter_of(f, netns.as_ref())?, options)?;
+    let records = records(k.audit_log, k.metrics_file.as_ref())?;
     Ok(Plan::Kill { netns, plan: Box::new(plan), records })
 }
 

@@ -29,6 +29,9 @@ const BC_D_GE: u8 = 4;
 const BC_D_LE: u8 = 5;
 const BC_S_COND: u8 = 7;
 const BC_D_COND: u8 = 8;
+const BC_DEV_COND: u8 = 9;
+const BC_MARK_COND: u8 = 10;
+const BC_CGROUP_COND: u8 = 13;
 
 const OP_LEN: usize = 4;
 
@@ -43,6 +46,12 @@ enum Cond {
     /// false condition skips the JMP (the only negation the verifier allows:
     /// every `yes` must step to the next op).
     Not(Box<Cond>),
+    /// Bound to this interface (`sk_bound_dev_if`): a u32 after the op.
+    Dev(u32),
+    /// `sk_mark & mask == value`: `struct inet_diag_markcond` after the op.
+    Mark { value: u32, mask: u32 },
+    /// Created in this cgroup v2: a u64 id after the op.
+    Cgroup(u64),
 }
 
 impl Cond {
@@ -51,6 +60,8 @@ impl Cond {
             Cond::Host { addr, .. } => OP_LEN + 8 + addr.len(),
             Cond::Port { .. } => 2 * OP_LEN,
             Cond::Not(inner) => inner.len() + OP_LEN,
+            Cond::Dev(_) => OP_LEN + 4,
+            Cond::Mark { .. } | Cond::Cgroup(_) => OP_LEN + 8,
         }
     }
 }
@@ -95,6 +106,15 @@ fn groups(filter: &Filter) -> Vec<Group> {
         Some(Family::V4) if filter.src.is_empty() => groups.push(vec![vec![any_v4_local]]),
         Some(Family::V6) => groups.push(vec![vec![Cond::Not(Box::new(any_v4_local))]]),
         _ => {}
+    }
+    if !filter.devs.is_empty() {
+        groups.push(filter.devs.iter().map(|d| vec![Cond::Dev(*d)]).collect());
+    }
+    if !filter.marks.is_empty() {
+        groups.push(filter.marks.iter().map(|m| vec![Cond::Mark { value: m.value, mask: m.mask }]).collect());
+    }
+    if !filter.cgroups.is_empty() {
+        groups.push(filter.cgroups.iter().map(|c| vec![Cond::Cgroup(c.id)]).collect());
     }
     groups
 }
@@ -164,6 +184,19 @@ fn emit(out: &mut Vec<u8>, cond: &Cond, no: usize) {
             out.extend_from_slice(&[0, 0]);
             out.extend_from_slice(&port.to_ne_bytes());
         }
+        Cond::Dev(index) => {
+            push_op(out, BC_DEV_COND, cond.len(), no);
+            out.extend_from_slice(&index.to_ne_bytes());
+        }
+        Cond::Mark { value, mask } => {
+            push_op(out, BC_MARK_COND, cond.len(), no);
+            out.extend_from_slice(&value.to_ne_bytes());
+            out.extend_from_slice(&mask.to_ne_bytes());
+        }
+        Cond::Cgroup(id) => {
+            push_op(out, BC_CGROUP_COND, cond.len(), no);
+            out.extend_from_slice(&id.to_ne_bytes());
+        }
     }
 }
 
@@ -219,6 +252,28 @@ mod tests {
         assert_eq!(v6.len(), 20);
         assert_eq!((v6[0], v6[1], u16::from_ne_bytes([v6[2], v6[3]])), (BC_S_COND, 16, 20));
         assert_eq!((v6[16], v6[17], u16::from_ne_bytes([v6[18], v6[19]])), (BC_JMP, 4, 8));
+    }
+
+    #[test]
+    fn interface_mark_and_cgroup_known_bytes() {
+        use crate::filter::Mark;
+        let f = Filter {
+            devs: vec![7],
+            marks: vec![Mark { value: 0x10, mask: 0xf0 }],
+            cgroups: vec![crate::filter::Cgroup { path: "a".into(), id: 0x1122_3344_5566, root: false }],
+            ..Filter::default()
+        };
+        let bc = compile(&f);
+        // [DEV 8] [MARK 12] [CGROUP 12] = 32; reject at 36.
+        assert_eq!(bc.len(), 32);
+        let no = |at: usize| u16::from_ne_bytes([bc[at + 2], bc[at + 3]]) as usize;
+        assert_eq!((bc[0], bc[1], no(0)), (BC_DEV_COND, 8, 36));
+        assert_eq!(&bc[4..8], &7u32.to_ne_bytes());
+        assert_eq!((bc[8], bc[9], no(8)), (BC_MARK_COND, 12, 28));
+        assert_eq!(&bc[12..16], &0x10u32.to_ne_bytes());
+        assert_eq!(&bc[16..20], &0xf0u32.to_ne_bytes());
+        assert_eq!((bc[20], bc[21], no(20)), (BC_CGROUP_COND, 12, 16));
+        assert_eq!(&bc[24..32], &0x1122_3344_5566u64.to_ne_bytes());
     }
 
     #[test]

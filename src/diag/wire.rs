@@ -8,7 +8,7 @@
 //! skipping them means a kernel that sends new or resized ones still parses.
 
 use netlink_packet_core::{
-    ErrorBuffer, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Parseable, NLMSG_DONE, NLMSG_ERROR,
+    Emitable, ErrorBuffer, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Parseable, NLMSG_DONE, NLMSG_ERROR,
     NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags};
@@ -20,6 +20,17 @@ use crate::filter::StateSet;
 use crate::socket::TcpSocket;
 
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
+/// The older inet_diag request (`TCPDIAG_GETSOCK`): the kernel dumps it with
+/// family AF_UNSPEC, both families in one walk of the TCP hash table
+/// (`inet_diag_dump_compat`, in every kernel since sock_diag appeared in 3.3).
+/// Replies carry the same `inet_diag_msg` (cookie included) under this type.
+pub const TCPDIAG_GETSOCK: u16 = 18;
+/// `struct inet_diag_req`: family, src_len, dst_len, ext, `inet_diag_sockid`
+/// (48 bytes), states, dbs.
+const INET_COMPAT_REQUEST_LEN: usize = 60;
+/// Response attributes read from each socket.
+const INET_DIAG_MARK: u16 = 15;
+const INET_DIAG_CGROUP_ID: u16 = 21;
 const NLA_HDR_LEN: usize = 4;
 #[cfg(any(test, feature = "testing"))]
 const INET_REQUEST_LEN: usize = 56;
@@ -52,7 +63,8 @@ fn header(flags: u16, seq: u32) -> NetlinkHeader {
 /// What one dump asks the kernel for.
 #[derive(Debug, Clone, Copy)]
 pub struct DumpSpec<'a> {
-    /// `libc::AF_INET` or `AF_INET6` (the latter also returns IPv4-mapped sockets).
+    /// `libc::AF_INET` or `AF_INET6` (the latter also returns IPv4-mapped
+    /// sockets), or `AF_UNSPEC` (0): both in one walk, through [`TCPDIAG_GETSOCK`].
     pub family: u8,
     /// The TCP states to return.
     pub states: StateSet,
@@ -83,6 +95,10 @@ pub fn encode_dump(out: &mut Vec<u8>, spec: &DumpSpec<'_>, seq: u32) -> Result<(
             bytecode.len()
         )));
     }
+    if family == libc::AF_UNSPEC as u8 {
+        encode_dump_both(out, spec, seq);
+        return Ok(());
+    }
     let mut socket_id = SocketId::new_v4();
     socket_id.cookie = [0xff; 8]; // INET_DIAG_NOCOOKIE: not asking for one socket
     socket_id.source_port = sport;
@@ -97,16 +113,46 @@ pub fn encode_dump(out: &mut Vec<u8>, spec: &DumpSpec<'_>, seq: u32) -> Result<(
     let start = out.len();
     let payload = NetlinkPayload::from(SockDiagMessage::InetRequest(req));
     push_message(out, NetlinkMessage::new(header(NLM_F_REQUEST | NLM_F_DUMP, seq), payload));
-    if !bytecode.is_empty() {
-        let nla_len = NLA_HDR_LEN + bytecode.len(); // <= u16::MAX, checked above
-        out.extend_from_slice(&(nla_len as u16).to_ne_bytes());
-        out.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
-        out.extend_from_slice(bytecode);
-        out.resize(start + align4(out.len() - start), 0);
-        let total = (out.len() - start) as u32;
-        NetlinkBuffer::new(&mut out[start..]).set_length(total);
-    }
+    append_bytecode(out, start, bytecode);
     Ok(())
+}
+
+/// Appends the bytecode attribute to the message that starts at `start`, and
+/// fixes its length (the caller checked that the program fits).
+fn append_bytecode(out: &mut Vec<u8>, start: usize, bytecode: &[u8]) {
+    if bytecode.is_empty() {
+        return;
+    }
+    let nla_len = NLA_HDR_LEN + bytecode.len(); // <= u16::MAX, checked by the caller
+    out.extend_from_slice(&(nla_len as u16).to_ne_bytes());
+    out.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+    out.extend_from_slice(bytecode);
+    out.resize(start + align4(out.len() - start), 0);
+    let total = (out.len() - start) as u32;
+    NetlinkBuffer::new(&mut out[start..]).set_length(total);
+}
+
+/// The one-walk request: `TCPDIAG_GETSOCK` with a `struct inet_diag_req`,
+/// which netlink-packet-sock-diag does not model (so it is written here, the
+/// same way the bytecode attribute is). Ports travel in network order, as in
+/// `inet_diag_sockid`; no cookie (all ones).
+fn encode_dump_both(out: &mut Vec<u8>, spec: &DumpSpec<'_>, seq: u32) {
+    let start = out.len();
+    let mut h = header(NLM_F_REQUEST | NLM_F_DUMP, seq);
+    h.message_type = TCPDIAG_GETSOCK;
+    h.length = (16 + INET_COMPAT_REQUEST_LEN) as u32;
+    out.resize(start + 16 + INET_COMPAT_REQUEST_LEN, 0);
+    h.emit(&mut out[start..start + 16]);
+    let p = &mut out[start + 16..];
+    p[0] = libc::AF_UNSPEC as u8; // family (the dump ignores it: AF_UNSPEC)
+    // src_len, dst_len, ext: 0
+    p[4..6].copy_from_slice(&spec.sport.to_be_bytes());
+    p[6..8].copy_from_slice(&spec.dport.to_be_bytes());
+    // src, dst (16 bytes each), interface: 0
+    p[44..52].copy_from_slice(&[0xff; 8]); // cookie: INET_DIAG_NOCOOKIE
+    p[52..56].copy_from_slice(&spec.states.bits().to_ne_bytes());
+    // dbs: 0
+    append_bytecode(out, start, spec.bytecode);
 }
 
 /// Appends a SOCK_DESTROY request (with NLM_F_ACK) for exactly the socket `sock`
@@ -207,14 +253,15 @@ pub fn decode_each(datagram: &[u8], mut each: impl FnMut(Reply)) -> Result<()> {
                     errno => each(Reply::Error { seq, errno }),
                 }
             }
-            SOCK_DIAG_BY_FAMILY => {
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
                 let payload = buf.payload();
                 if payload.first() == Some(&(libc::AF_UNIX as u8)) {
                     let r = UnixResponse::parse(payload).map_err(decode)?;
                     each(Reply::Unix { seq, inode: r.header.inode, peer: r.peer().unwrap_or(0) });
                 } else {
                     let h = InetResponseHeader::parse(payload).map_err(decode)?;
-                    let socket = TcpSocket::from_kernel(h.family, h.state, h.socket_id, h.uid, h.inode);
+                    let mut socket = TcpSocket::from_kernel(h.family, h.state, h.socket_id, h.uid, h.inode);
+                    read_attributes(payload.get(INET_RESPONSE_LEN..).unwrap_or(&[]), &mut socket);
                     each(Reply::Socket { seq, socket, interrupted });
                 }
             }
@@ -224,6 +271,33 @@ pub fn decode_each(datagram: &[u8], mut each: impl FnMut(Reply)) -> Result<()> {
         rest = rest.get(align4(len)..).unwrap_or(&[]);
     }
     Ok(())
+}
+
+/// `struct inet_diag_msg`: what precedes a socket's attributes.
+const INET_RESPONSE_LEN: usize = 72;
+
+/// The attributes after a socket's `inet_diag_msg` that sockkill reads (mark,
+/// cgroup id); any other, unknown or malformed one is skipped, never an error:
+/// the kernel adds and resizes attributes over time.
+fn read_attributes(mut attrs: &[u8], socket: &mut TcpSocket) {
+    while attrs.len() >= NLA_HDR_LEN {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff; // without NLA_F_NESTED / NET_BYTEORDER
+        if len < NLA_HDR_LEN || len > attrs.len() {
+            return;
+        }
+        let value = &attrs[NLA_HDR_LEN..len];
+        match (kind, value.len()) {
+            (INET_DIAG_MARK, 4) => socket.mark = Some(u32::from_ne_bytes([value[0], value[1], value[2], value[3]])),
+            (INET_DIAG_CGROUP_ID, 8) => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(value);
+                socket.cgroup = u64::from_ne_bytes(b);
+            }
+            _ => {}
+        }
+        attrs = attrs.get(align4(len)..).unwrap_or(&[]);
+    }
 }
 
 /// Decodes every netlink message in one datagram into a vector.
@@ -261,13 +335,25 @@ pub struct DumpRequest {
 pub fn decode_dump_request(bytes: &[u8]) -> Result<DumpRequest> {
     let decode = |e: netlink_packet_core::DecodeError| Error::Decode(e.to_string());
     let buf = NetlinkBuffer::new_checked(bytes).map_err(decode)?;
-    if buf.message_type() != SOCK_DIAG_BY_FAMILY || buf.length() as usize != bytes.len() {
-        return Err(Error::Decode("not one SOCK_DIAG_BY_FAMILY request".into()));
+    let both = buf.message_type() == TCPDIAG_GETSOCK;
+    if !(both || buf.message_type() == SOCK_DIAG_BY_FAMILY) || buf.length() as usize != bytes.len() {
+        return Err(Error::Decode("not one dump request".into()));
     }
     let payload = buf.payload();
-    let req = InetRequest::parse(payload).map_err(decode)?;
+    let fixed = if both { INET_COMPAT_REQUEST_LEN } else { INET_REQUEST_LEN };
+    let u32_at = |at: usize| payload.get(at..at + 4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    let be16_at = |at: usize| payload.get(at..at + 2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    let (family, protocol, states, sport, dport) = if both {
+        // inet_diag_req: the family is ignored (AF_UNSPEC), the protocol is the message type's.
+        (payload.first().copied().unwrap_or(0), IPPROTO_TCP, u32_at(52), be16_at(4), be16_at(6))
+    } else {
+        let req = InetRequest::parse(payload).map_err(decode)?;
+        // The state mask from the bytes: the crate's flags type drops bits it does
+        // not know (TCP_NEW_SYN_RECV), which the kernel honours.
+        (req.family, req.protocol, u32_at(4), req.socket_id.source_port, req.socket_id.destination_port)
+    };
     let mut bytecode = Vec::new();
-    if let Some(attr) = payload.get(INET_REQUEST_LEN..).filter(|a| !a.is_empty()) {
+    if let Some(attr) = payload.get(fixed..).filter(|a| !a.is_empty()) {
         let (Some(len), Some(ty)) = (attr.get(0..2), attr.get(2..4)) else {
             return Err(Error::Decode("short attribute".into()));
         };
@@ -277,19 +363,7 @@ pub fn decode_dump_request(bytes: &[u8]) -> Result<DumpRequest> {
         }
         bytecode = attr.get(NLA_HDR_LEN..len).ok_or_else(|| Error::Decode("attribute past the end".into()))?.to_vec();
     }
-    // Read the state mask from the bytes: the crate's flags type drops bits it does not
-    // know (TCP_NEW_SYN_RECV), which the kernel honours.
-    let states = payload.get(4..8).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-    Ok(DumpRequest {
-        flags: buf.flags(),
-        seq: buf.sequence_number(),
-        family: req.family,
-        protocol: req.protocol,
-        states,
-        sport: req.socket_id.source_port,
-        dport: req.socket_id.destination_port,
-        bytecode,
-    })
+    Ok(DumpRequest { flags: buf.flags(), seq: buf.sequence_number(), family, protocol, states, sport, dport, bytecode })
 }
 
 #[cfg(test)]
@@ -339,6 +413,70 @@ pub(crate) mod tests {
         assert_eq!(back.bytecode, vec![1, 4, 8, 0, 0, 0, 0, 0]);
         assert_eq!(back.family, libc::AF_INET6 as u8);
         assert_eq!((back.sport, back.dport), (0, 443));
+    }
+
+    #[test]
+    fn one_walk_request_known_bytes() {
+        let mut out = vec![0xAA]; // appending after existing bytes
+        let spec = DumpSpec {
+            sport: 0,
+            dport: 443,
+            ..DumpSpec::new(libc::AF_UNSPEC as u8, StateSet::DEFAULT, &[1, 4, 8, 0, 0, 0, 0, 0])
+        };
+        encode_dump(&mut out, &spec, 9).unwrap();
+        let msg = &out[1..];
+        assert_eq!(msg.len(), 16 + 60 + 4 + 8);
+        assert_eq!(&msg[0..4], &ne32(88));
+        assert_eq!(&msg[4..6], &ne16(18)); // TCPDIAG_GETSOCK
+        assert_eq!(&msg[6..8], &ne16(NLM_F_REQUEST | NLM_F_DUMP));
+        assert_eq!(&msg[8..12], &ne32(9));
+        assert_eq!(&msg[16..20], &[0, 0, 0, 0]); // AF_UNSPEC, src_len, dst_len, ext
+        assert_eq!(&msg[20..22], &0u16.to_be_bytes()); // sport
+        assert_eq!(&msg[22..24], &443u16.to_be_bytes()); // dport, network order
+        assert_eq!(&msg[24..60], &[0u8; 36][..]); // addresses, interface
+        assert_eq!(&msg[60..68], &[0xff; 8]); // no cookie
+        assert_eq!(&msg[68..72], &ne32(StateSet::DEFAULT.bits()));
+        assert_eq!(&msg[72..76], &ne32(0)); // dbs
+        assert_eq!(&msg[76..78], &ne16(12));
+        assert_eq!(&msg[78..80], &ne16(INET_DIAG_REQ_BYTECODE));
+        assert_eq!(&msg[80..], &[1, 4, 8, 0, 0, 0, 0, 0]);
+        let back = decode_dump_request(msg).unwrap();
+        assert_eq!((back.family, back.dport, back.states), (0, 443, StateSet::DEFAULT.bits()));
+        assert_eq!(back.bytecode, vec![1, 4, 8, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn reads_mark_and_cgroup_and_skips_the_rest() {
+        let mut dg = socket_reply(3, 2, 1, 7);
+        // Replace the unknown attribute by: MARK (u32), an unknown one, CGROUP_ID (u64).
+        dg.truncate(16 + 72);
+        dg.extend_from_slice(&ne16(8));
+        dg.extend_from_slice(&ne16(INET_DIAG_MARK));
+        dg.extend_from_slice(&ne32(0x42));
+        dg.extend_from_slice(&ne16(5));
+        dg.extend_from_slice(&ne16(77));
+        dg.extend_from_slice(&[9, 0, 0, 0]);
+        dg.extend_from_slice(&ne16(12));
+        dg.extend_from_slice(&ne16(INET_DIAG_CGROUP_ID));
+        dg.extend_from_slice(&0x1234_5678_9abc_u64.to_ne_bytes());
+        let len = dg.len() as u32;
+        dg[0..4].copy_from_slice(&ne32(len));
+        match &decode(&dg).unwrap()[0] {
+            Reply::Socket { socket, .. } => {
+                assert_eq!(socket.mark, Some(0x42));
+                assert_eq!(socket.cgroup, 0x1234_5678_9abc);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // A one-walk reply (type 18) is a socket too; without attributes nothing is known.
+        let mut one = socket_reply(4, 2, 1, 8);
+        one.truncate(16 + 72);
+        one[0..4].copy_from_slice(&ne32(88));
+        one[4..6].copy_from_slice(&ne16(TCPDIAG_GETSOCK));
+        match &decode(&one).unwrap()[0] {
+            Reply::Socket { seq: 4, socket, .. } => assert_eq!((socket.mark, socket.cgroup), (None, 0)),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -29,29 +29,65 @@ impl Engine {
             .collect()
     }
 
-    /// Every socket matching `query`'s addresses, ports, states and family now:
-    /// one dump per family (both in parallel), each redone when the kernel
-    /// flags it inconsistent, re-checked in user space, each socket once.
-    /// The `--pid` condition is not applied here (see [`super::owners`]).
+    /// Every socket matching `query`'s addresses, ports, states and family now,
+    /// each redone when the kernel flags it inconsistent, re-checked in user
+    /// space, each socket once. Both families come from one walk of the TCP
+    /// hash table (the `TCPDIAG_GETSOCK` request: AF_UNSPEC), which every
+    /// family's walk would otherwise repeat; a kernel that refuses it gets one
+    /// dump per family (both in parallel). The `--pid` condition is not
+    /// applied here (see [`super::owners`]).
     pub fn collect(&mut self, query: &Query) -> Result<Vec<TcpSocket>> {
         let started = Instant::now();
         let families = self.families_to_dump(query);
-        let [d0, d1] = &mut self.diag;
+        let both = families.len() > 1;
         let out = match families.as_slice() {
             [] => Vec::new(),
-            [af] => dump_family(d0, *af, query)?,
-            [af0, af1, ..] => std::thread::scope(|scope| {
-                let other = scope.spawn(|| dump_family(d1, *af1, query));
-                let mut first = dump_family(d0, *af0, query)?;
-                let second = other.join().map_err(|_| Error::Internal("a dump thread panicked".into()))??;
-                // A socket is in one family's table only: no duplicates across the two.
-                first.extend(second);
-                Ok::<_, Error>(first)
-            })?,
+            [af] => dump_family(&mut self.diag[0], *af, query).map_err(|e| query.explain(e))?,
+            [_, _, ..] if self.one_walk => match dump_family(&mut self.diag[0], libc::AF_UNSPEC as u8, query) {
+                Ok(v) => v,
+                Err(e) if refused_one_walk(&e) && query.filter().cgroups.is_empty() => {
+                    debug!(%e, "the kernel refuses the one-walk dump: one dump per family from now on");
+                    self.one_walk = false;
+                    self.dump_each(&families, query)?
+                }
+                Err(e) => return Err(query.explain(e)),
+            },
+            _ => self.dump_each(&families, query).map_err(|e| query.explain(e))?,
         };
-        debug!(?families, matched = out.len(), elapsed_us = started.elapsed().as_micros() as u64, "collected");
+        debug!(
+            ?families,
+            one_walk = both && self.one_walk,
+            matched = out.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "collected"
+        );
         Ok(out)
     }
+
+    /// One dump per family, both in parallel.
+    fn dump_each(&mut self, families: &[u8], query: &Query) -> Result<Vec<TcpSocket>> {
+        let [d0, d1] = &mut self.diag;
+        let (af0, af1) = match families {
+            [a, b, ..] => (*a, *b),
+            [a] => return dump_family(d0, *a, query),
+            [] => return Ok(Vec::new()),
+        };
+        std::thread::scope(|scope| {
+            let other = scope.spawn(|| dump_family(d1, af1, query));
+            let mut first = dump_family(d0, af0, query)?;
+            let second = other.join().map_err(|_| Error::Internal("a dump thread panicked".into()))??;
+            // A socket is in one family's table only: no duplicates across the two.
+            first.extend(second);
+            Ok::<_, Error>(first)
+        })
+    }
+}
+
+/// Whether a dump error says the kernel does not take the one-walk request
+/// (an unknown message type or protocol), rather than something worse.
+fn refused_one_walk(e: &Error) -> bool {
+    matches!(e, Error::Netlink { op: "dump", source }
+        if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOENT)))
 }
 
 /// One family's dump through `diag`, redone when the kernel flags it

@@ -15,6 +15,8 @@ pub struct Engine {
     pub(super) diag: [SockDiag; 2],
     /// `None` when /proc cannot tell: then every family is always dumped.
     pub(super) stat: Option<SockStat>,
+    /// Both families in one walk (`TCPDIAG_GETSOCK`); cleared when the kernel refuses it.
+    pub(super) one_walk: bool,
 }
 
 impl Engine {
@@ -22,7 +24,7 @@ impl Engine {
     pub fn open(netns: Option<&Netns>) -> Result<Engine> {
         // Everything bound to the namespace is opened on the thread that entered it.
         let here = || -> Result<Engine> {
-            Ok(Engine { diag: [SockDiag::open()?, SockDiag::open()?], stat: SockStat::open().ok() })
+            Ok(Engine { diag: [SockDiag::open()?, SockDiag::open()?], stat: SockStat::open().ok(), one_walk: true })
         };
         match netns {
             Some(ns) => ns.run(here)?,
@@ -76,5 +78,25 @@ impl Query {
     /// The filter this query was built from.
     pub fn filter(&self) -> &Filter {
         &self.filter
+    }
+
+    /// A dump error, said in the words of the filter that caused it: the
+    /// kernel refuses a mark condition without CAP_NET_ADMIN (EPERM), and a
+    /// cgroup condition it does not know (EINVAL, before Linux 5.9).
+    pub fn explain(&self, e: Error) -> Error {
+        let errno = match &e {
+            Error::Netlink { op: "dump", source } => source.raw_os_error(),
+            _ => None,
+        };
+        match (errno, self.filter.marks.first(), self.filter.cgroups.first()) {
+            (Some(libc::EPERM), Some(m), _) => Error::InvalidFilter(format!(
+                "--mark {m}: the kernel accepts a mark condition only from CAP_NET_ADMIN (even to list)"
+            )),
+            (Some(libc::EINVAL), _, Some(c)) => Error::Cgroup {
+                path: c.path.clone(),
+                reason: "this kernel cannot filter sockets by cgroup (INET_DIAG_BC_CGROUP_COND: Linux 5.9+ with CONFIG_SOCK_CGROUP_DATA)".into(),
+            },
+            _ => e,
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::net::Ipv6Addr;
 
-use crate::filter::{parse_cidr, Family, PortRange, StateSet};
+use crate::filter::{parse_cidr, Family, Mark, PortRange, StateSet};
 use crate::Filter;
 use proptest::prelude::*;
 
@@ -35,7 +35,13 @@ pub fn arb_range() -> impl Strategy<Value = PortRange> {
     (any::<u16>(), any::<u16>()).prop_map(|(a, b)| PortRange { lo: a.min(b), hi: a.max(b) })
 }
 
-/// Any filter without `--pid`.
+/// Any mark condition (the value within the mask).
+pub fn arb_mark() -> impl Strategy<Value = Mark> {
+    (any::<u32>(), any::<u32>()).prop_map(|(v, m)| Mark { value: v & m, mask: m })
+}
+
+/// Any filter without `--pid`, `--cgroup` and `--dev` (those name things on
+/// the system, resolved when the command line is planned).
 pub fn arb_filter() -> impl Strategy<Value = Filter> {
     (
         proptest::collection::vec(arb_net(), 0..3),
@@ -44,15 +50,17 @@ pub fn arb_filter() -> impl Strategy<Value = Filter> {
         proptest::collection::vec(arb_range(), 0..3),
         arb_states(),
         prop_oneof![Just(None), Just(Some(Family::V4)), Just(Some(Family::V6))],
+        proptest::collection::vec(arb_mark(), 0..2),
     )
-        .prop_map(|(dst, src, dport, sport, states, family)| Filter {
+        .prop_map(|(dst, src, dport, sport, states, family, marks)| Filter {
             dst,
             src,
             dport,
             sport,
             states,
             family,
-            pids: Vec::new(),
+            marks,
+            ..Filter::default()
         })
 }
 
