@@ -8,7 +8,8 @@
 //! sockets each), with optional modifiers: `:port` (both tools also filter on
 //! the targets' port, as the HAProxy mode always does), `:v6` (a v6 listener
 //! and 1000 IPv6 connections in the namespace, so no family walk can be
-//! skipped), `:1cpu` (both tools pinned to core 0 with taskset). Per run and
+//! skipped), `:1cpu` (both tools pinned to core 0 with taskset); they combine
+//! (`1k/199k:v6:1cpu`: an IPv6 socket present, one CPU). Per run and
 //! tool: a fresh farm, the tool run once, wall time and peak RSS (through GNU
 //! time), then the kernel's view: target connections left alive and whether
 //! every background connection survived. Tools alternate order per run.
@@ -204,7 +205,9 @@ fn main() {
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let runs: usize = arg("--runs").map_or(5, |r| r.parse().expect("--runs"));
     let cases: Vec<Case> = arg("--cases")
-        .unwrap_or_else(|| "1k/199k,1k/199k:port,10k/90k,10k/90k:v6,10k/90k:1cpu,50k/50k,100k/100k".into())
+        .unwrap_or_else(|| {
+            "1k/199k,1k/199k:v6:1cpu,1k/199k:port,10k/90k,10k/90k:v6,10k/90k:1cpu,50k/50k,100k/100k".into()
+        })
         .split(',')
         .map(parse_case)
         .collect();

@@ -56,7 +56,7 @@ fn usage_error(e: &clap::Error, json: bool, argv: &[OsString]) -> u8 {
         let names: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
         let command = argv.iter().skip(1).filter_map(|a| a.to_str()).find(|a| names.contains(a)).unwrap_or("sockkill");
         let mut out = std::io::stdout().lock();
-        let _ = output::error_doc(&mut out, command, &first);
+        let _ = output::error_doc(&mut out, command, &first, "usage");
     }
     2
 }

@@ -292,17 +292,18 @@ fn json_doc(out: &mut dyn Write, command: &'static str, o: &Ran, code: u8, error
             let body = json!({ "files": files });
             json(out, &Doc { schema_version: SCHEMA_VERSION, command, exit_code: None, body: &body })
         }
-        Ran::Failed(_) => error_doc(out, command, error.unwrap_or("error")),
+        Ran::Failed(e) => error_doc(out, command, error.unwrap_or("error"), e.kind()),
     }
 }
 
 /// The document printed when a command fails before doing anything (exit 2).
-pub fn error_doc(out: &mut dyn Write, command: &str, error: &str) -> io::Result<()> {
+pub fn error_doc(out: &mut dyn Write, command: &str, error: &str, kind: &str) -> io::Result<()> {
     let mut doc = json!({
         "schema_version": SCHEMA_VERSION,
         "command": command,
         "exit_code": 2,
         "error": error,
+        "error_kind": kind,
     });
     if command == "haproxy" {
         // Nothing was sent: the server's state in HAProxy is as it was.
