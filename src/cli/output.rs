@@ -339,7 +339,7 @@ fn color_of(tag: &str) -> Option<&'static str> {
 }
 
 /// Aligned columns like `ss`; `tag` is an optional first column (the
-/// outcome). Two passes over the rows (widths, then text) with one reused
+/// outcome). Widths from the first rows, then the text, with one reused
 /// buffer: a table of 100k sockets must not hold 100k rows of strings.
 fn write_table<'a>(
     out: &mut dyn Write,
@@ -349,6 +349,9 @@ fn write_table<'a>(
     use std::fmt::Write as _;
     const HEADER: [&str; 8] =
         ["Action", "State", "Local Address:Port", "Peer Address:Port", "UID", "Inode", "Cookie", "Process"];
+    // Column widths from the first rows only: a table of 100k sockets is then
+    // formatted once, not twice (a later, wider cell just pushes its row on).
+    const WIDTH_SAMPLE: usize = 4096;
     let with_process = rows.clone().any(|(_, s)| s.owners.is_some());
     let first = if tagged { 0 } else { 1 };
     let last = if with_process { 8 } else { 7 };
@@ -368,7 +371,7 @@ fn write_table<'a>(
     };
     let mut widths: Vec<usize> = HEADER.iter().map(|h| h.len()).collect();
     let mut any = false;
-    for (tag, s) in rows.clone() {
+    for (tag, s) in rows.clone().take(WIDTH_SAMPLE) {
         any = true;
         for (i, w) in widths.iter_mut().enumerate().take(last).skip(first) {
             cell(i, tag, s, &mut buf);
