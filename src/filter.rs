@@ -9,109 +9,12 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::TcpSocket;
-
-/// A TCP state as the kernel numbers it (`include/net/tcp_states.h`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum TcpState {
-    /// ESTABLISHED.
-    Established = 1,
-    /// SYN-SENT: an outgoing connection waiting for the handshake.
-    SynSent = 2,
-    /// SYN-RECV (a full socket, e.g. with TCP Fast Open).
-    SynRecv = 3,
-    /// FIN-WAIT-1.
-    FinWait1 = 4,
-    /// FIN-WAIT-2.
-    FinWait2 = 5,
-    /// TIME-WAIT.
-    TimeWait = 6,
-    /// CLOSE (`ss`: UNCONN).
-    Close = 7,
-    /// CLOSE-WAIT.
-    CloseWait = 8,
-    /// LAST-ACK.
-    LastAck = 9,
-    /// LISTEN.
-    Listen = 10,
-    /// CLOSING.
-    Closing = 11,
-    /// A request socket (incoming handshake not yet accepted); `ss` shows it as SYN-RECV.
-    NewSynRecv = 12,
-}
-
-impl TcpState {
-    const ALL: [TcpState; 12] = [
-        TcpState::Established,
-        TcpState::SynSent,
-        TcpState::SynRecv,
-        TcpState::FinWait1,
-        TcpState::FinWait2,
-        TcpState::TimeWait,
-        TcpState::Close,
-        TcpState::CloseWait,
-        TcpState::LastAck,
-        TcpState::Listen,
-        TcpState::Closing,
-        TcpState::NewSynRecv,
-    ];
-
-    /// The state with kernel number `n`, if it is a real TCP state.
-    pub fn from_kernel(n: u8) -> Option<TcpState> {
-        TcpState::ALL.get(usize::from(n).checked_sub(1)?).copied()
-    }
-
-    /// The column name `ss` prints for this state.
-    pub fn ss_name(self) -> &'static str {
-        match self {
-            TcpState::Established => "ESTAB",
-            TcpState::SynSent => "SYN-SENT",
-            TcpState::SynRecv | TcpState::NewSynRecv => "SYN-RECV",
-            TcpState::FinWait1 => "FIN-WAIT-1",
-            TcpState::FinWait2 => "FIN-WAIT-2",
-            TcpState::TimeWait => "TIME-WAIT",
-            TcpState::Close => "UNCONN",
-            TcpState::CloseWait => "CLOSE-WAIT",
-            TcpState::LastAck => "LAST-ACK",
-            TcpState::Listen => "LISTEN",
-            TcpState::Closing => "CLOSING",
-        }
-    }
-
-    /// The `--state` name that selects this state (the inverse of [`StateSet::parse_name`]).
-    pub fn flag_name(self) -> &'static str {
-        match self {
-            TcpState::Established => "established",
-            TcpState::SynSent => "syn-sent",
-            TcpState::SynRecv | TcpState::NewSynRecv => "syn-recv",
-            TcpState::FinWait1 => "fin-wait-1",
-            TcpState::FinWait2 => "fin-wait-2",
-            TcpState::TimeWait => "time-wait",
-            TcpState::Close => "closed",
-            TcpState::CloseWait => "close-wait",
-            TcpState::LastAck => "last-ack",
-            TcpState::Listen => "listening",
-            TcpState::Closing => "closing",
-        }
-    }
-}
+use crate::socket::TcpSocket;
+pub use crate::socket::TcpState;
 
 /// The `--state` names of single states (groups like `all` aside), in kernel order.
 pub fn state_flag_names() -> Vec<&'static str> {
     StateSet::ALL.flag_names_of_states()
-}
-
-impl fmt::Display for TcpState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.ss_name())
-    }
-}
-
-impl Serialize for TcpState {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(self.ss_name())
-    }
 }
 
 /// A set of TCP states, as the kernel's `idiag_states` bit mask.

@@ -42,7 +42,9 @@ impl Engine {
         let (probe, rest) = sockets.split_at(sockets.len().min(1));
         let mut pass = destroy_batches(d0, probe, 0, cancel, audit);
         if pass.error.is_none() && pass.outcomes.len() == probe.len() {
-            let more = if rest.len() < PARALLEL_DESTROY_MIN {
+            // A second thread only pays with a second CPU to run it (`taskset`, a cgroup's cpuset).
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            let more = if rest.len() < PARALLEL_DESTROY_MIN || cpus < 2 {
                 destroy_batches(d0, rest, 1, cancel, audit)
             } else {
                 let (left, right) = rest.split_at(rest.len() / 2);

@@ -232,20 +232,23 @@ impl HaproxyJudge {
     }
 
     /// Finds who holds the sockets of `sockets` with an unknown inode. The
-    /// cheap way first: the stream tables of the processes that can be asked,
-    /// and one fd link per stream whose server could be at this address (one
-    /// configured there, or one the configuration no longer has). Whatever is
-    /// still unknown then costs a full read of the processes' fd tables.
+    /// cheap way first: the stream tables of the processes that can be asked
+    /// (narrowed to the named server where the version can: a retry to it is
+    /// the usual newcomer), and one fd link per stream whose server could be
+    /// at this address (one configured there, or one the configuration no
+    /// longer has). Whatever is still unknown then costs a full read of the
+    /// processes' fd tables (ours to pay, not HAProxy's).
     fn find_new_holders(&mut self, sockets: &[TcpSocket], tables: &mut StreamTables) -> Result<()> {
         let mut unknown: HashSet<u32> = sockets.iter().map(|s| s.inode).filter(|i| !self.holders.knows(*i)).collect();
         let live = self.holders.pids();
         let askable: Vec<u32> =
             self.workers.iter().copied().filter(|&p| self.attributor.askable(p) && live.contains(&p)).collect();
+        let named = self.named();
         for pid in askable {
             if unknown.is_empty() {
                 break;
             }
-            let table = self.attributor.streams(pid, None)?;
+            let table = self.attributor.streams(pid, named.as_ref().map(|(b, s)| (b.as_str(), s.as_str())))?;
             if let Ok(streams) = &table {
                 for st in streams {
                     let (Some(fd), Some(be), Some(srv)) = (st.fd, st.backend.as_deref(), st.server.as_deref()) else {
