@@ -215,15 +215,7 @@ impl Http {
 
     /// True once HAProxy ended this connection (EOF or reset).
     fn ended(&mut self) -> bool {
-        self.stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        let mut buf = [0u8; 512];
-        let r = self.reader.read(&mut buf);
-        self.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        match r {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
-        }
+        peer_ended(&self.stream, &mut self.reader)
     }
 }
 

@@ -114,15 +114,21 @@ impl Client {
 
     /// True once HAProxy ended this client's connection (EOF or reset).
     pub fn ended(&mut self) -> bool {
-        self.stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        let mut line = String::new();
-        let r = self.reader.read_line(&mut line);
-        self.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        match r {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
-        }
+        peer_ended(&self.stream, &mut self.reader)
+    }
+}
+
+/// True once the other end ended the connection (EOF or reset), looking for
+/// 50 ms; whatever data arrives meanwhile is read and dropped.
+pub fn peer_ended(stream: &TcpStream, reader: &mut impl std::io::Read) -> bool {
+    stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut buf = [0u8; 512];
+    let r = reader.read(&mut buf);
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    match r {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
     }
 }
 
