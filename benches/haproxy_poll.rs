@@ -9,9 +9,10 @@
 //! ms: one kernel-filtered dump of sockets to s1 and their classification
 //! (owner and HAProxy attribution, cached). Medians over the polls of
 //! (a) a steady poll, (b) a poll that meets a new candidate (a new stream to
-//! s1, which needs the worker's fd table and `show sess`), and for reference
-//! (c) one full read of the worker's fd table — what every poll cost before
-//! the owner cache.
+//! s1: the worker's fd table from /proc, and one `show fd N` line from
+//! HAProxy), and for reference (c) one full read of the worker's fd table —
+//! what every poll cost before the owner cache — and (d) one plain `show
+//! sess`, what HAProxy builds when asked for its whole stream table.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -182,14 +183,23 @@ fn one_size(bulk: usize, polls: usize) -> String {
             t.elapsed().as_secs_f64() * 1000.0
         })
         .collect();
+    let mut sess_bytes = 0;
+    let mut sess: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            sess_bytes = api().unwrap().command("show sess").unwrap().len();
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
     let line = format!(
-        "worker with {bulk} bulk connections ({fds} fds), {} to s1: {}; {}; {}; stream tables read {}",
+        "worker with {bulk} bulk connections ({fds} fds), {} to s1: {}; {}; {}; {} ({sess_bytes} bytes); HAProxy answers the judge read: {:?}",
         5 + polls,
         stats("(a) steady poll", &mut steady),
         stats("(b) poll meeting a new candidate", &mut fresh),
         stats("(c) one full fd-table read", &mut scans),
-        judge.tables().count()
+        stats("(d) one `show sess`", &mut sess),
+        judge.tables().reads.iter().map(|r| format!("{} x{} ({} bytes)", r.command, r.count, r.bytes)).collect::<Vec<_>>()
     );
     drop(haproxy);
     drop((clients, servers));
@@ -202,6 +212,10 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") {
         println!("benchmark skipped (not run by `cargo bench`): cargo bench --bench haproxy_poll");
         return;
+    }
+    if std::env::var_os("RUST_LOG").is_some() {
+        // What a poll does, step by step (RUST_LOG=sockkill=debug).
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
     }
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let polls: usize = arg("--polls").map_or(30, |p| p.parse().expect("--polls"));

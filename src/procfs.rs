@@ -115,11 +115,6 @@ pub fn socket_inodes(pid: u32) -> Result<HashSet<u32>> {
     Ok(fds.into_iter().map(|(_, inode)| inode).collect())
 }
 
-/// The socket inode behind fd `fd` of `pid`, if that fd is a socket.
-pub fn socket_of_fd(pid: u32, fd: u32) -> Option<u32> {
-    parse_socket_link(&fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?)
-}
-
 /// The short command name of `pid` (empty when it cannot be read).
 pub fn command(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim_end().to_string()).unwrap_or_default()

@@ -56,11 +56,6 @@ impl Holders {
         }
     }
 
-    /// The live processes watched.
-    pub fn pids(&self) -> Vec<u32> {
-        self.procs.iter().map(|(p, _)| p.pid).collect()
-    }
-
     /// Processes that exited since they were first watched (checked now).
     pub fn exited(&mut self) -> &[u32] {
         let (live, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.procs).into_iter().partition(|(p, _)| p.alive());
@@ -114,17 +109,6 @@ impl Holders {
             }
         }
         Ok(true)
-    }
-
-    /// Whether the holder of the socket with this inode is known (held or not).
-    pub fn knows(&self, inode: u32) -> bool {
-        inode == 0 || self.held.contains_key(&inode) || self.not_held.contains(&inode)
-    }
-
-    /// Records a holder learnt another way (e.g. a process's stream table
-    /// naming the fd, checked by reading that one fd's link).
-    pub fn learn(&mut self, inode: u32, holding: Holding) {
-        self.held.insert(inode, holding);
     }
 
     /// Who holds `sock`, as of the last read.

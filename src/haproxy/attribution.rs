@@ -144,11 +144,6 @@ impl Attributor {
         &self.tables
     }
 
-    /// Whether `pid` can be asked at all.
-    pub fn askable(&self, pid: u32) -> bool {
-        pid == self.answering || self.master.is_some()
-    }
-
     /// Sends `cmd` to `pid`, counted under `label`. Only a cancel request is an
     /// error; anything else is why the table is unavailable.
     fn ask(&mut self, pid: u32, cmd: &str, label: &'static str) -> Result<std::result::Result<String, Unavailable>> {

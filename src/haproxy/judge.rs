@@ -9,7 +9,8 @@
 //! is *unlisted*. The rule ([`Rule`]) is pure and unit-tested. A socket is
 //! attributed once (cached by cookie), and HAProxy is asked only when an
 //! unattributed candidate exists — always after the dump that found it, so a
-//! brand-new stream is in the table.
+//! brand-new stream is in the table. Who holds a socket (the fd that joins it
+//! to HAProxy's tables) comes from /proc, which costs HAProxy nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use super::api::Api;
 use super::attribution::{Attributor, Candidate, Source, Tables};
 use super::discovery::Topology;
 use super::parse::{ServerState, Stream};
-use crate::engine::owners::{Holders, Holding};
+use crate::engine::owners::Holders;
 use crate::engine::{Class, Judge};
 use crate::error::Result;
 use crate::filter::canonical_ip;
@@ -86,12 +87,6 @@ impl Rule {
 
     fn is_configured(&self, be: &str, srv: &str) -> bool {
         self.config.iter().any(|s| s.backend == be && s.name == srv)
-    }
-
-    /// Whether server `be/srv`'s connections could go to this address: it is
-    /// configured here, or the current configuration no longer has it.
-    pub fn may_be_at_addr(&self, be: &str, srv: &str) -> bool {
-        !self.is_configured(be, srv) || self.configured_at_addr().any(|s| s.backend == be && s.name == srv)
     }
 
     /// `(backend, server)` as printed, or swapped when only the swapped pair
@@ -166,7 +161,6 @@ impl Rule {
 pub struct HaproxyJudge {
     rule: Rule,
     holders: Holders,
-    workers: Vec<u32>,
     answering: u32,
     attributor: Attributor,
     verdicts: HashMap<u64, Class>,
@@ -194,7 +188,6 @@ impl HaproxyJudge {
         Ok(HaproxyJudge {
             rule: Rule::new(target, addr, config),
             holders: Holders::new(&pids)?,
-            workers: pids,
             answering,
             attributor: Attributor::new(api, master, topo.workers.clone(), answering, version),
             verdicts: HashMap::new(),
@@ -231,47 +224,6 @@ impl HaproxyJudge {
         }
     }
 
-    /// Finds who holds the sockets of `sockets` with an unknown inode. The
-    /// cheap way first: the stream tables of the processes that can be asked
-    /// (narrowed to the named server where the version can: a retry to it is
-    /// the usual newcomer), and one fd link per stream whose server could be
-    /// at this address (one configured there, or one the configuration no
-    /// longer has). Whatever is still unknown then costs a full read of the
-    /// processes' fd tables (ours to pay, not HAProxy's).
-    fn find_new_holders(&mut self, sockets: &[TcpSocket], tables: &mut StreamTables) -> Result<()> {
-        let mut unknown: HashSet<u32> = sockets.iter().map(|s| s.inode).filter(|i| !self.holders.knows(*i)).collect();
-        let live = self.holders.pids();
-        let askable: Vec<u32> =
-            self.workers.iter().copied().filter(|&p| self.attributor.askable(p) && live.contains(&p)).collect();
-        let named = self.named();
-        for pid in askable {
-            if unknown.is_empty() {
-                break;
-            }
-            let table = self.attributor.streams(pid, named.as_ref().map(|(b, s)| (b.as_str(), s.as_str())))?;
-            if let Ok(streams) = &table {
-                for st in streams {
-                    let (Some(fd), Some(be), Some(srv)) = (st.fd, st.backend.as_deref(), st.server.as_deref()) else {
-                        continue;
-                    };
-                    if !self.rule.may_be_at_addr(be, srv) {
-                        continue;
-                    }
-                    let Some(inode) = crate::procfs::socket_of_fd(pid, fd) else { continue };
-                    if unknown.remove(&inode) {
-                        self.holders.learn(inode, Holding { pid, fd });
-                    }
-                }
-            }
-            tables.insert(pid, table);
-        }
-        if !unknown.is_empty() {
-            debug!(count = unknown.len(), "sockets no stream table names: reading the fd tables");
-            self.holders.refresh_for(sockets)?;
-        }
-        Ok(())
-    }
-
     /// Attributes the candidates `idx` of `sockets` that process `pid` holds.
     fn attribute(
         &mut self,
@@ -292,20 +244,19 @@ impl HaproxyJudge {
         let mut why = format!("no HAProxy table of pid {pid} names it");
         // Streams first: a table already read in this look, or — when many are
         // unattributed — one read (narrowed to the named server where possible).
-        let stream_table = match tables.get(&pid) {
-            Some(t) => Some(t.clone()),
-            None if candidates.len() > super::attribution::FEW => {
-                let named_server = self.named();
-                let t = self.attributor.streams(pid, named_server.as_ref().map(|(b, s)| (b.as_str(), s.as_str())))?;
-                Some(t)
-            }
-            None => None,
-        };
-        match &stream_table {
+        if !tables.contains_key(&pid) && candidates.len() > super::attribution::FEW {
+            let named_server = self.named();
+            let t = self.attributor.streams(pid, named_server.as_ref().map(|(b, s)| (b.as_str(), s.as_str())))?;
+            tables.insert(pid, t);
+        }
+        match tables.get(&pid) {
             Some(Ok(streams)) => {
+                let wanted: HashSet<u32> = candidates.iter().map(|(_, c)| c.fd).collect();
                 for st in streams {
                     if let (Some(fd), Some(be), Some(srv)) = (st.fd, &st.backend, &st.server) {
-                        named.insert(fd, Source::Stream(be.clone(), srv.clone()));
+                        if wanted.contains(&fd) {
+                            named.insert(fd, Source::Stream(be.clone(), srv.clone()));
+                        }
                     }
                 }
             }
@@ -341,9 +292,9 @@ impl HaproxyJudge {
 impl Judge for HaproxyJudge {
     fn classify(&mut self, sockets: &mut [TcpSocket]) -> Result<Vec<Class>> {
         let mut tables = StreamTables::new();
-        if sockets.iter().any(|s| !self.holders.knows(s.inode)) {
-            self.find_new_holders(sockets, &mut tables)?;
-        }
+        // A socket never seen before: who holds it, from /proc (our time, not
+        // HAProxy's: its tables are asked only to attribute, and narrowly).
+        self.holders.refresh_for(sockets)?;
         // Candidates without a verdict yet, by the process holding them.
         let mut pending: HashMap<u32, Vec<usize>> = HashMap::new();
         for (i, s) in sockets.iter_mut().enumerate() {
@@ -441,19 +392,6 @@ mod tests {
             vec![server("be", "s1b", "127.0.0.11", 9001)],
         );
         assert!(matches!(mapped.decide(None, Holder::Other, WHY), Class::Ambiguous(_)));
-    }
-
-    #[test]
-    fn which_streams_could_hold_a_socket_to_the_address() {
-        let addr: SocketAddr = "127.0.0.11:9001".parse().unwrap();
-        let r = Rule::new(
-            Target::Gone,
-            addr,
-            vec![server("be", "s1", "127.0.0.11", 9001), server("be", "s2", "127.0.0.12", 9002)],
-        );
-        assert!(r.may_be_at_addr("be", "s1"));
-        assert!(!r.may_be_at_addr("be", "s2"));
-        assert!(r.may_be_at_addr("be", "removed_by_a_reload"));
     }
 
     #[test]
