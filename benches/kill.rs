@@ -12,7 +12,10 @@
 //! (`1k/199k:v6:1cpu`: an IPv6 socket present, one CPU). Per run and
 //! tool: a fresh farm, the tool run once, wall time and peak RSS (through GNU
 //! time), then the kernel's view: target connections left alive and whether
-//! every background connection survived. Tools alternate order per run.
+//! every background connection survived. Tools alternate order per run. Before
+//! each timing the bench waits until the machine is quiet: the kernel frees a
+//! dropped farm's sockets in the background, and a tool timed meanwhile would
+//! share the CPUs with that work.
 
 use sockkill::testing::farm;
 
@@ -90,6 +93,30 @@ fn timed(program: &str, args: &[&str], one_cpu: bool) -> (f64, i64) {
     (ms, rss)
 }
 
+/// Idle and total jiffies of all CPUs (/proc/stat's `cpu` line).
+fn cpu_times() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (idle, fields.iter().sum())
+}
+
+/// Waits (up to 10 s) until the machine is quiet: a freed farm's sockets are
+/// reclaimed by kernel workers after the fact, and a tool timed meanwhile
+/// shares the CPUs with them. Two 100 ms windows in a row at least 90% idle.
+fn wait_quiet() {
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut quiet = 0;
+    while quiet < 2 && Instant::now() < end {
+        let (i0, t0) = cpu_times();
+        std::thread::sleep(Duration::from_millis(100));
+        let (i1, t1) = cpu_times();
+        let idle = (i1 - i0) as f64 / (t1 - t0).max(1) as f64;
+        quiet = if idle >= 0.9 { quiet + 1 } else { 0 };
+    }
+}
+
 fn count(dst: &str) -> usize {
     let f = Filter {
         dst: vec![sockkill::filter::parse_cidr(dst).unwrap()],
@@ -128,6 +155,7 @@ fn one(tool: Tool, case: &Case) -> (Run, [f64; 2]) {
             sk_filter.extend(["--dport", port.as_str()]);
             ss_filter.extend(["dport", "=", ss_port.as_str()]);
         }
+        wait_quiet();
         // list timings (read-only), alternating order
         let mut list = [0.0; 2];
         let list_sk = || timed(SOCKKILL, &[&["list"][..], &sk_filter].concat(), case.one_cpu).0;
@@ -143,6 +171,7 @@ fn one(tool: Tool, case: &Case) -> (Run, [f64; 2]) {
         // --max at the target count: the blast-radius guard's cost is in the figure.
         let max = case.targets.to_string();
         let kill = [&["kill", "-q", "--max", max.as_str()][..], &sk_filter].concat();
+        wait_quiet();
         let (ms, rss_kib) = match tool {
             Tool::Sockkill => timed(SOCKKILL, &kill, case.one_cpu),
             Tool::NoVerify => timed(SOCKKILL, &[&kill[..], &["--no-verify"]].concat(), case.one_cpu),
