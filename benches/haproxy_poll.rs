@@ -14,9 +14,11 @@
 //! what every poll cost before the owner cache — and (d) one plain `show
 //! sess`, what HAProxy builds when asked for its whole stream table.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use sockkill::engine::owners::Holders;
@@ -24,8 +26,9 @@ use sockkill::engine::{Engine, Judge, Query};
 use sockkill::filter::parse_cidr;
 use sockkill::haproxy::api::{Api, Endpoint};
 use sockkill::haproxy::discovery::{Topology, Worker};
-use sockkill::haproxy::judge::{HaproxyJudge, Target};
+use sockkill::haproxy::judge::{HaproxyJudge, Rule, Target};
 use sockkill::haproxy::parse;
+use sockkill::haproxy::places::{Place, Places};
 use sockkill::{Filter, PortRange};
 
 const S1: &str = "127.0.0.11:9001";
@@ -137,16 +140,18 @@ fn one_size(bulk: usize, polls: usize) -> String {
     let worker = Worker { pid, inner_pid: pid };
     let topo = Topology { answering: worker, master: None, master_cli: None, workers: vec![worker] };
     let version = parse::parse_info(&api().unwrap().command("show info").unwrap()).unwrap().version;
+    let places = Rc::new(RefCell::new(Places::default()));
+    places.borrow_mut().add(Place::of(addr));
     let mut judge = HaproxyJudge::new(
-        Target::Named { backend: "be".into(), server: "s1".into() },
-        addr,
-        config,
+        Rule::new(Target::Named { backend: "be".into(), server: "s1".into() }, config, vec![8000, 8001]),
+        places,
+        Holders::new(&[pid]).unwrap(),
+        Engine::open(None).unwrap(),
         &topo,
         &version,
         api().unwrap(),
         None,
-    )
-    .unwrap();
+    );
     let query = Query::new(Filter {
         dst: vec![parse_cidr("127.0.0.11").unwrap()],
         dport: vec![PortRange::one(9001)],

@@ -30,4 +30,13 @@ pub trait Judge {
     /// Targets of the previous look that are gone and were not destroyed by
     /// this run (their owner closed them), `at_ms` after the start.
     fn vanished(&mut self, _sockets: Vec<TcpSocket>, _at_ms: u64) {}
+
+    /// Asked when the run would end quiet (and once after a dry run's look):
+    /// whether the sockets' owner still names targets that no look found
+    /// (HAProxy's streams of the server). `Some(why)` keeps the run going —
+    /// quiet counts again from now — and, if it still holds when the run
+    /// ends, makes the verdict ambiguous with `why` as its reason.
+    fn doubt(&mut self) -> Result<Option<String>> {
+        Ok(None)
+    }
 }

@@ -33,6 +33,7 @@ pub use self::{
 };
 #[cfg(not(feature = "testing"))]
 pub(crate) use self::{
+    destroy::DestroyPass,
     judge::{Class, Judge},
     policy::Policy,
     session::{Engine, Query},

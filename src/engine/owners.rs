@@ -116,6 +116,16 @@ impl Holders {
         (sock.inode != 0).then(|| self.held.get(&sock.inode).copied()).flatten()
     }
 
+    /// The sockets process `pid` holds, fd to inode, as of the last read.
+    pub fn fds_of(&self, pid: u32) -> HashMap<u32, u32> {
+        self.held.iter().filter(|(_, h)| h.pid == pid).map(|(inode, h)| (h.fd, *inode)).collect()
+    }
+
+    /// The processes watched and still alive at the last read.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(|(p, _)| p.pid).collect()
+    }
+
     /// `sock`'s holder as an [`Owner`] list (for reports and the audit log).
     pub fn owners(&self, sock: &TcpSocket) -> Option<Box<[Owner]>> {
         let h = self.holder(sock)?;

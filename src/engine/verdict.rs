@@ -43,6 +43,9 @@ pub struct Facts {
     pub remaining: Option<usize>,
     /// Sockets left alone because they could not be attributed, at the last look.
     pub ambiguous: usize,
+    /// The sockets' owner still named targets no look found when the run ended
+    /// ([`crate::engine::Judge::doubt`]).
+    pub doubted: bool,
     /// Every destroy was acknowledged (destroyed, or already gone).
     pub all_acknowledged: bool,
     /// Something was destroyed, or changed elsewhere (HAProxy's server state).
@@ -59,10 +62,12 @@ impl Verdict {
             return Verdict::Interrupted { done: f.done };
         }
         match f.remaining {
-            None if f.end == End::NotVerified && f.all_acknowledged && f.ambiguous == 0 => Verdict::Unverified,
+            None if f.end == End::NotVerified && f.all_acknowledged && f.ambiguous == 0 && !f.doubted => {
+                Verdict::Unverified
+            }
             None => Verdict::Remaining,
             Some(n) if n > 0 => Verdict::Remaining,
-            Some(_) if f.ambiguous > 0 => Verdict::Ambiguous,
+            Some(_) if f.ambiguous > 0 || f.doubted => Verdict::Ambiguous,
             Some(_) => match f.end {
                 End::Quiet | End::DryRun => Verdict::Clean,
                 // No target at the final look, but the run did not see settle of quiet.
@@ -147,17 +152,18 @@ mod tests {
         for end in ENDS {
             for error in [false, true] {
                 for remaining in [None, Some(0), Some(3)] {
-                    for ambiguous in [0, 2] {
+                    for (ambiguous, doubted) in [(0, false), (2, false), (0, true), (2, true)] {
                         for all_acknowledged in [false, true] {
                             for done in [false, true] {
-                                let f = Facts { end, error, remaining, ambiguous, all_acknowledged, done };
+                                let f = Facts { end, error, remaining, ambiguous, doubted, all_acknowledged, done };
+                                let unsure = ambiguous > 0 || doubted;
                                 let v = Verdict::of(&f);
                                 seen.insert(v.name());
                                 let code = v.exit_code();
                                 // clean <=> exit 0 and verified: nothing remains, nothing ambiguous, no error.
                                 assert_eq!(v.clean(), code == 0 && v != Verdict::Unverified, "{f:?} -> {v:?}");
                                 if v.clean() {
-                                    assert!(!error && remaining == Some(0) && ambiguous == 0, "{f:?}");
+                                    assert!(!error && remaining == Some(0) && !unsure, "{f:?}");
                                     assert!(matches!(
                                         end,
                                         End::Quiet | End::DryRun | End::OutOfPasses | End::NotVerified
@@ -166,17 +172,17 @@ mod tests {
                                 if remaining.is_some_and(|n| n > 0) {
                                     assert_ne!(code, 0, "targets remain: {f:?} -> {v:?}");
                                 }
-                                if ambiguous > 0 {
-                                    assert_ne!(code, 0, "ambiguous sockets never give exit 0: {f:?} -> {v:?}");
+                                if unsure {
+                                    assert_ne!(code, 0, "ambiguous sockets or doubt never give exit 0: {f:?} -> {v:?}");
                                 }
                                 if error || matches!(end, End::Failed | End::PassTooLarge | End::Interrupted) {
                                     assert_eq!(code, if done { 1 } else { 2 }, "{f:?} -> {v:?}");
                                 }
-                                if end == End::Deadline && remaining == Some(0) && ambiguous == 0 && !error {
+                                if end == End::Deadline && remaining == Some(0) && !unsure && !error {
                                     assert_eq!(v, Verdict::Unsettled);
                                 }
                                 if remaining.is_none() && !error && end == End::NotVerified {
-                                    let want = if all_acknowledged && ambiguous == 0 { 0 } else { 1 };
+                                    let want = if all_acknowledged && !unsure { 0 } else { 1 };
                                     assert_eq!(code, want, "{f:?}");
                                 }
                                 // A late error never turns a run into a success, and keeps `done`.

@@ -93,11 +93,6 @@ impl Tables {
             None => self.reads.push(TableRead { pid, command, count: 1, bytes }),
         }
     }
-
-    /// Total answers read.
-    pub fn count(&self) -> usize {
-        self.reads.iter().map(|r| r.count).sum()
-    }
 }
 
 /// Reaches HAProxy's processes: the answering worker directly, the others
@@ -185,6 +180,18 @@ impl Attributor {
         Ok(self.ask(pid, "show sess", "show sess")?.map(|t| parse::parse_sess(&t)))
     }
 
+    /// `pid`'s whole connection table (server-side connections only, where
+    /// the version can say so), as text.
+    fn fd_table(&mut self, pid: u32) -> Result<std::result::Result<String, Unavailable>> {
+        let cmd = if self.fd_filters { "show fd s" } else { "show fd" };
+        self.ask(pid, cmd, "show fd")
+    }
+
+    /// `pid`'s server-side connections (`show fd`, `back=1`).
+    pub fn connections(&mut self, pid: u32) -> Result<std::result::Result<Vec<FdConn>, Unavailable>> {
+        Ok(self.fd_table(pid)?.map(|t| parse::parse_fd(&t, self.server_first).into_iter().filter(|c| c.back).collect()))
+    }
+
     /// `show fd` lines for `candidates` of `pid`: one `show fd <fd>` each when
     /// few, else one table (server-side connections only, where the version
     /// can say so). A line whose ports are not the candidate's is dropped (the
@@ -203,8 +210,7 @@ impl Attributor {
                 }
             }
         } else {
-            let cmd = if self.fd_filters { "show fd s" } else { "show fd" };
-            match self.ask(pid, cmd, "show fd")? {
+            match self.fd_table(pid)? {
                 Ok(t) => texts.push(t),
                 Err(why) => return Ok(Err(why)),
             }

@@ -1,7 +1,11 @@
-//! Which of HAProxy's sockets to the server's address are the named server's.
+//! Which of HAProxy's sockets are the named server's (or, with `--addr`
+//! alone, a server's no longer configured at that address).
 //!
-//! A candidate is a socket an HAProxy process holds whose peer is the
-//! server's address. HAProxy names its server through one of its two tables
+//! A candidate is a socket an HAProxy process holds whose peer is at one of
+//! the run's places ([`super::places`]): the server's configured address,
+//! `--addr`, and wherever HAProxy's tables name a connection of the server
+//! ([`HaproxyJudge::locate`], and again each time the run would end quiet:
+//! [`Judge::doubt`]). HAProxy names its server through one of its two tables
 //! ([`super::attribution`]): a stream's `srv=` (`show sess`), or the
 //! connection's own `sv=` (`show fd`: idle pools, connections an idle client
 //! session owns, idle h2 — everything without a stream). A named socket
@@ -12,20 +16,23 @@
 //! brand-new stream is in the table. Who holds a socket (the fd that joins it
 //! to HAProxy's tables) comes from /proc, which costs HAProxy nothing.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use serde::Serialize;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::api::Api;
 use super::attribution::{Attributor, Candidate, Source, Tables};
 use super::discovery::Topology;
-use super::parse::{ServerState, Stream};
+use super::parse::{self, ServerState, Stream};
+use super::places::{self, At, Place, Places};
 use crate::engine::owners::Holders;
-use crate::engine::{Class, Judge};
+use crate::engine::{Class, Engine, Judge, Query};
 use crate::error::Result;
-use crate::filter::canonical_ip;
+use crate::filter::Filter;
 use crate::socket::TcpSocket;
 
 /// Which sessions the run is about.
@@ -63,30 +70,39 @@ pub enum Holder {
     Other,
 }
 
-/// The one rule for what is a target: pure, given the target, the address
-/// and the current worker's configuration.
+/// The one rule for what is a target: pure, given the target, the current
+/// worker's configuration and the ports HAProxy listens on (a printed port
+/// may be an offset of one).
 #[derive(Debug, Clone)]
 pub struct Rule {
     target: Target,
-    addr: SocketAddr,
     /// The current worker's servers (all backends).
     config: Vec<ServerState>,
+    /// The ports HAProxy's processes listen on.
+    listening: Vec<u16>,
 }
 
 impl Rule {
-    /// The rule for `target` at `addr` under the current worker's `config`.
-    pub fn new(target: Target, addr: SocketAddr, config: Vec<ServerState>) -> Rule {
-        Rule { target, addr, config }
+    /// The rule for `target` under the current worker's `config`.
+    pub fn new(target: Target, config: Vec<ServerState>, listening: Vec<u16>) -> Rule {
+        Rule { target, config, listening }
     }
 
-    fn configured_at_addr(&self) -> impl Iterator<Item = &ServerState> {
-        let ip = canonical_ip(self.addr.ip());
-        let port = self.addr.port();
-        self.config.iter().filter(move |s| s.addr.map(canonical_ip) == Some(ip) && (s.port == port || s.port == 0))
+    /// The current worker's servers at `peer`, surely or maybe (a port offset).
+    fn configured_at(&self, peer: SocketAddr) -> impl Iterator<Item = (&ServerState, At)> {
+        self.config.iter().filter_map(move |s| places::server_at(s, peer, &self.listening).map(|at| (s, at)))
     }
 
     fn is_configured(&self, be: &str, srv: &str) -> bool {
         self.config.iter().any(|s| s.backend == be && s.name == srv)
+    }
+
+    /// The named server's configuration, when the target names one.
+    pub fn named_server(&self) -> Option<&ServerState> {
+        match &self.target {
+            Target::Named { backend, server } => self.config.iter().find(|s| &s.backend == backend && &s.name == server),
+            Target::Gone => None,
+        }
     }
 
     /// `(backend, server)` as printed, or swapped when only the swapped pair
@@ -99,13 +115,16 @@ impl Rule {
         }
     }
 
-    /// The verdict on one candidate held by `holder`, from the server a table
-    /// named (`named`), or — `None` — from no table naming it (`why`).
-    pub fn decide(&self, named: Option<&Source>, holder: Holder, why: &str) -> Class {
+    /// The verdict on one candidate to `peer` held by `holder`, from the
+    /// server a table named (`named`), or — `None` — from no table naming it (`why`).
+    pub fn decide(&self, named: Option<&Source>, holder: Holder, why: &str, peer: SocketAddr) -> Class {
         let others = |exclude: Option<(&str, &str)>| -> Vec<String> {
-            self.configured_at_addr()
-                .filter(|s| exclude.is_none_or(|(b, n)| !(s.backend == b && s.name == n)))
-                .map(|s| format!("{}/{}", s.backend, s.name))
+            self.configured_at(peer)
+                .filter(|(s, _)| exclude.is_none_or(|(b, n)| !(s.backend == b && s.name == n)))
+                .map(|(s, at)| match at {
+                    At::Exactly => format!("{}/{}", s.backend, s.name),
+                    At::Maybe => format!("{}/{} (if its port {} is an offset)", s.backend, s.name, s.port),
+                })
                 .collect()
         };
         match (named, &self.target) {
@@ -119,11 +138,10 @@ impl Rule {
             }
             (Some(src), Target::Gone) => {
                 let (be, srv) = src.server();
-                if self.configured_at_addr().any(|s| s.backend == be && s.name == srv) {
+                if self.configured_at(peer).any(|(s, _)| s.backend == be && s.name == srv) {
                     Class::OtherServer(format!(
-                        "HAProxy attributes it to {be}/{srv} (`{}`), still configured at {}",
-                        src.table(),
-                        self.addr
+                        "HAProxy attributes it to {be}/{srv} (`{}`), still configured at {peer}",
+                        src.table()
                     ))
                 } else {
                     Class::Target
@@ -131,10 +149,16 @@ impl Rule {
             }
             (None, Target::Named { backend, server }) => {
                 let others = others(Some((backend.as_str(), server.as_str())));
-                if others.is_empty() {
-                    Class::Target
-                } else {
-                    Class::Ambiguous(format!("{why}, and {} share the address", others.join(", ")))
+                let mine = self
+                    .configured_at(peer)
+                    .any(|(s, at)| &s.backend == backend && &s.name == server && at == At::Exactly);
+                match (mine, others.is_empty()) {
+                    (true, true) => Class::Target,
+                    (true, false) => Class::Ambiguous(format!("{why}, and {} share the address", others.join(", "))),
+                    (false, _) => Class::Ambiguous(format!(
+                        "{why}, and {backend}/{server} is not configured at {peer} (its connections were found there by HAProxy's tables){}",
+                        if others.is_empty() { String::new() } else { format!("; {} are", others.join(", ")) }
+                    )),
                 }
             }
             (None, Target::Gone) => {
@@ -144,9 +168,8 @@ impl Rule {
                     // The current worker's configuration is the truth for the current worker:
                     // a connection of its own to this address is one of these servers'.
                     (false, Holder::Current) => Class::OtherServer(format!(
-                        "{why}; the current worker's configuration has {} at {}",
-                        others.join(", "),
-                        self.addr
+                        "{why}; the current worker's configuration has {} at {peer}",
+                        others.join(", ")
                     )),
                     (false, Holder::Other) => {
                         Class::Ambiguous(format!("{why}, and {} share the address", others.join(", ")))
@@ -157,42 +180,60 @@ impl Rule {
     }
 }
 
-/// Classifies HAProxy's sockets to one address (see the module docs).
+/// Classifies HAProxy's sockets at the run's places (see the module docs).
 pub struct HaproxyJudge {
     rule: Rule,
     holders: Holders,
     answering: u32,
     attributor: Attributor,
     verdicts: HashMap<u64, Class>,
+    /// Where the run looks; shared with the kernel side, which builds its query from them.
+    places: Rc<RefCell<Places>>,
+    /// A sock_diag session of its own, for the whole-table dump that finds
+    /// where the sockets HAProxy names are.
+    engine: Engine,
     /// Sockets HAProxy closed by itself.
     pub closed: Vec<Closed>,
 }
 
-/// A process's stream table as read during one look (each asked at most once per look).
-type StreamTables = HashMap<u32, std::result::Result<Vec<Stream>, String>>;
+/// What HAProxy's tables say of the named server in one look at every process.
+#[derive(Debug, Default)]
+struct Named {
+    /// Per process: the fds of the server's connections.
+    fds: Vec<(u32, HashSet<u32>)>,
+    /// Streams of the server whose server side is live, per process.
+    streams: Vec<(u32, usize)>,
+    /// Processes whose tables could not be read, and why.
+    unavailable: Vec<String>,
+}
 
 impl HaproxyJudge {
-    /// A judge for sockets to `addr` held by the processes of `topo`; `api`
-    /// reaches the answering worker, `master` (the master CLI) the others.
+    /// A judge under `rule` for the sockets at `places` held by the
+    /// processes of `topo` (watched through `holders`); `api` reaches the
+    /// answering worker, `master` (the master CLI) the others; `engine` is
+    /// the judge's own sock_diag session.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        target: Target,
-        addr: SocketAddr,
-        config: Vec<ServerState>,
+        rule: Rule,
+        places: Rc<RefCell<Places>>,
+        holders: Holders,
+        engine: Engine,
         topo: &Topology,
         version: &str,
         api: Api,
         master: Option<Api>,
-    ) -> Result<HaproxyJudge> {
-        let pids: Vec<u32> = topo.workers.iter().map(|w| w.pid).collect();
+    ) -> HaproxyJudge {
         let answering = topo.answering.pid;
-        Ok(HaproxyJudge {
-            rule: Rule::new(target, addr, config),
-            holders: Holders::new(&pids)?,
+        HaproxyJudge {
+            rule,
+            holders,
             answering,
             attributor: Attributor::new(api, master, topo.workers.clone(), answering, version),
             verdicts: HashMap::new(),
+            places,
+            engine,
             closed: Vec::new(),
-        })
+        }
     }
 
     /// The API of the answering worker (for the final `show stat`).
@@ -224,13 +265,84 @@ impl HaproxyJudge {
         }
     }
 
+    /// Finds the named server's connections wherever they are, by HAProxy's
+    /// own tables (`show sess` and `show fd` of every process), and adds
+    /// their places. Returns the places added.
+    pub fn locate(&mut self) -> Result<Vec<Place>> {
+        let named = self.ask_named(true)?;
+        self.place_fds(&named.fds)
+    }
+
+    /// Reads every process's tables for the named server: its live streams
+    /// (and their fds), and with `connections` its `show fd` connections too.
+    fn ask_named(&mut self, connections: bool) -> Result<Named> {
+        let mut out = Named::default();
+        let Some((be, srv)) = self.named() else { return Ok(out) };
+        for pid in self.holders.pids() {
+            let mut fds = HashSet::new();
+            match self.attributor.streams(pid, Some((&be, &srv)))? {
+                Ok(streams) => {
+                    let live: Vec<&Stream> = streams
+                        .iter()
+                        .filter(|st| st.backend.as_ref() == Some(&be) && st.server.as_ref() == Some(&srv))
+                        .filter(|st| st.server_side_live())
+                        .collect();
+                    fds.extend(live.iter().filter_map(|st| st.fd));
+                    if !live.is_empty() {
+                        out.streams.push((pid, live.len()));
+                    }
+                }
+                Err(why) => out.unavailable.push(why),
+            }
+            if connections {
+                match self.attributor.connections(pid)? {
+                    Ok(conns) => fds.extend(conns.into_iter().filter_map(|c| {
+                        let (a, b) = c.server.as_ref()?;
+                        (self.rule.orient(a, b) == (be.as_str(), srv.as_str())).then_some(c.fd)
+                    })),
+                    Err(why) => out.unavailable.push(why),
+                }
+            }
+            if !fds.is_empty() {
+                out.fds.push((pid, fds));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where the sockets behind `fds` (per process) are: one dump of the
+    /// whole table, joined by inode. Adds their places; returns the new ones.
+    fn place_fds(&mut self, fds: &[(u32, HashSet<u32>)]) -> Result<Vec<Place>> {
+        if fds.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.holders.scan()?;
+        let mut inodes: HashSet<u32> = HashSet::new();
+        for (pid, wanted) in fds {
+            let held = self.holders.fds_of(*pid);
+            inodes.extend(wanted.iter().filter_map(|fd| held.get(fd).copied()));
+        }
+        if inodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let everything = Query::new(Filter::default())?;
+        let mut added = Vec::new();
+        for s in self.engine.collect(&everything)?.iter().filter(|s| inodes.contains(&s.inode)) {
+            let place = Place::of(s.peer());
+            if self.places.borrow_mut().add(place) {
+                info!(%place, "HAProxy's tables name a connection of the server here: watched too");
+                added.push(place);
+            }
+        }
+        Ok(added)
+    }
+
     /// Attributes the candidates `idx` of `sockets` that process `pid` holds.
     fn attribute(
         &mut self,
         pid: u32,
         sockets: &[TcpSocket],
         idx: &[usize],
-        tables: &mut StreamTables,
     ) -> Result<Vec<(usize, Option<Source>, String)>> {
         let fd_of = |s: &TcpSocket| self.holders.holder(s).map(|h| h.fd);
         let candidates: Vec<(usize, Candidate)> = idx
@@ -242,14 +354,15 @@ impl HaproxyJudge {
             .collect();
         let mut named: HashMap<u32, Source> = HashMap::new();
         let mut why = format!("no HAProxy table of pid {pid} names it");
-        // Streams first: a table already read in this look, or — when many are
-        // unattributed — one read (narrowed to the named server where possible).
-        if !tables.contains_key(&pid) && candidates.len() > super::attribution::FEW {
+        // Streams first, when many are unattributed: one read (narrowed to the
+        // named server where the version can); a few cost one `show fd` line each.
+        let streams = if candidates.len() > super::attribution::FEW {
             let named_server = self.named();
-            let t = self.attributor.streams(pid, named_server.as_ref().map(|(b, s)| (b.as_str(), s.as_str())))?;
-            tables.insert(pid, t);
-        }
-        match tables.get(&pid) {
+            Some(self.attributor.streams(pid, named_server.as_ref().map(|(b, s)| (b.as_str(), s.as_str())))?)
+        } else {
+            None
+        };
+        match streams {
             Some(Ok(streams)) => {
                 let wanted: HashSet<u32> = candidates.iter().map(|(_, c)| c.fd).collect();
                 for st in streams {
@@ -262,7 +375,7 @@ impl HaproxyJudge {
             }
             Some(Err(e)) => {
                 warn!(pid, why = %e, "no stream table");
-                why = e.clone();
+                why = e;
             }
             None => {}
         }
@@ -287,18 +400,29 @@ impl HaproxyJudge {
         }
         Ok(candidates.into_iter().map(|(i, c)| (i, named.get(&c.fd).cloned(), why.clone())).collect())
     }
+
+    /// HAProxy's session count for the named server in the answering worker.
+    fn scur(&self) -> Option<u64> {
+        let (b, s) = self.named()?;
+        let rows = self.api().command("show stat").and_then(|t| parse::parse_stat(&t)).ok()?;
+        rows.into_iter().find(|r| r.proxy == b && r.server == s).and_then(|r| r.scur)
+    }
 }
 
 impl Judge for HaproxyJudge {
     fn classify(&mut self, sockets: &mut [TcpSocket]) -> Result<Vec<Class>> {
-        let mut tables = StreamTables::new();
+        // The query covers the places' addresses times their ports: only what is at a place counts.
+        let at_place: Vec<bool> = {
+            let places = self.places.borrow();
+            sockets.iter().map(|s| places.holds(s.peer())).collect()
+        };
         // A socket never seen before: who holds it, from /proc (our time, not
         // HAProxy's: its tables are asked only to attribute, and narrowly).
         self.holders.refresh_for(sockets)?;
         // Candidates without a verdict yet, by the process holding them.
         let mut pending: HashMap<u32, Vec<usize>> = HashMap::new();
         for (i, s) in sockets.iter_mut().enumerate() {
-            let Some(holding) = self.holders.holder(s) else { continue };
+            let Some(holding) = self.holders.holder(s).filter(|_| at_place[i]) else { continue };
             s.owners = self.holders.owners(s);
             if !self.verdicts.contains_key(&s.cookie()) {
                 pending.entry(holding.pid).or_default().push(i);
@@ -306,23 +430,54 @@ impl Judge for HaproxyJudge {
         }
         for (pid, idx) in pending {
             let holder = if pid == self.answering { Holder::Current } else { Holder::Other };
-            for (i, source, why) in self.attribute(pid, sockets, &idx, &mut tables)? {
-                let class = self.rule.decide(source.as_ref(), holder, &why);
+            for (i, source, why) in self.attribute(pid, sockets, &idx)? {
+                let class = self.rule.decide(source.as_ref(), holder, &why, sockets[i].peer());
                 debug!(cookie = sockets[i].cookie(), pid, ?source, ?class, "attributed");
                 self.verdicts.insert(sockets[i].cookie(), class);
             }
         }
         Ok(sockets
             .iter()
-            .map(|s| match self.holders.holder(s) {
-                None => Class::Ignore,
-                Some(_) => self.verdicts.get(&s.cookie()).cloned().unwrap_or(Class::Ignore),
+            .zip(at_place)
+            .map(|(s, at)| match self.holders.holder(s) {
+                Some(_) if at => self.verdicts.get(&s.cookie()).cloned().unwrap_or(Class::Ignore),
+                _ => Class::Ignore,
             })
             .collect())
     }
 
     fn vanished(&mut self, sockets: Vec<TcpSocket>, at_ms: u64) {
         self.closed.extend(sockets.into_iter().map(|socket| Closed { socket, at_ms }));
+    }
+
+    /// Never clean against HAProxy's own view: while a process still lists
+    /// live streams of the named server, or `show stat` counts sessions of
+    /// it, the run is not quiet — and the sockets behind those streams are
+    /// looked for wherever they are (a new place is watched from the next look).
+    fn doubt(&mut self) -> Result<Option<String>> {
+        let Some((be, srv)) = self.named() else { return Ok(None) };
+        let named = self.ask_named(false)?;
+        for why in &named.unavailable {
+            debug!(%why, "a stream table that cannot be read does not hold the run");
+        }
+        let added = self.place_fds(&named.fds)?;
+        let streams: usize = named.streams.iter().map(|(_, n)| n).sum();
+        let scur = self.scur().unwrap_or(0);
+        if streams == 0 && scur == 0 {
+            return Ok(None);
+        }
+        let per_pid: Vec<String> = named.streams.iter().map(|(pid, n)| format!("pid {pid}: {n}")).collect();
+        let places: Vec<String> = self.places.borrow().iter().map(|p| p.to_string()).collect();
+        let mut why = format!(
+            "HAProxy still lists {streams} streams of {be}/{srv} connecting or connected ({}) and `show stat` counts {scur} sessions, which no socket at {} explained at the last look",
+            if per_pid.is_empty() { "none".to_string() } else { per_pid.join(", ") },
+            places.join(", ")
+        );
+        if !added.is_empty() {
+            let added: Vec<String> = added.iter().map(|p| p.to_string()).collect();
+            why += &format!("; their sockets were found at {}, now watched", added.join(", "));
+        }
+        Ok(Some(why))
     }
 }
 
@@ -348,55 +503,102 @@ mod tests {
 
     const WHY: &str = "no table names it";
 
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn named_server_attribution_decides_whichever_table_named_it() {
-        let addr: SocketAddr = "10.88.0.11:9001".parse().unwrap();
+        let addr = sa("10.88.0.11:9001");
         let shared = vec![server("be_a", "a1", "10.88.0.11", 9001), server("be_b", "b1", "10.88.0.11", 9001)];
-        let r = Rule::new(named("be_a", "a1"), addr, shared.clone());
+        let r = Rule::new(named("be_a", "a1"), shared.clone(), vec![]);
         for h in [Holder::Current, Holder::Other] {
-            assert_eq!(r.decide(Some(&stream("be_a", "a1")), h, WHY), Class::Target);
-            assert_eq!(r.decide(Some(&conn("be_a", "a1")), h, WHY), Class::Target);
-            assert!(matches!(r.decide(Some(&stream("be_b", "b1")), h, WHY), Class::OtherServer(w) if w.contains("be_b/b1") && w.contains("show sess")));
-            assert!(matches!(r.decide(Some(&conn("be_b", "b1")), h, WHY), Class::OtherServer(w) if w.contains("show fd")));
+            assert_eq!(r.decide(Some(&stream("be_a", "a1")), h, WHY, addr), Class::Target);
+            assert_eq!(r.decide(Some(&conn("be_a", "a1")), h, WHY, addr), Class::Target);
+            assert!(matches!(r.decide(Some(&stream("be_b", "b1")), h, WHY, addr), Class::OtherServer(w) if w.contains("be_b/b1") && w.contains("show sess")));
+            assert!(matches!(r.decide(Some(&conn("be_b", "b1")), h, WHY, addr), Class::OtherServer(w) if w.contains("show fd")));
             // Unlisted at an address be_b/b1 shares: cannot tell, left alone.
-            assert!(matches!(r.decide(None, h, WHY), Class::Ambiguous(w) if w.contains("be_b/b1") && w.starts_with(WHY)));
+            assert!(matches!(r.decide(None, h, WHY, addr), Class::Ambiguous(w) if w.contains("be_b/b1") && w.starts_with(WHY)));
         }
         // Unlisted, nobody else there: the lingering case, a target.
-        let alone = Rule::new(named("be_a", "a1"), addr, vec![shared[0].clone()]);
-        assert_eq!(alone.decide(None, Holder::Other, WHY), Class::Target);
+        let alone = Rule::new(named("be_a", "a1"), vec![shared[0].clone()], vec![]);
+        assert_eq!(alone.decide(None, Holder::Other, WHY, addr), Class::Target);
+    }
+
+    /// A server's connections are wherever HAProxy's tables say: at a
+    /// previous address (`set server addr`, DNS), at a mapped port, at the
+    /// client's port (port 0). What no table names is the server's only at
+    /// its own configured address and port.
+    #[test]
+    fn a_named_server_is_where_the_tables_say() {
+        let moved = Rule::new(named("be", "h1"), vec![server("be", "h1", "10.88.0.22", 9004)], vec![8004]);
+        // Named at its old address: its own.
+        assert_eq!(moved.decide(Some(&stream("be", "h1")), Holder::Current, WHY, sa("10.88.0.21:9004")), Class::Target);
+        assert_eq!(moved.decide(Some(&conn("be", "h1")), Holder::Other, WHY, sa("10.88.0.21:9004")), Class::Target);
+        // Unlisted at the old address: perhaps another server's, left alone and said.
+        assert!(matches!(moved.decide(None, Holder::Other, WHY, sa("10.88.0.21:9004")), Class::Ambiguous(w) if w.contains("not configured at 10.88.0.21:9004")));
+        assert_eq!(moved.decide(None, Holder::Other, WHY, sa("10.88.0.22:9004")), Class::Target);
+        // Port-mapped `+1000`, printed 1000: unlisted at 9004 is only maybe its own.
+        let mapped = Rule::new(named("be", "h1"), vec![server("be", "h1", "10.88.0.21", 1000)], vec![8004]);
+        assert_eq!(mapped.decide(Some(&stream("be", "h1")), Holder::Other, WHY, sa("10.88.0.21:9004")), Class::Target);
+        assert!(matches!(mapped.decide(None, Holder::Other, WHY, sa("10.88.0.21:9004")), Class::Ambiguous(_)));
+        // Port 0: any port of its address.
+        let p0 = Rule::new(named("be", "h1"), vec![server("be", "h1", "10.88.0.21", 0)], vec![9005]);
+        assert_eq!(p0.decide(None, Holder::Other, WHY, sa("10.88.0.21:9005")), Class::Target);
+        // IPv6, moved.
+        let v6 = Rule::new(named("be", "h6"), vec![server("be", "h6", "fd77::22", 9007)], vec![]);
+        assert_eq!(v6.decide(Some(&stream("be", "h6")), Holder::Current, WHY, sa("[fd77::21]:9007")), Class::Target);
+        assert!(matches!(v6.decide(None, Holder::Current, WHY, sa("[fd77::21]:9007")), Class::Ambiguous(_)));
     }
 
     #[test]
     fn an_address_alone_means_servers_no_longer_configured_there() {
-        let addr: SocketAddr = "127.0.0.11:9001".parse().unwrap();
+        let addr = sa("127.0.0.11:9001");
         // A reload renamed s1 to s1b at the same address.
-        let r = Rule::new(Target::Gone, addr, vec![server("be", "s1b", "127.0.0.11", 9001)]);
-        assert_eq!(r.decide(Some(&stream("be", "s1")), Holder::Other, WHY), Class::Target);
-        assert_eq!(r.decide(Some(&conn("be", "s1")), Holder::Other, WHY), Class::Target);
-        assert!(matches!(r.decide(Some(&conn("be", "s1b")), Holder::Other, WHY), Class::OtherServer(_)));
+        let r = Rule::new(Target::Gone, vec![server("be", "s1b", "127.0.0.11", 9001)], vec![]);
+        assert_eq!(r.decide(Some(&stream("be", "s1")), Holder::Other, WHY, addr), Class::Target);
+        assert_eq!(r.decide(Some(&conn("be", "s1")), Holder::Other, WHY, addr), Class::Target);
+        assert!(matches!(r.decide(Some(&conn("be", "s1b")), Holder::Other, WHY, addr), Class::OtherServer(_)));
         // An old worker's unlisted socket: it may have had another server there.
-        assert!(matches!(r.decide(None, Holder::Other, WHY), Class::Ambiguous(_)));
+        assert!(matches!(r.decide(None, Holder::Other, WHY, addr), Class::Ambiguous(_)));
         // The current worker's own unlisted socket is its configured server's.
-        assert!(matches!(r.decide(None, Holder::Current, WHY), Class::OtherServer(w) if w.contains("be/s1b")));
+        assert!(matches!(r.decide(None, Holder::Current, WHY, addr), Class::OtherServer(w) if w.contains("be/s1b")));
         // A reload removed it: nothing configured there any more.
-        let gone = Rule::new(Target::Gone, addr, vec![server("be", "s2", "127.0.0.12", 9002)]);
-        assert_eq!(gone.decide(None, Holder::Other, WHY), Class::Target);
-        assert_eq!(gone.decide(None, Holder::Current, WHY), Class::Target);
+        let gone = Rule::new(Target::Gone, vec![server("be", "s2", "127.0.0.12", 9002)], vec![]);
+        assert_eq!(gone.decide(None, Holder::Other, WHY, addr), Class::Target);
+        assert_eq!(gone.decide(None, Holder::Current, WHY, addr), Class::Target);
         // A server that uses the client's port (0) shares every port of its address.
-        let any_port = Rule::new(Target::Gone, addr, vec![server("be", "p", "127.0.0.11", 0)]);
-        assert!(matches!(any_port.decide(None, Holder::Other, WHY), Class::Ambiguous(_)));
+        let any_port = Rule::new(Target::Gone, vec![server("be", "p", "127.0.0.11", 0)], vec![]);
+        assert!(matches!(any_port.decide(None, Holder::Other, WHY, addr), Class::Ambiguous(_)));
         // IPv4-mapped addresses are the IPv4 ones.
-        let mapped = Rule::new(
-            Target::Gone,
-            "[::ffff:127.0.0.11]:9001".parse().unwrap(),
-            vec![server("be", "s1b", "127.0.0.11", 9001)],
-        );
-        assert!(matches!(mapped.decide(None, Holder::Other, WHY), Class::Ambiguous(_)));
+        let mapped = Rule::new(Target::Gone, vec![server("be", "s1b", "127.0.0.11", 9001)], vec![]);
+        assert!(matches!(mapped.decide(None, Holder::Other, WHY, sa("[::ffff:127.0.0.11]:9001")), Class::Ambiguous(_)));
+    }
+
+    /// The wrong kill of issue 22: `server h1 10.88.0.21:+1000` (printed port
+    /// 1000) behind a frontend on 8004 is configured and up at 10.88.0.21:9004;
+    /// `--addr 10.88.0.21:9004` must leave its sessions alone.
+    #[test]
+    fn a_port_mapped_server_is_still_configured_at_its_mapped_port() {
+        let addr = sa("10.88.0.21:9004");
+        let r = Rule::new(Target::Gone, vec![server("be", "h1", "10.88.0.21", 1000)], vec![8004]);
+        for h in [Holder::Current, Holder::Other] {
+            assert!(matches!(r.decide(Some(&stream("be", "h1")), h, WHY, addr), Class::OtherServer(w) if w.contains("still configured")));
+            assert!(matches!(r.decide(Some(&conn("be", "h1")), h, WHY, addr), Class::OtherServer(_)));
+        }
+        assert!(matches!(r.decide(None, Holder::Current, WHY, addr), Class::OtherServer(w) if w.contains("offset")));
+        assert!(matches!(r.decide(None, Holder::Other, WHY, addr), Class::Ambiguous(_)));
+        // Without a listening port that maps to 9004, h1 is not there: a moved or removed server's.
+        let elsewhere = Rule::new(Target::Gone, vec![server("be", "h1", "10.88.0.21", 1000)], vec![8000]);
+        assert_eq!(elsewhere.decide(Some(&stream("be", "h1")), Holder::Other, WHY, addr), Class::Target);
+        // A server moved at runtime: its connections at the old address are gone from there.
+        let moved = Rule::new(Target::Gone, vec![server("be", "h1", "10.88.0.22", 9004)], vec![8004]);
+        assert_eq!(moved.decide(Some(&stream("be", "h1")), Holder::Current, WHY, addr), Class::Target);
     }
 
     #[test]
     fn fd_names_are_oriented_by_the_configuration() {
-        let r = Rule::new(Target::Gone, "127.0.0.11:9001".parse().unwrap(), vec![server("be", "s1", "127.0.0.11", 9001)]);
+        let r = Rule::new(Target::Gone, vec![server("be", "s1", "127.0.0.11", 9001)], vec![]);
         assert_eq!(r.orient("be", "s1"), ("be", "s1"));
         assert_eq!(r.orient("s1", "be"), ("be", "s1"));
         // Neither pair known (a removed server): as printed.

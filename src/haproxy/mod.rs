@@ -21,6 +21,10 @@ crate::internal! {
     /// Parsers for the runtime API's answers.
     mod parse;
 }
+crate::internal! {
+    /// Where a server's connections are: the places a run watches.
+    mod places;
+}
 mod safety_net;
 
 pub use attribution::{TableRead, Tables};

@@ -64,6 +64,19 @@ pub struct Stream {
     /// The server-side connection's fd: `scb=[..,fd=N,..]` (2.6+) or
     /// `s1=[..,fd=N,..]` (2.4); `None` when it has none.
     pub fd: Option<u32>,
+    /// The server side's state, the first number in `scb=[` / `s1=[`
+    /// (`SC_ST_*`, `SI_ST_*` before 2.6: the same numbers on 2.2–3.4).
+    pub state: Option<u8>,
+}
+
+impl Stream {
+    /// The server side is still waiting for, connecting to or connected to
+    /// its server: queued (2), turn-around before a retry (3), assigned (4),
+    /// connecting (5), a failed attempt (6), ready (7), established (8) —
+    /// not closing (9, 10) nor before a server was chosen (0, 1).
+    pub fn server_side_live(&self) -> bool {
+        self.state.is_some_and(|s| (2..=8).contains(&s))
+    }
 }
 
 /// What `wait <delay> srv-removable` answered (HAProxy >= 3.0).
@@ -256,20 +269,21 @@ pub fn parse_sess(text: &str) -> Vec<Stream> {
     text.lines()
         .filter(|l| l.starts_with("0x"))
         .map(|line| {
-            let mut s = Stream { backend: None, server: None, fd: None };
-            let mut legacy_fd = None;
+            let mut s = Stream { backend: None, server: None, fd: None, state: None };
+            let mut legacy = (None, None);
             for token in line.split_whitespace() {
                 let Some((key, value)) = token.split_once('=') else { continue };
                 let named = |v: &str| (!v.starts_with('<')).then(|| v.to_string());
                 match key {
                     "be" => s.backend = named(value),
                     "srv" => s.server = named(value),
-                    "scb" => s.fd = endpoint_fd(value),
-                    "s1" => legacy_fd = endpoint_fd(value),
+                    "scb" => (s.fd, s.state) = (endpoint_fd(value), endpoint_state(value)),
+                    "s1" => legacy = (endpoint_fd(value), endpoint_state(value)),
                     _ => {}
                 }
             }
-            s.fd = s.fd.or(legacy_fd);
+            s.fd = s.fd.or(legacy.0);
+            s.state = s.state.or(legacy.1);
             s
         })
         .collect()
@@ -331,6 +345,11 @@ pub fn fd_server_first(version: &str) -> bool {
 fn endpoint_fd(value: &str) -> Option<u32> {
     let inner = value.strip_prefix('[')?.strip_suffix(']')?;
     inner.split(',').find_map(|f| f.strip_prefix("fd="))?.parse::<i64>().ok().and_then(|fd| u32::try_from(fd).ok())
+}
+
+/// The state number that opens an endpoint's `[...]`.
+fn endpoint_state(value: &str) -> Option<u8> {
+    value.strip_prefix('[')?.split([',', ']']).next()?.parse().ok()
 }
 
 /// The master CLI address in an HAProxy command line: the first `-S` value,
@@ -403,6 +422,7 @@ mod tests {
             for s in streams.iter().filter(|s| s.server.is_some()) {
                 assert_eq!(s.backend.as_deref(), Some("be"), "{v}");
                 assert!(s.fd.is_some_and(|fd| fd > 2), "{v}: {s:?}");
+                assert_eq!(s.state, Some(8), "{v}: established: {s:?}");
             }
             // The CLI's own stream has no backend, no server and no server-side fd.
             assert!(streams.iter().any(|s| s.backend.is_none() && s.server.is_none() && s.fd.is_none()), "{v}");
@@ -416,10 +436,17 @@ mod tests {
         let legacy = "0x1: proto=tcpv4 src=1.2.3.4:5 fe=fe be=be srv=s1 s0=[8,200008h,fd=14,ex=] s1=[8,200018h,fd=15,ex=] exp=3s\n";
         assert_eq!(
             parse_sess(legacy)[0],
-            Stream { backend: Some("be".into()), server: Some("s1".into()), fd: Some(15) }
+            Stream { backend: Some("be".into()), server: Some("s1".into()), fd: Some(15), state: Some(8) }
         );
         let unconnected = "0x1: proto=tcpv4 be=be srv=s1 scb=[8,1h,fd=-1]\n";
         assert_eq!(parse_sess(unconnected)[0].fd, None);
+        // A stream in turn-around before its next connect attempt: live, no socket.
+        let retrying = parse_sess("0x1: proto=tcpv4 be=be srv=s1 scf=[8,0h,fd=14] scb=[3,1h,fd=-1]\n");
+        assert_eq!((retrying[0].state, retrying[0].fd, retrying[0].server_side_live()), (Some(3), None, true));
+        // Closed on the server side, or before a server was chosen: not the server's any more.
+        for state in [0, 1, 9, 10] {
+            assert!(!parse_sess(&format!("0x1: be=be srv=s1 scb=[{state},1h,fd=-1]\n"))[0].server_side_live());
+        }
         assert!(parse_sess("Unknown command\n").is_empty());
     }
 

@@ -6,7 +6,9 @@
 //! HAProxy's `wait` (3.0+) runs on its own connection and thread while the
 //! loop keeps looking, so what HAProxy closes is timed and what it retries is seen.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,15 +18,16 @@ use tracing::{info, warn};
 use super::api::{Api, Endpoint, Pending};
 use super::attribution::Tables;
 use super::discovery::{self, Topology, Worker};
-use super::judge::{Closed, HaproxyJudge, Target};
+use super::judge::{Closed, HaproxyJudge, Rule, Target};
 use super::parse::{self, ServerState, WaitAnswer};
+use super::places::{self, Place, Places, PlacesKernel};
 use crate::audit::AuditLog;
 use crate::cancel::Cancel;
 use crate::diag::Outcome;
-use crate::engine::run::{Awaited, Clock, LiveKernel, Run, WallClock};
-use crate::engine::{Engine, Ledger, Policy, Query, RunReport, Spared, Summary, Verdict};
+use crate::engine::owners::Holders;
+use crate::engine::run::{Awaited, Clock, Run, WallClock};
+use crate::engine::{Engine, Ledger, Policy, RunReport, Spared, Summary, Verdict};
 use crate::error::{Error, HaproxyError, Result};
-use crate::filter::{canonical_ip, Filter, PortRange, StateSet};
 use crate::socket::TcpSocket;
 
 /// The grace period when commands are sent to HAProxy and none is given.
@@ -194,8 +197,13 @@ pub struct Report {
     pub master_cli: Option<String>,
     /// `backend/server`, when named.
     pub server: Option<String>,
-    /// The server's address.
+    /// The server's address: `--addr`, else the one `show servers state`
+    /// prints (port 0: the client's port; a port offset prints unmarked).
     pub server_addr: SocketAddr,
+    /// Every place the run looked at: `server_addr`, the named server's
+    /// configured address, and wherever HAProxy's tables named a connection
+    /// of the server (a previous address, a mapped port); `*`: any port.
+    pub places: Places,
     /// Commands sent to HAProxy.
     pub commands_sent: Vec<String>,
     /// `set server ... state maint` was sent (sockkill never takes it back).
@@ -248,6 +256,11 @@ pub struct Report {
     /// The error's kind, for scripts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<&'static str>,
+    /// HAProxy still named sessions of the server that no socket explained
+    /// when the run ended (its streams in `show sess`, `scur` in `show stat`):
+    /// never clean against HAProxy's own view.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unexplained: Option<String>,
     /// Counts.
     pub summary: HaproxySummary,
     /// The engine's counts.
@@ -315,6 +328,7 @@ struct Learnt {
     version: String,
     topo: Topology,
     server_addr: SocketAddr,
+    places: Places,
     commands_sent: Vec<String>,
     maintenance: bool,
     wait: Option<WaitCall>,
@@ -378,15 +392,8 @@ fn execute(opts: &Options, policy: Policy) -> Result<Report> {
     if !opts.dry_run && !crate::sys::has_cap_net_admin() {
         return Err(Error::NoPermission);
     }
-    let query = Query::new(Filter {
-        // Mapped IPv6 (::ffff:a.b.c.d) stands for the IPv4 address in the filter.
-        dst: vec![canonical_ip(server_addr.ip()).into()],
-        dport: vec![PortRange::one(server_addr.port())],
-        // Any state but LISTEN and TIME-WAIT; never the source address
-        // (`source ... usesrc clientip` makes it the client's).
-        states: StateSet::DEFAULT,
-        ..Filter::default()
-    })?;
+    let holders = Holders::new(&pids)?;
+    let listening = places::listening_ports(&mut engine, &holders)?;
     let master_api = match &topo.master_cli {
         Some(cli) => match Api::new(cli.clone(), opts.api_timeout, opts.cancel.clone()) {
             Ok(a) => Some(a),
@@ -402,9 +409,30 @@ fn execute(opts: &Options, policy: Policy) -> Result<Report> {
         Some((backend, server)) => Target::Named { backend: backend.clone(), server: server.clone() },
         None => Target::Gone,
     };
-    let judge = HaproxyJudge::new(target, server_addr, config, &topo, &info.version, api, master_api)?;
+    // Where to look: the given address, the named server's configured one,
+    // then wherever HAProxy's tables name its connections.
+    let watched = Rc::new(RefCell::new(Places::default()));
+    watched.borrow_mut().add(Place::of(server_addr));
+    let rule = Rule::new(target, config, listening);
+    if let Some(named) = rule.named_server() {
+        if let Some(ip) = named.addr {
+            watched.borrow_mut().add(Place::of(SocketAddr::new(ip, named.port)));
+        }
+    }
+    let mut judge = HaproxyJudge::new(
+        rule,
+        watched.clone(),
+        holders,
+        Engine::open(ns.as_ref())?,
+        &topo,
+        &info.version,
+        api,
+        master_api,
+    );
+    let located = judge.locate()?;
+    info!(places = ?located, "the server's connections by HAProxy's tables");
     let grace = policy.grace;
-    let kernel = LiveKernel { engine: &mut engine, query: &query };
+    let kernel = PlacesKernel::new(&mut engine, watched.clone())?;
     let mut run = Run::start(kernel, clock, policy, judge, cancel, opts.audit.as_deref())?;
     let initial = run.matched();
 
@@ -446,8 +474,19 @@ fn execute(opts: &Options, policy: Policy) -> Result<Report> {
         Some(e) => run.stop(e),
         None => run.finish_awaiting(wait.as_mut().map(|w| w as &mut dyn Awaited)),
     };
-    let learnt =
-        Learnt { version: info.version, topo, server_addr, commands_sent, maintenance, wait, initial, grace, clock };
+    let places = watched.borrow().clone();
+    let learnt = Learnt {
+        version: info.version,
+        topo,
+        server_addr,
+        places,
+        commands_sent,
+        maintenance,
+        wait,
+        initial,
+        grace,
+        clock,
+    };
     Ok(report(opts, enf, &mut judge, learnt))
 }
 
@@ -480,6 +519,10 @@ fn report(opts: &Options, mut enf: RunReport, judge: &mut HaproxyJudge, mut l: L
         Some(w) => (w.answer, w.at_ms, w.error.map(|e| e.to_string())),
         None => (None, None, None),
     };
+    // HAProxy's own word is part of why a run is not clean.
+    if let (Some(reason), Some(e)) = (enf.verdict_reason.as_mut(), &wait_error) {
+        reason.push_str(&format!("; HAProxy's `wait` gave no answer ({e})"));
+    }
     Report {
         dry_run: opts.dry_run,
         haproxy_version: l.version,
@@ -490,6 +533,7 @@ fn report(opts: &Options, mut enf: RunReport, judge: &mut HaproxyJudge, mut l: L
         master_cli: l.topo.master_cli.map(|c| c.to_string()),
         server: opts.server.as_ref().map(|(b, s)| format!("{b}/{s}")),
         server_addr: l.server_addr,
+        places: l.places,
         commands_sent: l.commands_sent,
         server_left_in_maintenance: l.maintenance,
         wait_answer,
@@ -513,6 +557,7 @@ fn report(opts: &Options, mut enf: RunReport, judge: &mut HaproxyJudge, mut l: L
         duration_ms: ms(l.clock.now()),
         error: enf.error.as_ref().map(|e| e.to_string()),
         error_kind: enf.error_kind,
+        unexplained: enf.doubt.clone(),
         summary,
         engine: enf.summary,
     }
@@ -558,13 +603,8 @@ fn resolve_addr(config: &[ServerState], opts: &Options) -> Result<SocketAddr> {
             Ok(given)
         }
         (Some(given), None) => Ok(given),
-        (None, Some(named)) if named.port() != 0 => Ok(named),
-        (None, Some(_)) => Err(HaproxyError::NoAddress {
-            backend: b.clone(),
-            server: s.clone(),
-            why: "has port 0 (it uses the client's port)",
-        }
-        .into()),
+        // Port 0 (the client's port) and port offsets are understood by the places.
+        (None, Some(named)) => Ok(named),
         (None, None) => {
             Err(HaproxyError::NoAddress { backend: b.clone(), server: s.clone(), why: "has no address in HAProxy" }
                 .into())

@@ -69,6 +69,9 @@ pub enum Step {
     Destroy,
     /// Look once more (what remains after the last destroy), then end.
     FinalLook(End),
+    /// The run would end quiet: ask the judge whether the sockets' owner
+    /// still names targets no look found, and answer [`Event::Confirmed`].
+    Confirm,
     /// End now.
     Finish(End),
 }
@@ -115,6 +118,12 @@ pub enum Event {
     },
     /// A look failed (the driver holds the error).
     LookFailed,
+    /// The answer to [`Step::Confirm`]; `doubt`: the owner still names
+    /// targets, so quiet counts again from now.
+    Confirmed {
+        /// The owner disagrees with quiet.
+        doubt: bool,
+    },
 }
 
 /// The loop's state and rules.
@@ -234,6 +243,16 @@ impl Machine {
                 self.abandoned |= abandon;
             }
             Event::LookFailed => return self.end(End::Failed),
+            Event::Confirmed { doubt: false } => return self.finish(End::Quiet),
+            Event::Confirmed { doubt: true } => {
+                // A sighting: quiet counts again from now; look after an interval
+                // (with no settle period, asking again at once would spin).
+                self.last_seen = Some(now);
+                return match self.decide(now) {
+                    Step::Confirm => Step::LookAfter(self.wait(now, None)),
+                    step => step,
+                };
+            }
         }
         self.decide(now)
     }
@@ -295,7 +314,7 @@ impl Machine {
             self.phase = Phase::Grace;
             let quiet = self.look.targets == 0 && self.quiet(now) >= settle;
             if quiet && !self.awaiting && !in_window {
-                return self.finish(End::Quiet);
+                return Step::Confirm;
             }
             return Step::LookAfter(self.wait(now, None));
         }
@@ -334,7 +353,7 @@ impl Machine {
         }
         let quiet = self.quiet(now);
         if quiet >= settle {
-            return self.finish(End::Quiet);
+            return Step::Confirm;
         }
         self.phase = Phase::Settle;
         Step::LookAfter(self.wait(now, Some(settle - quiet)))

@@ -186,6 +186,10 @@ pub struct RunReport {
     /// The error's kind, for scripts (`error_kind`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<&'static str>,
+    /// The judge's last doubt ([`Judge::doubt`]) when the run ended: the
+    /// sockets' owner still named targets that no look found.
+    #[serde(skip)]
+    pub doubt: Option<String>,
 }
 
 fn error_text<S: Serializer>(e: &Option<Error>, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -216,6 +220,7 @@ impl RunReport {
             error: self.error.is_some(),
             remaining: self.summary.remaining,
             ambiguous: self.ambiguous.len(),
+            doubted: self.doubt.is_some(),
             all_acknowledged,
             done: self.destroyed_any() || changed_elsewhere,
         };
@@ -246,10 +251,12 @@ impl RunReport {
             }
             Verdict::Remaining => Some(format!("{remaining} sockets still match")),
             Verdict::Unsettled => Some("no target at the last look, but not quiet for the settle period".into()),
-            Verdict::Ambiguous => Some(format!(
-                "{} sockets could not be attributed and were left alone (see ambiguous)",
-                self.ambiguous.len()
-            )),
+            Verdict::Ambiguous => {
+                let left = (!self.ambiguous.is_empty()).then(|| {
+                    format!("{} sockets could not be attributed and were left alone (see ambiguous)", self.ambiguous.len())
+                });
+                Some(left.into_iter().chain(self.doubt.clone()).collect::<Vec<_>>().join("; "))
+            }
             Verdict::Interrupted { .. } => Some("interrupted by a signal".into()),
             Verdict::Failed { .. } => Some(
                 self.error.as_ref().map_or_else(|| "stopped by an error".to_string(), |e| format!("stopped: {e}")),
@@ -289,6 +296,8 @@ pub struct Run<'a, K: Kernel, C: Clock, J: Judge> {
     error: Option<Error>,
     /// Destroys since the last look: what remains is not known.
     stale: bool,
+    /// The judge's answer to the last [`Step::Confirm`].
+    doubt: Option<String>,
 }
 
 impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
@@ -323,6 +332,7 @@ impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
             refused: HashSet::new(),
             error: None,
             stale: false,
+            doubt: None,
         })
     }
 
@@ -371,7 +381,24 @@ impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
             }
             debug!(?step, phase = ?self.machine.phase(), "loop");
             step = match step {
+                Step::Finish(End::DryRun) => {
+                    // What the owner names beyond the look is part of a dry run's answer.
+                    if let Err(e) = self.confirm() {
+                        if !matches!(e, Error::Interrupted(_)) {
+                            self.error.get_or_insert(e);
+                        }
+                    }
+                    return self.report(End::DryRun);
+                }
                 Step::Finish(end) => return self.report(end),
+                Step::Confirm => match self.confirm() {
+                    Ok(doubt) => self.machine.on(self.clock.now(), Event::Confirmed { doubt }),
+                    Err(Error::Interrupted(_)) => self.machine.on(self.clock.now(), Event::Cancelled { abandon: false }),
+                    Err(e) => {
+                        self.error = Some(e);
+                        self.machine.on(self.clock.now(), Event::LookFailed)
+                    }
+                },
                 Step::FinalLook(end) => {
                     self.final_look();
                     return self.report(end);
@@ -411,6 +438,16 @@ impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
                 self.machine.on(self.clock.now(), Event::LookFailed)
             }
         }
+    }
+
+    /// Asks the judge whether its owner still names targets no look found;
+    /// keeps the answer for the verdict.
+    fn confirm(&mut self) -> Result<bool> {
+        self.doubt = self.judge.doubt()?;
+        if let Some(why) = &self.doubt {
+            debug!(%why, "the owner disagrees with quiet");
+        }
+        Ok(self.doubt.is_some())
     }
 
     /// The look after the last destroy, when the loop ended without one.
@@ -548,6 +585,7 @@ impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
             last_seen_ms: self.machine.last_seen().map(|d| d.as_millis() as u64),
             error: self.error,
             error_kind: None,
+            doubt: self.doubt,
         };
         report.judge(false);
         (report, self.judge)

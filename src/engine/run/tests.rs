@@ -185,10 +185,13 @@ impl Clock for FakeClock {
     }
 }
 
-/// Every socket is a target, but those in `ambiguous`.
+/// Every socket is a target, but those in `ambiguous`; the owner doubts
+/// quiet this many times.
 #[derive(Default)]
 struct Judged {
     ambiguous: HashSet<u64>,
+    doubts: u32,
+    asked: u32,
 }
 
 impl Judge for Judged {
@@ -197,6 +200,11 @@ impl Judge for Judged {
             .iter()
             .map(|s| if self.ambiguous.contains(&s.cookie()) { Class::Ambiguous("fake".into()) } else { Class::Target })
             .collect())
+    }
+
+    fn doubt(&mut self) -> Result<Option<String>> {
+        self.asked += 1;
+        Ok((self.asked <= self.doubts).then(|| "the owner still names 3 targets".to_string()))
     }
 }
 
@@ -246,6 +254,11 @@ impl Lab {
             judge: Judged::default(),
             question: None,
         }
+    }
+
+    fn doubting(mut self, times: u32) -> Lab {
+        self.judge.doubts = times;
+        self
     }
 
     fn with(self, f: impl FnOnce(&mut World)) -> Lab {
@@ -609,6 +622,34 @@ fn dry_runs_and_unverified_runs() {
     assert_eq!(looks(&ops).len(), 1);
 }
 
+/// The owner still names targets when the run would end quiet (HAProxy's
+/// streams of the server, no socket found): quiet counts again from each
+/// doubt; a doubt still standing at the deadline is the verdict `ambiguous`,
+/// in the owner's words; a dry run asks once.
+#[test]
+fn an_owner_that_still_names_targets_holds_off_clean() {
+    let lab = || Lab::new().with(|w| {
+        w.add(2, 0);
+    });
+    let (r, ops) = lab().doubting(2).run(haproxy_policy());
+    let r = r.unwrap();
+    assert_eq!(r.verdict(), Verdict::Clean);
+    assert_eq!(r.doubt, None);
+    // Destroyed at 2 s; quiet 1.5 s after it, then after each of the two doubts.
+    let last = looks(&ops).last().unwrap().0;
+    assert!(last >= ms(2000 + 3 * 1500), "{last:?}");
+
+    let (r, _) = lab().doubting(u32::MAX).run(haproxy_policy());
+    let r = r.unwrap();
+    assert_eq!((r.verdict(), r.end), (Verdict::Ambiguous, End::Deadline));
+    assert_eq!(r.verdict().exit_code(), 1);
+    assert!(r.verdict_reason.unwrap().contains("the owner still names 3 targets"));
+
+    let (r, _) = Lab::new().doubting(1).run(Policy { dry_run: true, ..haproxy_policy() });
+    let r = r.unwrap();
+    assert_eq!(r.verdict(), Verdict::Ambiguous, "a dry run with nothing found, but the owner names targets");
+}
+
 /// The machine's own table: each phase's step from a state (pure, no driver).
 #[test]
 fn the_machine_steps() {
@@ -624,12 +665,23 @@ fn the_machine_steps() {
     assert_eq!(m.on(ms(2101), Event::Looked(none)), Step::LookAfter(ms(100)));
     assert_eq!(m.phase(), Phase::Settle);
     assert_eq!(m.on(ms(3450), Event::Looked(none)), Step::LookAfter(ms(51)), "settle ends 1.5 s after the destroy");
-    assert_eq!(m.on(ms(3501), Event::Looked(none)), Step::Finish(End::Quiet));
+    assert_eq!(m.on(ms(3501), Event::Looked(none)), Step::Confirm);
+    // The owner still names targets: quiet counts again from the doubt.
+    assert_eq!(m.on(ms(3510), Event::Confirmed { doubt: true }), Step::LookAfter(ms(100)));
+    assert_eq!(m.on(ms(5009), Event::Looked(none)), Step::LookAfter(ms(1)));
+    assert_eq!(m.on(ms(5010), Event::Looked(none)), Step::Confirm);
+    assert_eq!(m.on(ms(5011), Event::Confirmed { doubt: false }), Step::Finish(End::Quiet));
+    // With no settle period a doubt still waits an interval before asking again.
+    let mut z = Machine::new(Policy { settle: ms(0), ..p.clone() }, false);
+    z.on(ms(0), Event::Started(none));
+    assert_eq!(z.on(ms(2000), Event::Looked(none)), Step::Confirm);
+    assert_eq!(z.on(ms(2001), Event::Confirmed { doubt: true }), Step::LookAfter(ms(100)));
     // A kill: destroy at once, look at once, clean.
     let mut k = Machine::new(Policy::kill(), false);
     assert_eq!(k.on(ms(0), Event::Started(seen)), Step::Destroy);
     assert_eq!(k.on(ms(1), Event::Destroyed(Pass::default())), Step::Look);
-    assert_eq!(k.on(ms(2), Event::Looked(none)), Step::Finish(End::Quiet));
+    assert_eq!(k.on(ms(2), Event::Looked(none)), Step::Confirm);
+    assert_eq!(k.on(ms(2), Event::Confirmed { doubt: false }), Step::Finish(End::Quiet));
     // A cancel after a destroy: one more look, then the end.
     let mut c = Machine::new(Policy::kill(), false);
     c.on(ms(0), Event::Started(seen));
