@@ -8,7 +8,7 @@
 //! Ansible.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -22,11 +22,16 @@ use crate::error::{Error, Result};
 use crate::procfs::Owner;
 use crate::socket::TcpSocket;
 
+/// Lines are written in batches of about this many bytes, each batch whole lines.
+const WRITE_CHUNK: usize = 64 * 1024;
+
 /// An open audit log, shared by the threads that destroy.
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
-    file: Mutex<BufWriter<File>>,
+    /// Written whole lines at a time (one `write` per batch of whole lines,
+    /// O_APPEND): a process killed mid-run leaves no torn line.
+    file: Mutex<File>,
     command: String,
     netns: Option<String>,
 }
@@ -92,7 +97,7 @@ impl AuditLog {
             let reason = format!("is {}, not a regular file", crate::sys::file_kind(&meta));
             return Err(Error::AuditPath { path: path.to_path_buf(), reason });
         }
-        let log = AuditLog { path: path.to_path_buf(), file: Mutex::new(BufWriter::new(file)), command, netns };
+        let log = AuditLog { path: path.to_path_buf(), file: Mutex::new(file), command, netns };
         let start = json!({
             "time": now(),
             "event": "start",
@@ -111,16 +116,22 @@ impl AuditLog {
     }
 
     fn write_line<T: Serialize>(&self, value: &T) -> Result<()> {
-        let mut w = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        serde_json::to_writer(&mut *w, value).map_err(|e| self.fail(e))?;
-        w.write_all(b"\n").map_err(|e| self.fail(e))
+        let mut line = serde_json::to_vec(value).map_err(|e| self.fail(e))?;
+        line.push(b'\n');
+        self.append(&line)
+    }
+
+    /// Appends whole lines in one `write` (the file is O_APPEND).
+    fn append(&self, lines: &[u8]) -> Result<()> {
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        f.write_all(lines).map_err(|e| self.fail(e))
     }
 
     /// Appends a `destroyed` line for every destroyed socket of one batch and
     /// writes them to the file.
     pub(crate) fn record<'a>(&self, batch: impl Iterator<Item = (&'a TcpSocket, Outcome)>) -> Result<()> {
         let time = now();
-        let mut w = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lines = Vec::new();
         for (s, _) in batch.filter(|(_, o)| *o == Outcome::Destroyed) {
             let line = Destroyed {
                 time: &time,
@@ -134,10 +145,18 @@ impl AuditLog {
                 netns: self.netns.as_deref(),
                 command: &self.command,
             };
-            serde_json::to_writer(&mut *w, &line).map_err(|e| self.fail(e))?;
-            w.write_all(b"\n").map_err(|e| self.fail(e))?;
+            serde_json::to_writer(&mut lines, &line).map_err(|e| self.fail(e))?;
+            lines.push(b'\n');
+            // Bounded writes, each of whole lines.
+            if lines.len() >= WRITE_CHUNK {
+                self.append(&lines)?;
+                lines.clear();
+            }
         }
-        w.flush().map_err(|e| self.fail(e))
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.append(&lines)
     }
 
     /// Appends the `end` event: the run's exit code, verdict, counts and error.
@@ -161,10 +180,9 @@ impl AuditLog {
         self.sync()
     }
 
-    /// Writes everything out and syncs it to disk.
+    /// Syncs what was written to disk.
     pub fn sync(&self) -> Result<()> {
-        let mut w = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        w.flush().map_err(|e| self.fail(e))?;
-        w.get_ref().sync_data().map_err(|e| self.fail(e))
+        let f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        f.sync_data().map_err(|e| self.fail(e))
     }
 }
