@@ -616,9 +616,10 @@ fn wait_srv_removable_longer_than_the_api_timeout() {
     });
 }
 
-/// A relay in front of the stats socket that holds back the answer to
-/// `show info` (a busy HAProxy), to send a signal while it is pending.
-fn slow_relay(to: String, path: PathBuf) {
+/// A relay in front of the stats socket that holds back for 3 s HAProxy's
+/// answer to commands starting with `slow` (a busy HAProxy): the command
+/// itself reaches HAProxy at once.
+fn slow_relay(to: String, path: PathBuf, slow: &'static str) {
     let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
     std::thread::spawn(move || {
         for c in l.incoming().flatten() {
@@ -626,17 +627,53 @@ fn slow_relay(to: String, path: PathBuf) {
             std::thread::spawn(move || {
                 let mut cmd = Vec::new();
                 let _ = std::io::Read::read_to_end(&mut &c, &mut cmd);
-                if String::from_utf8_lossy(&cmd).starts_with("show info") {
-                    std::thread::sleep(Duration::from_secs(3));
-                }
                 let Ok(mut up) = std::os::unix::net::UnixStream::connect(&to) else { return };
                 let _ = up.write_all(&cmd);
                 let _ = up.shutdown(std::net::Shutdown::Write);
                 let mut answer = Vec::new();
                 let _ = std::io::Read::read_to_end(&mut up, &mut answer);
+                if String::from_utf8_lossy(&cmd).starts_with(slow) {
+                    std::thread::sleep(Duration::from_secs(3));
+                }
                 let _ = (&c).write_all(&answer);
             });
         }
+    });
+}
+
+/// A state change HAProxy applied but answered after `--api-timeout`: it
+/// was sent, so the run reports it sent (and unconfirmed) and exits 1, not
+/// 2 — HAProxy's real state says s1 is in maintenance.
+#[test]
+fn a_state_change_answered_late_is_reported_sent() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let (_s1, _s2, h) = lab(false);
+        let _clients = clients("127.0.0.10:8000", 4);
+        let relay = h.dir.join("late.sock");
+        slow_relay(h.sock("admin.sock"), relay.clone(), "set server");
+        let pid = h.child.id().to_string();
+        let (rc, doc, err) = run_json(&[
+            "haproxy",
+            "--json",
+            "--api-timeout",
+            "1s",
+            "--pid",
+            &pid,
+            "--socket",
+            relay.to_str().unwrap(),
+            "--server",
+            "be/s1",
+        ]);
+        record("state change answered after --api-timeout", false, &doc, rc);
+        // HAProxy's own state: the command took effect.
+        assert_ne!(h.server_state("be", "s1").1, 0, "s1 not in maintenance: {doc}");
+        assert_eq!(rc, 1, "sent is done: {err}\n{doc}");
+        assert_eq!(doc["commands_sent"], serde_json::json!(["set server be/s1 state maint"]), "{doc}");
+        assert_eq!(doc["commands_unconfirmed"], serde_json::json!(["set server be/s1 state maint"]), "{doc}");
+        assert_eq!(doc["server_left_in_maintenance"], true, "{doc}");
+        assert_eq!(doc["clean"], false, "{doc}");
     });
 }
 
@@ -657,7 +694,7 @@ fn signals_at_every_point() {
         let (_s1, _s2, h) = lab(false);
         let (mut s1, _s2c) = clients("127.0.0.10:8000", 4);
         let relay = h.dir.join("slow.sock");
-        slow_relay(h.sock("admin.sock"), relay.clone());
+        slow_relay(h.sock("admin.sock"), relay.clone(), "show info");
 
         // 1. SIGINT while `show info` is still being answered.
         let child = spawn_sockkill(&["haproxy", "--json", "--socket", relay.to_str().unwrap(), "--server", "be/s1"]);

@@ -164,6 +164,16 @@ impl Api {
         self.receive(&mut conn, cmd, self.timeout)
     }
 
+    /// [`Api::command`], setting `sent` once the command's bytes have left:
+    /// a command HAProxy received may have taken effect whatever happens to
+    /// its answer (late, cut short by a signal, unexpected).
+    pub fn command_tracked(&self, cmd: &str, sent: &mut bool) -> Result<String> {
+        let mut conn = self.connect(cmd)?;
+        self.send(&mut conn, cmd, true)?;
+        *sent = true;
+        self.receive(&mut conn, cmd, self.timeout)
+    }
+
     /// Connects, hands our end of the connection to `probe` while HAProxy holds
     /// the other end (before the command is sent), then sends `cmd`. Returns the
     /// answer and what `probe` found.

@@ -204,9 +204,15 @@ pub struct Report {
     /// configured address, and wherever HAProxy's tables named a connection
     /// of the server (a previous address, a mapped port); `*`: any port.
     pub places: Places,
-    /// Commands sent to HAProxy.
+    /// Commands sent to HAProxy: every command whose bytes left, whether or
+    /// not its answer came (a sent command counts as done for the exit code).
     pub commands_sent: Vec<String>,
-    /// `set server ... state maint` was sent (sockkill never takes it back).
+    /// Of those, the ones whose answer did not confirm them (late, cut short
+    /// by a signal, unexpected): HAProxy may or may not have applied them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub commands_unconfirmed: Vec<String>,
+    /// `set server ... state maint` was sent (sockkill never takes it back;
+    /// see `commands_unconfirmed` for whether HAProxy confirmed it).
     pub server_left_in_maintenance: bool,
     /// HAProxy >= 3.0: the answer to `wait <grace> srv-removable`.
     pub wait_answer: Option<WaitAnswer>,
@@ -330,6 +336,7 @@ struct Learnt {
     server_addr: SocketAddr,
     places: Places,
     commands_sent: Vec<String>,
+    unconfirmed: Vec<String>,
     maintenance: bool,
     wait: Option<WaitCall>,
     initial: usize,
@@ -438,19 +445,31 @@ fn execute(opts: &Options, policy: Policy) -> Result<Report> {
 
     // HAProxy's own shutdown, unless told not to. Nothing is sent after a signal.
     let mut commands_sent = Vec::new();
+    let mut unconfirmed = Vec::new();
     let mut maintenance = false;
     let mut failure = None;
     let mut wait = None;
     if let (Some((b, s)), true) = (&opts.server, opts.sends_commands()) {
         let api = run.judge_mut().api().clone();
         for cmd in [format!("set server {b}/{s} state maint"), format!("shutdown sessions server {b}/{s}")] {
-            match api.command(&cmd).and_then(|a| parse::expect_empty(&cmd, &a)) {
-                Ok(()) => {
-                    info!(cmd = %cmd, "sent to HAProxy");
-                    maintenance |= cmd.ends_with("state maint");
-                    commands_sent.push(cmd);
-                }
+            // Sent is sent: once its bytes left, HAProxy may have applied it,
+            // whatever becomes of the answer (late, interrupted, unexpected).
+            let mut sent = false;
+            let answer = api.command_tracked(&cmd, &mut sent).and_then(|a| parse::expect_empty(&cmd, &a));
+            // A known refusal (`Permission denied`, `No such server.`) is HAProxy saying it did nothing.
+            let refused = matches!(answer, Err(Error::Haproxy(HaproxyError::Refused { .. })));
+            let sent = sent && !refused;
+            if sent {
+                maintenance |= cmd.ends_with("state maint");
+                commands_sent.push(cmd.clone());
+            }
+            match answer {
+                Ok(()) => info!(cmd = %cmd, "sent to HAProxy"),
                 Err(e) => {
+                    if sent {
+                        warn!(cmd = %cmd, %e, "sent to HAProxy, but its answer is not the expected one: it may have been applied");
+                        unconfirmed.push(cmd);
+                    }
                     failure = Some(e);
                     break;
                 }
@@ -481,6 +500,7 @@ fn execute(opts: &Options, policy: Policy) -> Result<Report> {
         server_addr,
         places,
         commands_sent,
+        unconfirmed,
         maintenance,
         wait,
         initial,
@@ -535,6 +555,7 @@ fn report(opts: &Options, mut enf: RunReport, judge: &mut HaproxyJudge, mut l: L
         server_addr: l.server_addr,
         places: l.places,
         commands_sent: l.commands_sent,
+        commands_unconfirmed: l.unconfirmed,
         server_left_in_maintenance: l.maintenance,
         wait_answer,
         wait_answered_at_ms,
