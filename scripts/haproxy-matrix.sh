@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the HAProxy end-to-end tests (tests/haproxy_e2e.rs, TCP mode, and
-# tests/haproxy_http.rs, HTTP mode) against every HAProxy branch users run:
+# Runs the HAProxy end-to-end tests (tests/haproxy_e2e.rs, TCP mode,
+# tests/haproxy_http.rs, HTTP mode, and tests/haproxy_moved.rs, servers whose
+# connections are not at the printed address) against every HAProxy branch users run:
 # Debian's own package (2.6) and every upstream release in $HAPROXY_SOURCES
-# (default ../shared/haproxy: 2.4, 2.8, 3.0, 3.1, 3.2, 3.3, 3.4), built into a
+# (default ../shared/haproxy: 2.2, 2.4, 2.8, 3.0.0, 3.0.11, 3.1, 3.2, 3.3, 3.4), built into a
 # cache outside the clone (scripts/haproxy-build.sh; rebuilt only when missing).
 # Writes docs/haproxy-matrix.md from what each scenario did. Exits non-zero if
 # any version fails; a missing source folder is a failure, never a skip.
@@ -35,7 +36,7 @@ run() {
   local name=$1 bin=$2
   echo "== HAProxy $name ($("$bin" -v | head -n1 | awk '{print $3}'))" >&2
   if ! SOCKKILL_HAPROXY=$bin SOCKKILL_MATRIX_LOG="$logs/$name.jsonl" \
-      cargo test --release --quiet --test haproxy_e2e --test haproxy_http -- --test-threads=1 >"$logs/$name.out" 2>&1; then
+      cargo test --release --quiet --test haproxy_e2e --test haproxy_http --test haproxy_moved -- --test-threads=1 >"$logs/$name.out" 2>&1; then
     failed+=("$name")
     tail -n 60 "$logs/$name.out" >&2
   fi

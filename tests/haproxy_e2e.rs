@@ -16,7 +16,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -385,36 +384,6 @@ fn connect_retry_syn_sent_sockets_end() {
     });
 }
 
-/// A listener at `addr` that never accepts (backlog 0, its one queue slot
-/// filled): connections to it sit in SYN-SENT, retransmitting.
-fn never_accepting(addr: &str) -> (std::os::fd::OwnedFd, TcpStream) {
-    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
-    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
-    let at: std::net::SocketAddrV4 = addr.parse().unwrap();
-    bind(fd.as_raw_fd(), &SockaddrIn::from(at)).unwrap();
-    listen(&fd, Backlog::new(0).unwrap()).unwrap();
-    let filler = TcpStream::connect(addr).unwrap();
-    (fd, filler)
-}
-
-/// `n` clients whose streams go to s1 and get stuck connecting. Each sends a
-/// line at once: with request data pending, 3.0 and 3.1 do not purge the
-/// stream on `shutdown sessions` (without it they do).
-fn stuck_streams(h: &Haproxy, n: usize) -> Vec<TcpStream> {
-    let streams: Vec<TcpStream> = (0..n)
-        .map(|_| {
-            let mut c = TcpStream::connect("127.0.0.10:8000").unwrap();
-            c.write_all(b"who\n").unwrap();
-            c
-        })
-        .collect();
-    let pids = h.pids();
-    wait_until(Duration::from_secs(10), "SYN-SENT sockets to s1", || {
-        haproxy_sockets_to(S1, &pids).iter().filter(|s| s.state_name() == "SYN-SENT").count() >= n.min(20)
-    });
-    streams
-}
-
 /// The seed's own shape, where HAProxy fails to close: 24 streams stuck
 /// connecting to a server that never accepts, `timeout connect` (30 s) far
 /// longer than the run, `retries 3`. On 3.0/3.1 `wait` answers `Wait delay
@@ -431,7 +400,7 @@ fn connect_retry_where_haproxy_fails_to_close() {
     in_private_netns(|| {
         let _s1 = never_accepting(S1);
         let h = Haproxy::start(false, &[be("be", 8000, &[("s1", S1)])]);
-        let streams = stuck_streams(&h, 24);
+        let streams = stuck_streams(&h, "127.0.0.10:8000", S1, 24);
         let (rc, doc, err) = run_json(&["haproxy", "--json", "--socket", &h.sock("admin.sock"), "--server", "be/s1"]);
         record("connect-retry, HAProxy fails to close (24 SYN-SENT streams)", false, &doc, rc);
         // Nothing comes back after the run, and it ended a settle period after its last destroy.
@@ -448,7 +417,7 @@ fn connect_retry_where_haproxy_fails_to_close() {
         if doc["summary"]["appeared_after_first_destroy"].as_u64().unwrap_or(0) > 0 {
             let ready = h.api().command("set server be/s1 state ready").unwrap();
             parse::expect_empty("set server", &ready).unwrap();
-            let streams = stuck_streams(&h, 24);
+            let streams = stuck_streams(&h, "127.0.0.10:8000", S1, 24);
             let (rc, doc, err) = run_json(&[
                 "haproxy",
                 "--json",

@@ -482,3 +482,37 @@ pub fn run_json(args: &[&str]) -> (i32, Value, String) {
     }
     (code(&out), doc, err)
 }
+
+/// A listener at `addr` (IPv4) that never accepts (backlog 0, its one queue
+/// slot filled): connections to it sit in SYN-SENT, retransmitting. Keep both
+/// halves alive for as long as the hole is needed.
+pub fn never_accepting(addr: &str) -> (std::os::fd::OwnedFd, TcpStream) {
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    let at: std::net::SocketAddrV4 = addr.parse().unwrap();
+    bind(fd.as_raw_fd(), &SockaddrIn::from(at)).unwrap();
+    listen(&fd, Backlog::new(0).unwrap()).unwrap();
+    let filler = TcpStream::connect(addr).unwrap();
+    (fd, filler)
+}
+
+/// `n` clients of the frontend `front` whose streams go to `server` (a
+/// [`never_accepting`] hole) and get stuck connecting. Each sends a line at
+/// once: with request data pending, 3.0 and 3.1 do not purge the stream on
+/// `shutdown sessions` (without it they do). Returns once HAProxy holds
+/// SYN-SENT sockets to `server` for (up to 20 of) them.
+pub fn stuck_streams(h: &Haproxy, front: &str, server: &str, n: usize) -> Vec<TcpStream> {
+    let streams: Vec<TcpStream> = (0..n)
+        .map(|_| {
+            let mut c = TcpStream::connect(front).unwrap();
+            c.write_all(b"who\n").unwrap();
+            c
+        })
+        .collect();
+    let pids = h.pids();
+    wait_until(Duration::from_secs(10), &format!("SYN-SENT sockets to {server}"), || {
+        haproxy_sockets_to(server, &pids).iter().filter(|s| s.state_name() == "SYN-SENT").count() >= n.min(20)
+    });
+    streams
+}
