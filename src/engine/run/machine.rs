@@ -144,6 +144,8 @@ pub struct Machine {
     grace_end: Duration,
     cancelled: bool,
     abandoned: bool,
+    /// The run ended with destroys since the last look: one more look is owed.
+    final_look_owed: bool,
 }
 
 impl Machine {
@@ -166,6 +168,7 @@ impl Machine {
             grace_end,
             cancelled: false,
             abandoned: false,
+            final_look_owed: false,
         }
     }
 
@@ -198,6 +201,12 @@ impl Machine {
     /// Takes in `event`, which happened at `now` (since the start), and says what to do.
     pub fn on(&mut self, now: Duration, event: Event) -> Step {
         if let Phase::Done(end) = self.phase {
+            // The look after the last destroy is owed until a second signal abandons it:
+            // the signal that ended the run arrives here too, and must not skip it.
+            if self.final_look_owed && !matches!(event, Event::Cancelled { abandon: true }) {
+                return Step::FinalLook(end);
+            }
+            self.final_look_owed = false;
             return Step::Finish(end);
         }
         match event {
@@ -267,6 +276,7 @@ impl Machine {
     fn end(&mut self, end: End) -> Step {
         if self.stale && self.policy.verify && !self.abandoned {
             self.phase = Phase::Done(end);
+            self.final_look_owed = true;
             Step::FinalLook(end)
         } else {
             self.finish(end)

@@ -55,6 +55,9 @@ struct World {
     fail_look_at: Option<Duration>,
     /// This destroy pass (1-based) fails after its first socket.
     fail_pass: Option<u32>,
+    /// A signal lands after this many destroys (of the whole run).
+    signal_after: Option<usize>,
+    destroyed: usize,
     passes: u32,
     ops: Vec<Op>,
 }
@@ -128,9 +131,13 @@ impl Kernel for FakeKernel {
         // The owner reconnects after the pass (it sees its connection fail then).
         let end = now + ms(1) + w.destroy_cost * sockets.len() as u32;
         for (i, s) in sockets.iter().enumerate() {
+            if w.signal_after == Some(w.destroyed) {
+                cancel.inspect(|c| c.cancel());
+            }
             if cancel.is_some_and(Cancel::is_cancelled) {
                 break;
             }
+            w.destroyed += 1;
             if failing && i == 1 {
                 pass.error = Some(Error::Decode("a destroy pass failed (fake)".into()));
                 break;
@@ -622,6 +629,24 @@ fn dry_runs_and_unverified_runs() {
     assert_eq!(looks(&ops).len(), 1);
 }
 
+/// One signal in the middle of a destroy pass: the pass stops, and the
+/// look after it still happens — what remains is counted, not unknown.
+#[test]
+fn one_signal_mid_destroy_still_looks_once_more() {
+    let (r, ops) = Lab::new()
+        .with(|w| {
+            w.add(10, 0);
+            w.signal_after = Some(4);
+        })
+        .run(Policy::kill());
+    let r = r.unwrap();
+    assert_eq!(destroys(&ops), vec![(ms(1), 4)]);
+    assert_eq!(looks(&ops).len(), 2, "the first look and the last one");
+    assert_eq!((r.end, r.summary.verified, r.summary.remaining), (End::Interrupted, true, Some(6)));
+    assert_eq!(r.verdict(), Verdict::Interrupted { done: true });
+    assert_eq!(r.verdict().exit_code(), 1);
+}
+
 /// The owner still names targets when the run would end quiet (HAProxy's
 /// streams of the server, no socket found): quiet counts again from each
 /// doubt; a doubt still standing at the deadline is the verdict `ambiguous`,
@@ -686,6 +711,10 @@ fn the_machine_steps() {
     let mut c = Machine::new(Policy::kill(), false);
     c.on(ms(0), Event::Started(seen));
     assert_eq!(c.on(ms(1), Event::Destroyed(Pass { cut: true, ..Pass::default() })), Step::FinalLook(End::Interrupted));
+    // The signal that cut the pass reaches the machine again as a cancel
+    // request: the look is still owed; only a second signal abandons it.
+    assert_eq!(c.on(ms(1), Event::Cancelled { abandon: false }), Step::FinalLook(End::Interrupted));
+    assert_eq!(c.on(ms(2), Event::Cancelled { abandon: true }), Step::Finish(End::Interrupted));
     let mut a = Machine::new(Policy::kill(), false);
     a.on(ms(0), Event::Started(seen));
     a.on(ms(1), Event::Cancelled { abandon: true });
