@@ -61,7 +61,10 @@ fn now() -> String {
 /// refused before anything could block on it.
 pub fn check_path(path: &Path) -> Result<()> {
     let fail = |reason: String| Error::AuditPath { path: path.to_path_buf(), reason };
-    match std::fs::metadata(path) {
+    // A symbolic link is refused, not followed (as --metrics-file): a dangling
+    // one would create the log wherever it points.
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(fail("is a symbolic link: refusing to follow it".into())),
         Ok(m) if m.is_file() => Ok(()),
         Ok(m) => Err(fail(format!("is {}, not a regular file", crate::sys::file_kind(&m)))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -89,7 +92,7 @@ impl AuditLog {
             .append(true)
             .create(true)
             .mode(0o600)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NOFOLLOW)
             .open(path)
             .map_err(fail("cannot open"))?;
         let meta = file.metadata().map_err(fail("stat"))?;

@@ -123,6 +123,20 @@ pub fn check_target(path: &Path) -> Result<()> {
     }
 }
 
+/// Checks, before anything is done, that `path` can be written the way
+/// [`write`] writes it: [`check_target`], then a probe file of a textfile's
+/// size created, written and synced in its directory (and removed), so a
+/// read-only filesystem, a full disk or a directory without write permission
+/// stops the run while nothing is changed yet.
+pub fn probe(path: &Path) -> Result<()> {
+    check_target(path)?;
+    let fail = |source: std::io::Error| Error::Metrics { path: path.to_path_buf(), source };
+    let mut tmp =
+        tempfile::Builder::new().prefix(".sockkill-").suffix(".probe.tmp").tempfile_in(dir_of(path)).map_err(fail)?;
+    tmp.write_all(render(&Metrics::default()).as_bytes()).map_err(fail)?;
+    tmp.as_file().sync_data().map_err(fail)
+}
+
 /// Writes `m` to `path` atomically. The file keeps the mode of the one it
 /// replaces, or gets 0644 (node_exporter must read it).
 pub fn write(path: &Path, m: &Metrics) -> Result<()> {
@@ -210,6 +224,9 @@ mod tests {
         assert!(check_target(&dir.join("fifo")).unwrap_err().to_string().contains("FIFO"));
         assert!(check_target(Path::new("/dev/null")).unwrap_err().to_string().contains("character device"));
         assert!(check_target(&dir.join("target")).is_ok());
+        assert!(probe(&dir.join("target")).is_ok());
+        // The probe leaves nothing behind.
+        assert!(std::fs::read_dir(&dir).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().contains("probe")));
         assert!(check_target(&dir.join("new.prom")).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -175,3 +175,69 @@ fn non_utf8_paths_work() {
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     });
 }
+
+/// Records that cannot be written tell one story with the exit code and the
+/// kernel: a read-only metrics directory is found before anything is
+/// destroyed (exit 2, every connection still there); stdout on /dev/full
+/// after the destroys makes the run `failed` (exit 1) in the metrics and in
+/// the audit `end` alike, with the JSON and the human output; a dangling
+/// symbolic link as the audit log is refused and creates nothing.
+#[test]
+fn failing_records_tell_one_story() {
+    require!(Root);
+    in_private_netns(|| {
+        let up = Echo::start("127.0.0.2:0");
+        let dir = std::env::temp_dir().join(format!("sockkill-records-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("ro")).unwrap();
+        assert_not_root_netns();
+
+        let conns: Vec<std::net::TcpStream> = (0..10).map(|_| std::net::TcpStream::connect(up.addr).unwrap()).collect();
+        let script = format!(
+            "mount -t tmpfs -o ro sockkill-ro {ro} && exec \"$0\" kill --json --dst 127.0.0.2 --metrics-file {ro}/x.prom",
+            ro = dir.join("ro").display()
+        );
+        let out = Command::new("unshare").args(["-m", "sh", "-c", &script, BIN]).stdin(Stdio::null()).output().unwrap();
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        assert_eq!(json(&out)["error_kind"], "metrics_file");
+        assert_eq!(dump_dst("127.0.0.2").len(), 10, "nothing may be destroyed");
+
+        let dangling = dir.join("audit-link");
+        std::os::unix::fs::symlink(dir.join("elsewhere.log"), &dangling).unwrap();
+        let out = sockkill_kill(&["kill", "--dst", "127.0.0.2", "--audit-log", &dangling.to_string_lossy()]);
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+        assert!(!dir.join("elsewhere.log").exists());
+        assert_eq!(dump_dst("127.0.0.2").len(), 10);
+        drop(conns);
+
+        for json_flag in [true, false] {
+            let conns: Vec<std::net::TcpStream> =
+                (0..10).map(|_| std::net::TcpStream::connect(up.addr).unwrap()).collect();
+            let (audit, prom) = (dir.join(format!("a-{json_flag}.log")), dir.join(format!("m-{json_flag}.prom")));
+            let mut args = vec!["kill", "--dst", "127.0.0.2"];
+            if json_flag {
+                args.push("--json");
+            }
+            let (a, p) = (audit.to_string_lossy().into_owned(), prom.to_string_lossy().into_owned());
+            args.extend(["--audit-log", &a, "--metrics-file", &p]);
+            let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+            let out = Command::new(BIN).args(&args).stdin(Stdio::null()).stdout(full).output().unwrap();
+            assert_eq!(code(&out), 1, "destroyed, then the report failed: {}", stderr(&out));
+            assert!(dump_dst("127.0.0.2").is_empty(), "the kernel: every connection was destroyed");
+            let metrics = std::fs::read_to_string(&prom).unwrap();
+            assert!(metrics.contains("sockkill_exit_code{command=\"kill\",verdict=\"failed\"} 1"), "{metrics}");
+            assert!(metrics.contains("sockkill_clean{command=\"kill\"} 0"), "{metrics}");
+            let log = std::fs::read_to_string(&audit).unwrap();
+            let end: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+            assert_eq!(
+                (end["event"].as_str(), end["exit_code"].as_i64(), end["verdict"].as_str()),
+                (Some("end"), Some(1), Some("failed")),
+                "{log}"
+            );
+            assert!(end["error"].as_str().is_some_and(|e| e.contains("writing output")), "{end}");
+            drop(conns);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}

@@ -35,7 +35,9 @@ pub fn stderr_line(text: &str) {
     let _ = writeln!(io::stderr(), "{text}");
 }
 
-/// The verdict of a run that may destroy (`kill`, `haproxy`), and whether it did anything.
+/// The verdict of a run that may destroy (`kill`, `haproxy`), and whether
+/// it did anything; a command that failed before doing anything is
+/// `failed` (or `interrupted`, for a signal) with nothing done.
 fn verdict_of(ran: &Ran) -> Option<(Verdict, bool)> {
     match ran {
         Ran::Kill { report, .. } => Some((report.verdict(), report.report.destroyed_any())),
@@ -43,26 +45,46 @@ fn verdict_of(ran: &Ran) -> Option<(Verdict, bool)> {
             let done = r.summary.destroyed > 0 || r.engine.unacknowledged > 0 || !r.commands_sent.is_empty();
             Some((r.verdict(), done))
         }
+        Ran::Failed(sockkill::Error::Interrupted(_)) => Some((Verdict::Interrupted { done: false }, false)),
+        Ran::Failed(_) => Some((Verdict::Failed { done: false }, false)),
         _ => None,
     }
 }
 
-/// Sets a new verdict in the report itself, so the JSON, the audit log and
-/// the metrics keep telling the exit code's story.
-fn set_verdict(ran: &mut Ran, v: Verdict) {
+/// A record that could not be written after the run (metrics, stdout, the
+/// audit `end`): what it says, and its kind for `error_kind`.
+struct Late {
+    text: String,
+    kind: &'static str,
+}
+
+/// The run's story after a late failure: the verdict becomes `failed`
+/// (keeping whether anything was done), the reason and the error kind say
+/// why — set in the report itself, so every record written from now on
+/// derives from it. Returns whether the verdict changed.
+fn degrade(ran: &mut Ran, late: &Late) -> bool {
+    let Some((v, done)) = verdict_of(ran) else { return false };
+    let after = v.after_late_error(done);
+    let reason = Some(format!("a record of the run could not be written: {}", late.text));
     match ran {
         Ran::Kill { report, .. } => {
-            report.report.summary.verdict = v;
-            report.report.summary.clean = v.clean();
+            let r = &mut report.report;
+            r.summary.verdict = after;
+            r.summary.clean = after.clean();
+            r.verdict_reason = reason;
+            r.error_kind.get_or_insert(late.kind);
         }
         Ran::Haproxy(r) => {
-            r.verdict = v;
-            r.clean = v.clean();
-            r.summary.verdict = v;
-            r.summary.clean = v.clean();
+            r.verdict = after;
+            r.clean = after.clean();
+            r.summary.verdict = after;
+            r.summary.clean = after.clean();
+            r.verdict_reason = reason;
+            r.error_kind.get_or_insert(late.kind);
         }
         _ => {}
     }
+    after != v
 }
 
 /// The exit code of what ran: the verdict's for kill and haproxy; `list`
@@ -77,8 +99,7 @@ fn exit_code(ran: &Ran) -> u8 {
                 2
             }
         }
-        Ran::Kill { .. } | Ran::Haproxy(_) => verdict_of(ran).map_or(2, |(v, _)| v.exit_code()),
-        Ran::Failed(_) => 2,
+        Ran::Kill { .. } | Ran::Haproxy(_) | Ran::Failed(_) => verdict_of(ran).map_or(2, |(v, _)| v.exit_code()),
     }
 }
 
@@ -91,23 +112,13 @@ fn error_of(ran: &Ran) -> Option<String> {
     }
 }
 
-/// A record written at the end failed: the run's verdict becomes `failed`
-/// (keeping whether anything was done). Returns whether it changed.
-fn degrade(ran: &mut Ran) -> bool {
-    match verdict_of(ran) {
-        Some((v, done)) => {
-            let after = v.after_late_error(done);
-            set_verdict(ran, after);
-            after != v
-        }
-        None => false,
-    }
-}
-
-/// Finishes a run: metrics, audit `end` event, stdout, stderr. Returns the
-/// exit code. Every record says what the exit code says: a record that fails
-/// turns the verdict into `failed` before the next one is written (and the
-/// metrics, written first, are written again).
+/// Finishes a run: metrics, stdout, audit `end` event, stderr. Returns the
+/// exit code. Every record derives from the one report; a record that
+/// fails turns the verdict into `failed` (see [`degrade`]) before the next
+/// one is written. The order: the metrics first (rewritten, atomically,
+/// whenever a later record fails), then stdout, then the audit `end` last of
+/// all — the authority. Only when that last write itself fails can stdout,
+/// already delivered, show the earlier verdict.
 pub fn finish(
     global: &Global,
     command: &'static str,
@@ -116,33 +127,30 @@ pub fn finish(
     metrics_file: Option<&Path>,
     server: Option<String>,
 ) -> u8 {
-    let mut late = Vec::new();
-    let write_metrics = |ran: &Ran| -> Result<(), String> {
+    let mut late: Vec<Late> = Vec::new();
+    let write_metrics = |ran: &Ran| -> Result<(), Late> {
         match metrics_file {
             Some(path) => metrics::write(path, &Metrics { server: server.clone(), ..metrics_of(command, ran) })
-                .map_err(|e| e.to_string()),
+                .map_err(|e| Late { text: e.to_string(), kind: e.kind() }),
             None => Ok(()),
         }
     };
-    let metrics_ok = match write_metrics(&ran) {
-        Ok(()) => true,
-        Err(e) => {
-            late.push(e);
-            degrade(&mut ran);
-            false
-        }
-    };
-    if let Some(log) = audit {
-        let verdict = verdict_of(&ran).map(|(v, _)| v.name());
-        if let Err(e) = log.end(i32::from(exit_code(&ran)), verdict, &summary_value(&ran), error_of(&ran).as_deref()) {
-            late.push(e.to_string());
-            if degrade(&mut ran) && metrics_ok {
-                let _ = write_metrics(&ran);
+    let mut metrics_ok = true;
+    if let Err(e) = write_metrics(&ran) {
+        degrade(&mut ran, &e);
+        late.push(e);
+        metrics_ok = false;
+    }
+    let after_failure = |ran: &mut Ran, e: Late, late: &mut Vec<Late>| {
+        if degrade(ran, &e) && metrics_ok {
+            if let Err(again) = write_metrics(ran) {
+                late.push(again);
             }
         }
-    }
-    let mut code = exit_code(&ran);
-    let error = error_of(&ran).or_else(|| (!late.is_empty()).then(|| late.join("; ")));
+        late.push(e);
+    };
+    let code = exit_code(&ran);
+    let error = error_of(&ran).or_else(|| (!late.is_empty()).then(|| joined(&late)));
     let written =
         write_stdout(
             |out| {
@@ -153,28 +161,34 @@ pub fn finish(
                 }
             },
         );
-    if let Some(e) = &error {
+    if let Err(e) = written {
+        after_failure(&mut ran, Late { text: format!("writing output: {e}"), kind: "output" }, &mut late);
+    }
+    if let Some(log) = audit {
+        let verdict = verdict_of(&ran).map(|(v, _)| v.name());
+        let error = error_of(&ran).or_else(|| (!late.is_empty()).then(|| joined(&late)));
+        if let Err(e) = log.end(i32::from(exit_code(&ran)), verdict, &summary_value(&ran), error.as_deref()) {
+            after_failure(&mut ran, Late { text: e.to_string(), kind: e.kind() }, &mut late);
+        }
+    }
+    let code = exit_code(&ran);
+    if let Some(e) = error_of(&ran) {
         // A run that started and stopped on an error before destroying anything says so.
         let nothing = code == 2 && matches!(ran, Ran::Kill { .. } | Ran::Haproxy(_));
         stderr_line(&format!("sockkill: error: {e}{}", if nothing { " (nothing was destroyed)" } else { "" }));
     }
-    for e in late.iter().filter(|e| Some(*e) != error.as_ref()) {
-        stderr_line(&format!("sockkill: error: {e}"));
+    for e in &late {
+        stderr_line(&format!("sockkill: error: {}", e.text));
     }
-    if let Err(e) = written {
-        stderr_line(&format!("sockkill: error: writing output: {e}"));
-        if code == 0 {
-            // The report could not be delivered: not a success (the metrics say so too).
-            if degrade(&mut ran) && metrics_ok {
-                let _ = write_metrics(&ran);
-            }
-            code = match ran {
-                Ran::Kill { .. } | Ran::Haproxy(_) => exit_code(&ran),
-                _ => 2,
-            };
-        }
+    // A report that could not be delivered is no success, also for `list` and `check`.
+    if code == 0 && !late.is_empty() {
+        return 2;
     }
     code
+}
+
+fn joined(late: &[Late]) -> String {
+    late.iter().map(|l| l.text.as_str()).collect::<Vec<_>>().join("; ")
 }
 
 /// Writes through a buffered stdout; a reader that went away (EPIPE) is a normal end.
@@ -224,7 +238,7 @@ fn metrics_of(command: &'static str, ran: &Ran) -> Metrics {
             duration: Duration::from_millis(r.duration_ms),
             ..base
         },
-        Ran::Failed(_) => Metrics { verdict: Some(Verdict::Failed { done: false }), ..base },
+        Ran::Failed(_) => Metrics { verdict, ..base },
         _ => base,
     }
 }

@@ -106,7 +106,7 @@ fn records(audit_log: Option<PathBuf>, metrics_file: Option<&PathBuf>) -> Result
         audit::check_path(p)?;
     }
     if let Some(p) = metrics_file {
-        metrics::check_target(p)?;
+        metrics::probe(p)?;
     }
     Ok(Records { audit_log })
 }
