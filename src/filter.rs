@@ -195,6 +195,13 @@ impl fmt::Display for PortRange {
 /// that it matches IPv4 and mapped sockets alike.
 pub fn parse_cidr(s: &str) -> Result<IpNet> {
     let bad = |why: &str| Error::InvalidFilter(format!("bad address {s:?}: {why}"));
+    if let Some((_, zone)) = s.split_once('%') {
+        // `fe80::1%eth0`: the zone is the interface a link-local address lives on.
+        return Err(bad(&format!(
+            "an IPv6 zone is not part of an address here; give the address alone and --dev {}",
+            zone.split('/').next().unwrap_or(zone)
+        )));
+    }
     let net = if s.contains('/') {
         IpNet::from_str(s).map_err(|_| bad("expected an IP address or CIDR like 10.0.0.0/8 or fd00::/64"))?
     } else {

@@ -301,6 +301,17 @@ fn state(s: &str) -> Result<StateSet, String> {
     StateSet::parse_name(s).map_err(|e| e.to_string())
 }
 
+/// `values` in order, each once.
+fn unique<T: PartialEq + Clone>(values: &[T]) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(values.len());
+    for v in values {
+        if !out.contains(v) {
+            out.push(v.clone());
+        }
+    }
+    out
+}
+
 impl FilterArgs {
     /// The library filter these flags describe.
     pub fn to_filter(&self) -> Filter {
@@ -309,11 +320,12 @@ impl FilterArgs {
         } else {
             self.states.iter().fold(StateSet::EMPTY, |acc, s| acc.union(*s))
         };
+        // A value given twice is one condition (the kernel's program has room for a few thousand).
         Filter {
-            dst: self.dst.clone(),
-            src: self.src.clone(),
-            dport: self.dport.clone(),
-            sport: self.sport.clone(),
+            dst: unique(&self.dst),
+            src: unique(&self.src),
+            dport: unique(&self.dport),
+            sport: unique(&self.sport),
             states,
             family: match (self.ipv4, self.ipv6) {
                 (true, _) => Some(Family::V4),

@@ -50,7 +50,11 @@ impl Query {
         filter.validate()?;
         let bytecode = bytecode::compile(&filter);
         if bytecode.len() > crate::diag::wire::MAX_BYTECODE {
-            return Err(Error::InvalidFilter("too many --dst/--src/--dport/--sport values".into()));
+            return Err(Error::InvalidFilter(format!(
+                "too many --dst/--src/--dport/--sport values for one kernel filter program ({} bytes; at most {}, about 2,000 addresses or ports): split the run",
+                bytecode.len(),
+                crate::diag::wire::MAX_BYTECODE
+            )));
         }
         let only_v6 = |nets: &[IpNet]| !nets.is_empty() && nets.iter().all(|n| matches!(n, IpNet::V6(_)));
         // The AF_INET6 dump also returns IPv4-mapped sockets, so IPv4 needs both

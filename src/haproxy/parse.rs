@@ -165,6 +165,13 @@ pub fn parse_info(text: &str) -> Result<Info> {
     let field = |name: &str| {
         text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_string()))
     };
+    // A whole answer ends with an empty line; one cut short before it is truncated, not foreign.
+    if text.starts_with("Name:") && !text.ends_with("\n\n") {
+        return Err(malformed(
+            "show info",
+            format!("truncated: the connection closed after {} bytes, before the answer's end", text.len()),
+        ));
+    }
     let not_haproxy = || malformed("show info", format!("not an HAProxy one: {:?}", shown(text)));
     let version = field("Version").filter(|v| !v.is_empty()).ok_or_else(not_haproxy)?;
     let pid = field("Pid").and_then(|p| p.parse().ok()).ok_or_else(not_haproxy)?;
@@ -410,6 +417,10 @@ mod tests {
         assert!(parse_info("HTTP/1.1 400 Bad Request\r\n\r\n").is_err());
         assert!(parse_info("").is_err());
         assert!(parse_info("Version: 2.6\nPid: x\n").is_err());
+        // Cut short before the empty line that ends every answer: truncated, said so.
+        let whole = fixtures!("info")[0].1;
+        let cut = &whole[..whole.len() / 2];
+        assert!(parse_info(cut).unwrap_err().to_string().contains("truncated"), "{cut}");
     }
 
     #[test]
