@@ -241,3 +241,80 @@ fn failing_records_tell_one_story() {
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
+
+/// One SIGTERM at a seeded random moment of a kill of 10,000 connections
+/// (before the first look, during the destroys, after them): whatever the
+/// moment, the exit code, the JSON, the metrics and the audit log agree with
+/// each other and with the kernel — what the report says remains is what
+/// the kernel still holds (never `null` after destroys), what it says was
+/// destroyed is what the kernel lost, and no audit line is torn.
+#[test]
+fn one_signal_at_random_moments_tells_the_kernels_story() {
+    require!(Root);
+    in_private_netns(|| {
+        let dir = std::env::temp_dir().join(format!("sockkill-sig-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut seed: u64 = 0x5eed_2023;
+        for trial in 0..6 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let delay = Duration::from_millis(seed % 60);
+            let farm = common::farm::Farm::build(&[common::farm::Group::new("127.50.0.1", 10_000)]).expect("farm");
+            let before = dump_dst("127.50.0.1").len();
+            assert_eq!(before, 10_000);
+            let (audit, prom) = (dir.join(format!("a{trial}.log")), dir.join(format!("m{trial}.prom")));
+            assert_not_root_netns();
+            let child = Command::new(BIN)
+                .args(["kill", "--json", "--max", "0", "--dst", "127.50.0.1"])
+                .arg("--audit-log")
+                .arg(&audit)
+                .arg("--metrics-file")
+                .arg(&prom)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                // Not read until the end: a pipe would fill with log lines and stall the run.
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(delay);
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let out = child.wait_with_output().unwrap();
+            let (rc, doc) = (code(&out), json(&out));
+            let left = dump_dst("127.50.0.1").len();
+            let what = format!("trial {trial}, SIGTERM after {delay:?}: exit {rc}, {left} left; {}", doc["summary"]);
+            let log = std::fs::read_to_string(&audit).unwrap_or_default();
+            let lines: Vec<serde_json::Value> = log
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {l:?}: {e}")))
+                .collect();
+            let metrics = std::fs::read_to_string(&prom).unwrap();
+            assert!(metrics.contains(&format!("sockkill_exit_code{{command=\"kill\",verdict=")), "{metrics}");
+            assert!(metrics.contains(&format!("}} {rc}\n")), "{what}");
+            if let Some(end) = lines.last().filter(|l| l["event"] == "end") {
+                assert_eq!(end["exit_code"].as_i64(), Some(i64::from(rc)), "{what}\n{log}");
+            }
+            let destroyed_lines = lines.iter().filter(|l| l["event"] == "destroyed").count();
+            eprintln!("trial {trial}: SIGTERM after {delay:?}: exit {rc}, {left} of {before} left");
+            match rc {
+                2 => assert_eq!(left, before, "exit 2 means nothing destroyed: {what}"),
+                0 | 1 => {
+                    let s = &doc["summary"];
+                    assert_eq!(s["remaining"].as_u64(), Some(left as u64), "remaining is the kernel's: {what}");
+                    assert_eq!(s["destroyed"].as_u64(), Some((before - left) as u64), "{what}");
+                    assert_eq!(destroyed_lines, before - left, "one audit line per destroyed socket: {what}");
+                    assert!(
+                        metrics.contains(&format!("sockkill_sockets_remaining{{command=\"kill\"}} {left}\n")),
+                        "{metrics}"
+                    );
+                    assert_eq!(rc == 0, left == 0 && s["verdict"] == "clean", "{what}");
+                    assert_eq!(s["clean"], rc == 0, "{what}");
+                }
+                _ => panic!("exit {rc}: {what}"),
+            }
+            drop(farm);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
