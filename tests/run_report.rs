@@ -290,7 +290,7 @@ fn one_signal_at_random_moments_tells_the_kernels_story() {
                 .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("torn line {l:?}: {e}")))
                 .collect();
             let metrics = std::fs::read_to_string(&prom).unwrap();
-            assert!(metrics.contains(&format!("sockkill_exit_code{{command=\"kill\",verdict=")), "{metrics}");
+            assert!(metrics.contains("sockkill_exit_code{command=\"kill\",verdict="), "{metrics}");
             assert!(metrics.contains(&format!("}} {rc}\n")), "{what}");
             if let Some(end) = lines.last().filter(|l| l["event"] == "end") {
                 assert_eq!(end["exit_code"].as_i64(), Some(i64::from(rc)), "{what}\n{log}");
