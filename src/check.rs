@@ -53,6 +53,24 @@ pub fn check(ns: Option<&Netns>) -> Result<CheckReport> {
     Ok(CheckReport { netns: label, cap_net_admin: crate::sys::has_cap_net_admin(), steps, ok })
 }
 
+/// What the probe's one SOCK_DESTROY answered, in words.
+fn destroy_result(r: Result<Vec<Outcome>>) -> (bool, String) {
+    match r.as_deref().map(|o| o.first()) {
+        Ok(Some(Outcome::Destroyed)) => (true, "destroyed the probe's client socket by cookie".into()),
+        Ok(Some(Outcome::Failed(libc::EPERM))) => {
+            (false, "EPERM: destroying sockets needs CAP_NET_ADMIN in this network namespace".into())
+        }
+        Ok(Some(Outcome::Failed(libc::EOPNOTSUPP))) => (
+            false,
+            "EOPNOTSUPP: this kernel was built without CONFIG_INET_DIAG_DESTROY; `ss -K` silently does nothing here too"
+                .into(),
+        ),
+        Ok(Some(Outcome::Failed(e))) => (false, errno_text(*e)),
+        Ok(other) => (false, format!("unexpected result {other:?}")),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
 fn probe() -> Vec<Step> {
     let mut steps = Vec::new();
     let mut step = |name, ok, detail: String| {
@@ -112,24 +130,8 @@ fn probe() -> Vec<Step> {
     };
     let Some(target) = target else { return steps };
 
-    let destroyed = match destroyer.destroy(&[&target]) {
-        Ok(r) => match r.first() {
-            Some(Outcome::Destroyed) => step("SOCK_DESTROY", true, "destroyed the probe's client socket by cookie".into()),
-            Some(Outcome::Failed(libc::EPERM)) => step(
-                "SOCK_DESTROY",
-                false,
-                "EPERM: destroying sockets needs CAP_NET_ADMIN in this network namespace".into(),
-            ),
-            Some(Outcome::Failed(libc::EOPNOTSUPP)) => step(
-                "SOCK_DESTROY",
-                false,
-                "EOPNOTSUPP: this kernel was built without CONFIG_INET_DIAG_DESTROY; `ss -K` silently does nothing here too".into(),
-            ),
-            Some(Outcome::Failed(e)) => step("SOCK_DESTROY", false, errno_text(*e)),
-            other => step("SOCK_DESTROY", false, format!("unexpected result {other:?}")),
-        },
-        Err(e) => step("SOCK_DESTROY", false, e.to_string()),
-    };
+    let (ok, detail) = destroy_result(destroyer.destroy(&[&target]));
+    let destroyed = step("SOCK_DESTROY", ok, detail);
     if destroyed {
         let _ = client.set_read_timeout(Some(Duration::from_secs(2)));
         let mut b = [0u8; 1];

@@ -57,7 +57,7 @@ impl Default for KillOptions {
             max: None,
             allow_catch_all: false,
             window: None,
-            interval: Duration::from_millis(100),
+            interval: crate::defaults::INTERVAL,
             cancel: None,
             audit: None,
         }

@@ -40,6 +40,7 @@ pub mod audit;
 pub mod cancel;
 pub mod cgroup;
 pub mod check;
+pub mod defaults;
 internal! {
     /// The kernel's sock_diag bytes and the netlink socket.
     mod diag;

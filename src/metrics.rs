@@ -124,7 +124,7 @@ pub fn check_target(path: &Path) -> Result<()> {
 }
 
 /// Checks, before anything is done, that `path` can be written the way
-/// [`write`] writes it: [`check_target`], then a probe file of a textfile's
+/// [`write()`] writes it: [`check_target`], then a probe file of a textfile's
 /// size created, written and synced in its directory (and removed), so a
 /// read-only filesystem, a full disk or a directory without write permission
 /// stops the run while nothing is changed yet.

@@ -77,7 +77,7 @@ impl TcpState {
         }
     }
 
-    /// The `--state` name that selects this state (the inverse of [`StateSet::parse_name`]).
+    /// The `--state` name that selects this state (the inverse of [`crate::filter::StateSet::parse_name`]).
     pub fn flag_name(self) -> &'static str {
         match self {
             TcpState::Established => "established",

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use sockkill::filter::{parse_cidr, Family, Filter, PortRange, StateSet};
 
 /// Default `--max`: see README (blast radius).
-pub const DEFAULT_MAX: usize = 10_000;
+pub const DEFAULT_MAX: usize = sockkill::defaults::MAX;
 
 pub const EXIT_CODES: &str = "\
 Exit codes:
@@ -168,7 +168,7 @@ pub struct KillArgs {
     #[arg(long = "for", value_name = "DURATION", value_parser = duration, conflicts_with_all = ["dry_run", "no_verify"])]
     pub window: Option<Duration>,
     /// With --for: how often to dump (one kernel-filtered dump per interval); at least 10ms.
-    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = duration, requires = "window")]
+    #[arg(long, value_name = "DURATION", default_value = sockkill::defaults::INTERVAL_ARG, value_parser = duration, requires = "window")]
     pub interval: Duration,
     /// Write a Prometheus node_exporter textfile with the run's counts (atomically).
     #[arg(long, value_name = "PATH")]
@@ -214,7 +214,7 @@ pub struct HaproxyArgs {
     pub grace: Option<Duration>,
     /// Clean only once nothing was destroyed, and no matching socket seen, for
     /// this long, every look in between empty (at most 1h).
-    #[arg(long, value_name = "DURATION", default_value = "1.5s", value_parser = duration, help_heading = "Timing")]
+    #[arg(long, value_name = "DURATION", default_value = sockkill::defaults::SETTLE_ARG, value_parser = duration, help_heading = "Timing")]
     pub settle: Duration,
     /// Give up (exit 1) when sockets still appear after this long; at least
     /// grace + settle, at most 24h. Default 10s, or with --for: the window + settle.
@@ -225,7 +225,7 @@ pub struct HaproxyArgs {
     #[arg(long = "for", value_name = "DURATION", value_parser = duration, conflicts_with = "dry_run", help_heading = "Timing")]
     pub window: Option<Duration>,
     /// Timeout for connecting to HAProxy and for each answer (at most 1h).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration, help_heading = "Timing")]
+    #[arg(long, value_name = "DURATION", default_value = sockkill::defaults::API_TIMEOUT_ARG, value_parser = duration, help_heading = "Timing")]
     pub api_timeout: Duration,
 
     /// Refuse, before any command is sent, when more sockets than this are targets (0 = no limit).

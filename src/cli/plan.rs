@@ -161,7 +161,7 @@ fn haproxy_plan(a: HaproxyArgs) -> Result<Plan> {
         settle: bounded("--settle", a.settle, Duration::ZERO, HOUR)?,
         deadline: a.deadline.map(|d| nonzero("--deadline", d, DAY)).transpose()?,
         api_timeout: nonzero("--api-timeout", a.api_timeout, HOUR)?,
-        poll: Duration::from_millis(100),
+        poll: sockkill::defaults::INTERVAL,
         window: a.window.map(|w| nonzero("--for", w, DAY)).transpose()?,
         max: (a.max > 0).then_some(a.max),
         cancel: None,

@@ -9,7 +9,7 @@ pub use wire::DumpSpec;
 
 /// What became of one socket a destroy was aimed at (or, in a dry run, would be).
 ///
-/// [`SockDiag::destroy`] answers `Destroyed`, `AlreadyGone`, `Failed` or
+/// `SockDiag::destroy` answers `Destroyed`, `AlreadyGone`, `Failed` or
 /// `Unacknowledged`; the engine turns an `AlreadyGone` whose socket the next
 /// dump still shows into `NotFound`, and uses `WouldDestroy` for dry runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

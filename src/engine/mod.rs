@@ -1,6 +1,6 @@
 //! The road every command takes: collect (one kernel-filtered dump), classify
 //! (through a judge), destroy (cookie-exact, batched, acknowledged), and look
-//! again, under a policy — in one loop ([`run`]), shared by `kill` and the
+//! again, under a policy — in one loop (`run`), shared by `kill` and the
 //! HAProxy mode — and the [`Verdict`] of the whole.
 
 mod collect;

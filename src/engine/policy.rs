@@ -45,7 +45,7 @@ impl Policy {
             settle: Duration::ZERO,
             deadline: None,
             window: None,
-            interval: Duration::from_millis(100),
+            interval: crate::defaults::INTERVAL,
             max: None,
         }
     }

@@ -2,7 +2,27 @@
 //! summary's `verdict`, the metrics and the audit log's `end` event all come
 //! from [`Verdict`], so they cannot disagree.
 
-use super::run::End;
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum End {
+    /// A look after the last action found no target, `settle` after it, the window over.
+    Quiet,
+    /// Targets remain and no pass is left (or only sockets the kernel refused remain).
+    OutOfPasses,
+    /// The deadline came first.
+    Deadline,
+    /// The first pass was sent and no look followed (`--no-verify`).
+    NotVerified,
+    /// A cancel request (a signal) stopped the run.
+    Interrupted,
+    /// An error stopped the run (the driver holds it).
+    Failed,
+    /// A pass larger than `max` would have been sent; it was not.
+    PassTooLarge,
+    /// A dry run: one look, nothing destroyed.
+    DryRun,
+}
 
 /// What a run's end means for its user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +64,7 @@ pub struct Facts {
     /// Sockets left alone because they could not be attributed, at the last look.
     pub ambiguous: usize,
     /// The sockets' owner still named targets no look found when the run ended
-    /// ([`crate::engine::Judge::doubt`]).
+    /// (the judge's `doubt`).
     pub doubted: bool,
     /// Every destroy was acknowledged (destroyed, or already gone).
     pub all_acknowledged: bool,

@@ -1,5 +1,12 @@
 //! The HAProxy safety net: a client of the engine that knows HAProxy's runtime
-//! API and its processes. The engine never knows HAProxy exists.
+//! API and its processes. The engine knows HAProxy only through the judge it
+//! is given (and the words `other_server`/`ambiguous` of its report).
+//!
+//! Rooms: `options` (what to do, checked once into a plan), `run` (discover →
+//! shut down → enforce), `report`, `wait` (HAProxy's `wait` on its own
+//! thread), `judge` (the target rule and the judge), `places` (where a
+//! server's connections are), `attribution` (HAProxy's two tables),
+//! `discovery` (processes, namespaces), `api`, `parse`.
 
 crate::internal! {
     /// The runtime API client.
@@ -25,10 +32,15 @@ crate::internal! {
     /// Where a server's connections are: the places a run watches.
     mod places;
 }
-mod safety_net;
+mod options;
+mod report;
+mod run;
+mod wait;
 
 pub use attribution::{TableRead, Tables};
 pub use discovery::Worker;
 pub use judge::Closed;
+pub use options::{Options, DEFAULT_DEADLINE, DEFAULT_GRACE};
 pub use parse::WaitAnswer;
-pub use safety_net::{run, HaproxySummary, Options, Plan, Report, DEFAULT_DEADLINE, DEFAULT_GRACE};
+pub use report::{HaproxySummary, Report};
+pub use run::{run, Plan};

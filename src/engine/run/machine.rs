@@ -18,6 +18,7 @@
 use std::time::Duration;
 
 use crate::engine::policy::{Policy, MAX_PASSES};
+pub use crate::engine::verdict::End;
 
 /// Where the loop is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,28 +35,6 @@ pub enum Phase {
     Settle,
     /// Over.
     Done(End),
-}
-
-/// Why a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum End {
-    /// A look after the last action found no target, `settle` after it, the window over.
-    Quiet,
-    /// Targets remain and no pass is left (or only sockets the kernel refused remain).
-    OutOfPasses,
-    /// The deadline came first.
-    Deadline,
-    /// The first pass was sent and no look followed (`--no-verify`).
-    NotVerified,
-    /// A cancel request (a signal) stopped the run.
-    Interrupted,
-    /// An error stopped the run (the driver holds it).
-    Failed,
-    /// A pass larger than `max` would have been sent; it was not.
-    PassTooLarge,
-    /// A dry run: one look, nothing destroyed.
-    DryRun,
 }
 
 /// What the driver does next.

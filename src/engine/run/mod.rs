@@ -186,7 +186,7 @@ pub struct RunReport {
     /// The error's kind, for scripts (`error_kind`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<&'static str>,
-    /// The judge's last doubt ([`Judge::doubt`]) when the run ended: the
+    /// The judge's last doubt (`Judge::doubt`) when the run ended: the
     /// sockets' owner still named targets that no look found.
     #[serde(skip)]
     pub doubt: Option<String>,

@@ -1,0 +1,252 @@
+//! The report of a `sockkill haproxy` run: the engine's report plus what was
+//! learnt from HAProxy, made once at the end.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::warn;
+
+use super::api::Api;
+use super::attribution::Tables;
+use super::discovery::{Topology, Worker};
+use super::judge::{Closed, HaproxyJudge};
+use super::options::Options;
+use super::parse::{self, WaitAnswer};
+use super::places::Places;
+use super::wait::{ms, WaitCall};
+use crate::cancel::Cancel;
+use crate::diag::Outcome;
+use crate::engine::run::{Clock, WallClock};
+use crate::engine::{Ledger, RunReport, Spared, Summary, Verdict};
+use crate::socket::TcpSocket;
+
+/// Counts of a [`Report`].
+#[derive(Debug, Clone, Serialize)]
+pub struct HaproxySummary {
+    /// Targets at the start.
+    pub initial: usize,
+    /// Targets HAProxy closed by itself.
+    pub closed_by_haproxy: usize,
+    /// Sockets destroyed by sockkill.
+    pub destroyed: usize,
+    /// Sockets gone before their destroy arrived.
+    pub already_gone: usize,
+    /// Destroys refused, unacknowledged, or not reaching a live socket.
+    pub failed: usize,
+    /// Targets at the end.
+    pub remaining: usize,
+    /// Sockets of other servers left alone.
+    pub other_server: usize,
+    /// Sockets left alone because HAProxy could not tell whose they are.
+    pub ambiguous: usize,
+    /// Targets first seen after the first destroy (HAProxy retrying, new connections).
+    pub appeared_after_first_destroy: usize,
+    /// The verdict is `clean`: nothing remains and nothing is ambiguous.
+    pub clean: bool,
+    /// The verdict's word.
+    pub verdict: Verdict,
+}
+
+/// The outcome of a safety-net run.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Nothing was changed or destroyed on purpose.
+    pub dry_run: bool,
+    /// HAProxy's version (`show info`).
+    pub haproxy_version: String,
+    /// The HAProxy processes whose sockets were considered (our pids).
+    pub pids: Vec<u32>,
+    /// The same, with HAProxy's own pids.
+    pub workers: Vec<Worker>,
+    /// The worker that answered `--socket`.
+    pub answering_pid: u32,
+    /// The master process, in master-worker mode.
+    pub master_pid: Option<u32>,
+    /// The master CLI used to reach the other workers.
+    pub master_cli: Option<String>,
+    /// `backend/server`, when named.
+    pub server: Option<String>,
+    /// The server's address: `--addr`, else the one `show servers state`
+    /// prints (port 0: the client's port; a port offset prints unmarked).
+    pub server_addr: SocketAddr,
+    /// Every place the run looked at: `server_addr`, the named server's
+    /// configured address, and wherever HAProxy's tables named a connection
+    /// of the server (a previous address, a mapped port); `*`: any port.
+    pub places: Places,
+    /// Commands sent to HAProxy: every command whose bytes left, whether or
+    /// not its answer came (a sent command counts as done for the exit code).
+    pub commands_sent: Vec<String>,
+    /// Of those, the ones whose answer did not confirm them (late, cut short
+    /// by a signal, unexpected): HAProxy may or may not have applied them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub commands_unconfirmed: Vec<String>,
+    /// `set server ... state maint` was sent (sockkill never takes it back;
+    /// see `commands_unconfirmed` for whether HAProxy confirmed it).
+    pub server_left_in_maintenance: bool,
+    /// HAProxy >= 3.0: the answer to `wait <grace> srv-removable`.
+    pub wait_answer: Option<WaitAnswer>,
+    /// When HAProxy answered the `wait`, in ms from the start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_answered_at_ms: Option<u64>,
+    /// Why the `wait` got no usable answer (enforcement went on without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_error: Option<String>,
+    /// The grace period in effect, in ms.
+    pub grace_ms: u64,
+    /// Targets at the start.
+    pub initial: usize,
+    /// Targets HAProxy closed by itself, and when.
+    pub closed_by_haproxy: Vec<Closed>,
+    /// Every target sockkill acted on (as `kill`'s `sockets`).
+    pub destroyed: Ledger,
+    /// Targets at the end.
+    pub remaining: Vec<TcpSocket>,
+    /// Sockets to the address that HAProxy attributes to another server (left alone).
+    pub other_server: Vec<Spared>,
+    /// Sockets to the address that no HAProxy table names while other servers
+    /// may hold that address (left alone; the run is not clean while one remains).
+    pub ambiguous: Vec<Spared>,
+    /// Workers that exited during the run (e.g. an old worker done with its last session).
+    pub workers_exited: Vec<u32>,
+    /// HAProxy's session count for the server at the end (`show stat` scur).
+    pub scur: Option<u64>,
+    /// HAProxy tables read to attribute sockets, per process, and their size.
+    pub tables_read: Tables,
+    /// The verdict is `clean`: nothing remains and nothing is ambiguous.
+    pub clean: bool,
+    /// The verdict: `clean`, `remaining`, `unsettled`, `ambiguous`, `interrupted`, `failed`.
+    pub verdict: Verdict,
+    /// The verdict in plain words, when it is not clean.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict_reason: Option<String>,
+    /// When a target was last seen, in ms from the start.
+    pub last_seen_ms: Option<u64>,
+    /// A signal stopped the run.
+    pub interrupted: bool,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// What stopped the run early, if an error did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The error's kind, for scripts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<&'static str>,
+    /// HAProxy still named sessions of the server that no socket explained
+    /// when the run ended (its streams in `show sess`, `scur` in `show stat`):
+    /// never clean against HAProxy's own view.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unexplained: Option<String>,
+    /// Counts.
+    pub summary: HaproxySummary,
+    /// The engine's counts.
+    #[serde(skip)]
+    pub engine: Summary,
+}
+
+impl Report {
+    /// The run's verdict (exit code, `clean`).
+    pub fn verdict(&self) -> Verdict {
+        self.verdict
+    }
+}
+
+/// Everything the run learnt besides the engine's report.
+pub(super) struct Learnt {
+    pub version: String,
+    pub topo: Topology,
+    pub server_addr: SocketAddr,
+    pub places: Places,
+    pub commands_sent: Vec<String>,
+    pub unconfirmed: Vec<String>,
+    pub maintenance: bool,
+    pub wait: Option<WaitCall>,
+    pub initial: usize,
+    pub grace: Duration,
+    pub clock: WallClock,
+}
+
+pub(super) fn report(opts: &Options, mut enf: RunReport, judge: &mut HaproxyJudge, mut l: Learnt) -> Report {
+    let cancelled = opts.cancel.as_ref().is_some_and(Cancel::is_cancelled);
+    if let Some(w) = l.wait.as_mut() {
+        w.settle(if cancelled { Duration::ZERO } else { Duration::from_millis(200) });
+    }
+    // A command that changed HAProxy's state counts as done for the exit code.
+    enf.judge(l.maintenance || !l.commands_sent.is_empty());
+    let verdict = enf.verdict();
+    let abandoned = opts.cancel.as_ref().is_some_and(Cancel::is_abandoned);
+    let scur = if abandoned { None } else { scur(judge.api(), opts) };
+    let count = |o: fn(&Outcome) -> bool| enf.sockets.count(|x| o(&x));
+    let remaining = enf.remaining.take().unwrap_or_default();
+    let summary = HaproxySummary {
+        initial: l.initial,
+        closed_by_haproxy: judge.closed.len(),
+        destroyed: count(|o| *o == Outcome::Destroyed),
+        already_gone: count(|o| *o == Outcome::AlreadyGone),
+        failed: count(|o| matches!(o, Outcome::Failed(_) | Outcome::Unacknowledged | Outcome::NotFound)),
+        remaining: remaining.len(),
+        other_server: enf.other_server.len(),
+        ambiguous: enf.ambiguous.len(),
+        appeared_after_first_destroy: enf.summary.appeared_after_first_destroy,
+        clean: verdict.clean(),
+        verdict,
+    };
+    let (wait_answer, wait_answered_at_ms, wait_error) = match l.wait {
+        Some(w) => (w.answer, w.at_ms, w.error.map(|e| e.to_string())),
+        None => (None, None, None),
+    };
+    // HAProxy's own word is part of why a run is not clean.
+    if let (Some(reason), Some(e)) = (enf.verdict_reason.as_mut(), &wait_error) {
+        reason.push_str(&format!("; HAProxy's `wait` gave no answer ({e})"));
+    }
+    Report {
+        dry_run: opts.dry_run,
+        haproxy_version: l.version,
+        pids: l.topo.workers.iter().map(|w| w.pid).collect(),
+        answering_pid: l.topo.answering.pid,
+        workers: l.topo.workers,
+        master_pid: l.topo.master,
+        master_cli: l.topo.master_cli.map(|c| c.to_string()),
+        server: opts.server.as_ref().map(|(b, s)| format!("{b}/{s}")),
+        server_addr: l.server_addr,
+        places: l.places,
+        commands_sent: l.commands_sent,
+        commands_unconfirmed: l.unconfirmed,
+        server_left_in_maintenance: l.maintenance,
+        wait_answer,
+        wait_answered_at_ms,
+        wait_error,
+        grace_ms: ms(l.grace),
+        initial: l.initial,
+        closed_by_haproxy: std::mem::take(&mut judge.closed),
+        destroyed: enf.sockets,
+        remaining,
+        other_server: enf.other_server,
+        ambiguous: enf.ambiguous,
+        workers_exited: judge.exited().to_vec(),
+        scur,
+        tables_read: judge.tables().clone(),
+        clean: verdict.clean(),
+        verdict,
+        verdict_reason: enf.verdict_reason,
+        last_seen_ms: enf.last_seen_ms,
+        interrupted: enf.summary.interrupted,
+        duration_ms: ms(l.clock.now()),
+        error: enf.error.as_ref().map(|e| e.to_string()),
+        error_kind: enf.error_kind,
+        unexplained: enf.doubt.clone(),
+        summary,
+        engine: enf.summary,
+    }
+}
+
+fn scur(api: &Api, opts: &Options) -> Option<u64> {
+    let (b, s) = opts.server.as_ref()?;
+    match api.command("show stat").and_then(|t| parse::parse_stat(&t)) {
+        Ok(rows) => rows.into_iter().find(|r| &r.proxy == b && &r.server == s).and_then(|r| r.scur),
+        Err(e) => {
+            warn!(%e, "cannot read show stat");
+            None
+        }
+    }
+}
