@@ -330,10 +330,9 @@ fn connect_retry_syn_sent_sockets_end() {
             haproxy_sockets_to(S1, &pids).iter().any(|s| s.state_name() == "SYN-SENT")
         });
 
-        let (rc, doc, err) = run_json(&["haproxy", "--json", "--socket", &h.sock("admin.sock"), "--server", "be/s1"]);
+        let (rc, doc, _err) = run_json(&["haproxy", "--json", "--socket", &h.sock("admin.sock"), "--server", "be/s1"]);
         record("connect-retry, with shutdown", false, &doc, rc);
-        assert_eq!(rc, 0, "{err}\n{doc}\n{}", h.log());
-        assert_none_for(Duration::from_secs(2), S1, &h);
+        assert_gone_and_truthful(&h, rc, &doc, "s1", S1);
 
         // Without the shutdown HAProxy keeps retrying: every destroyed SYN-SENT
         // socket is replaced about a second later, until `retries` runs out. Only
@@ -356,13 +355,13 @@ fn connect_retry_syn_sent_sockets_end() {
             "be/s1",
         ]);
         record("connect-retry, --no-shutdown", false, &doc, rc);
-        assert_eq!(rc, 0, "{err}\n{doc}\n{}", h.log());
+        assert!(rc == 0 || rc == 1, "{err}\n{doc}\n{}", h.log());
+        assert_gone_and_truthful(&h, rc, &doc, "s1", S1);
         let destroyed: Vec<&Value> =
             doc["destroyed"].as_array().unwrap().iter().filter(|a| a["outcome"] == "destroyed").collect();
         assert!(destroyed.iter().all(|a| a["state"] == "SYN-SENT"), "{doc}");
         let passes = destroyed.iter().map(|a| a["pass"].as_u64().unwrap()).max().unwrap_or(0);
         assert!(passes >= 2, "HAProxy's retries should need several passes: {doc}");
-        assert_none_for(Duration::from_secs(2), S1, &h);
         // HAProxy gave up on the streams to s1: their clients are closed; the
         // ones that went to s2 are served.
         let mut ended = 0;
@@ -401,16 +400,14 @@ fn connect_retry_where_haproxy_fails_to_close() {
         let _s1 = never_accepting(S1);
         let h = Haproxy::start(false, &[be("be", 8000, &[("s1", S1)])]);
         let streams = stuck_streams(&h, "127.0.0.10:8000", S1, 24);
-        let (rc, doc, err) = run_json(&["haproxy", "--json", "--socket", &h.sock("admin.sock"), "--server", "be/s1"]);
+        let (rc, doc, _err) = run_json(&["haproxy", "--json", "--socket", &h.sock("admin.sock"), "--server", "be/s1"]);
         record("connect-retry, HAProxy fails to close (24 SYN-SENT streams)", false, &doc, rc);
         // Nothing comes back after the run, and it ended a settle period after its last destroy.
-        assert_none_for(Duration::from_millis(1500), S1, &h);
         let last_destroy = doc["destroyed"].as_array().unwrap().iter().filter_map(|d| d["at_ms"].as_u64()).max();
         if let Some(t) = last_destroy {
             assert!(doc["duration_ms"].as_u64().unwrap() >= t + 1500, "{doc}");
         }
-        assert_eq!(rc, 0, "{err}\n{doc}\n{}", h.log());
-        assert_eq!(doc["verdict"], "clean", "{doc}");
+        assert_gone_and_truthful(&h, rc, &doc, "s1", S1);
         drop(streams);
 
         // Where HAProxy retried, a deadline shorter than its retries ends the run unclean.

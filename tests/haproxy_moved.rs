@@ -80,14 +80,6 @@ fn connect_n(front: &str, n: usize) -> Vec<Client> {
     (0..n).map(|_| Client::connect(front)).collect()
 }
 
-/// `show sess`, read here (not through sockkill's parser): the lines of the
-/// streams whose `srv=` is `srv`.
-fn streams_of(h: &Haproxy, srv: &str) -> Vec<String> {
-    let text = h.api().command("show sess").expect("show sess");
-    let want = format!("srv={srv}");
-    text.lines().filter(|l| l.starts_with("0x") && l.split_whitespace().any(|t| t == want)).map(String::from).collect()
-}
-
 /// The server (`srv=`) of the stream whose client port (`src=IP:PORT`) is `port`.
 fn slot_of(h: &Haproxy, port: u16) -> Option<String> {
     let text = h.api().command("show sess").expect("show sess");

@@ -201,8 +201,9 @@ pub struct HaproxyJudge {
 struct Named {
     /// Per process: the fds of the server's connections.
     fds: Vec<(u32, HashSet<u32>)>,
-    /// Streams of the server whose server side is live, per process.
-    streams: Vec<(u32, usize)>,
+    /// Streams naming the server, per process: `(pid, all, live)` — live:
+    /// the server side still queued, connecting or connected.
+    streams: Vec<(u32, usize, usize)>,
     /// Processes whose tables could not be read, and why.
     unavailable: Vec<String>,
 }
@@ -273,8 +274,8 @@ impl HaproxyJudge {
         self.place_fds(&named.fds)
     }
 
-    /// Reads every process's tables for the named server: its live streams
-    /// (and their fds), and with `connections` its `show fd` connections too.
+    /// Reads every process's tables for the named server: its streams (and
+    /// the fds of those whose server side is live), and with `connections` its `show fd` connections too.
     fn ask_named(&mut self, connections: bool) -> Result<Named> {
         let mut out = Named::default();
         let Some((be, srv)) = self.named() else { return Ok(out) };
@@ -282,14 +283,15 @@ impl HaproxyJudge {
             let mut fds = HashSet::new();
             match self.attributor.streams(pid, Some((&be, &srv)))? {
                 Ok(streams) => {
-                    let live: Vec<&Stream> = streams
+                    let named: Vec<&Stream> = streams
                         .iter()
                         .filter(|st| st.backend.as_ref() == Some(&be) && st.server.as_ref() == Some(&srv))
-                        .filter(|st| st.server_side_live())
                         .collect();
+                    // Only a live server side holds a socket of the server.
+                    let live: Vec<&&Stream> = named.iter().filter(|st| st.server_side_live()).collect();
                     fds.extend(live.iter().filter_map(|st| st.fd));
-                    if !live.is_empty() {
-                        out.streams.push((pid, live.len()));
+                    if !named.is_empty() {
+                        out.streams.push((pid, named.len(), live.len()));
                     }
                 }
                 Err(why) => out.unavailable.push(why),
@@ -451,7 +453,8 @@ impl Judge for HaproxyJudge {
     }
 
     /// Never clean against HAProxy's own view: while a process still lists
-    /// live streams of the named server, or `show stat` counts sessions of
+    /// streams of the named server (also frozen ones whose server side is
+    /// closed: 3.0/3.1 before 3.1.7 keep them), or `show stat` counts sessions of
     /// it, the run is not quiet — and the sockets behind those streams are
     /// looked for wherever they are (a new place is watched from the next look).
     fn doubt(&mut self) -> Result<Option<String>> {
@@ -461,16 +464,20 @@ impl Judge for HaproxyJudge {
             debug!(%why, "a stream table that cannot be read does not hold the run");
         }
         let added = self.place_fds(&named.fds)?;
-        let streams: usize = named.streams.iter().map(|(_, n)| n).sum();
+        let streams: usize = named.streams.iter().map(|(_, n, _)| n).sum();
         let scur = self.scur().unwrap_or(0);
         if streams == 0 && scur == 0 {
             return Ok(None);
         }
-        let per_pid: Vec<String> = named.streams.iter().map(|(pid, n)| format!("pid {pid}: {n}")).collect();
+        let per_pid: Vec<String> = named
+            .streams
+            .iter()
+            .map(|(pid, n, live)| format!("pid {pid}: {n}, {live} of them still queued, connecting or connected"))
+            .collect();
         let places: Vec<String> = self.places.borrow().iter().map(|p| p.to_string()).collect();
         let mut why = format!(
-            "HAProxy still lists {streams} streams of {be}/{srv} connecting or connected ({}) and `show stat` counts {scur} sessions, which no socket at {} explained at the last look",
-            if per_pid.is_empty() { "none".to_string() } else { per_pid.join(", ") },
+            "HAProxy still lists {streams} streams of {be}/{srv} ({}) and `show stat` counts {scur} sessions of it, which no socket at {} explained at the last look",
+            if per_pid.is_empty() { "none".to_string() } else { per_pid.join("; ") },
             places.join(", ")
         );
         if !added.is_empty() {

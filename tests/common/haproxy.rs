@@ -516,3 +516,30 @@ pub fn stuck_streams(h: &Haproxy, front: &str, server: &str, n: usize) -> Vec<Tc
     });
     streams
 }
+
+/// HAProxy's streams naming server `srv` (`srv=`), read from `show sess` here
+/// (not through sockkill's parser).
+pub fn streams_of(h: &Haproxy, srv: &str) -> Vec<String> {
+    let text = h.api().command("show sess").expect("show sess");
+    let want = format!("srv={srv}");
+    text.lines().filter(|l| l.starts_with("0x") && l.split_whitespace().any(|t| t == want)).map(String::from).collect()
+}
+
+/// After a run that should have ended every socket of server `srv` (at
+/// `at`): the kernel shows none for 2 s, and the run says clean exactly when
+/// HAProxy lists no stream of the server any more. Otherwise it exits 1,
+/// `ambiguous`, saying what HAProxy still lists: 3.0/3.1 before 3.1.7 keep
+/// streams frozen after a forced shut, their server side closed and their
+/// client still connected — nothing of the server is left to destroy.
+pub fn assert_gone_and_truthful(h: &Haproxy, rc: i32, doc: &serde_json::Value, srv: &str, at: &str) {
+    assert_none_for(Duration::from_secs(2), at, h);
+    let left = streams_of(h, srv);
+    if rc == 0 {
+        assert_eq!(doc["verdict"], "clean", "{doc}");
+        assert!(left.is_empty(), "clean while HAProxy lists {} streams of {srv}: {left:?}", left.len());
+    } else {
+        assert_eq!((rc, doc["verdict"].as_str()), (1, Some("ambiguous")), "{doc}");
+        assert!(doc["unexplained"].as_str().is_some_and(|w| w.contains("HAProxy still lists")), "{doc}");
+        assert!(!left.is_empty(), "ambiguous, but HAProxy lists no stream of {srv}: {doc}");
+    }
+}
