@@ -27,7 +27,7 @@ pub fn main(argv: Vec<OsString>) -> u8 {
     };
     let global = Global { json: cli.global.json, verbose: cli.global.verbose, quiet: cli.global.quiet };
     init_logging(&global);
-    output::set_color(std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()));
+    output::set_color(std::io::stdout().is_terminal() && !no_color());
     let command = plan::command_name(&cli);
     let (metrics_file, server) = plan::metrics_target(&cli);
     let plan = match plan::plan(cli) {
@@ -61,6 +61,11 @@ fn usage_error(e: &clap::Error, json: bool, argv: &[OsString]) -> u8 {
     2
 }
 
+/// `NO_COLOR` set to anything but the empty string (no-color.org).
+fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
 /// Logs go to stderr; a closed or full stderr never makes them panic.
 fn init_logging(g: &Global) {
     let level = match (g.quiet, g.verbose) {
@@ -70,7 +75,7 @@ fn init_logging(g: &Global) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("sockkill={level}")));
-    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let color = std::io::stderr().is_terminal() && !no_color();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -32,7 +32,6 @@ pub struct Holders {
     not_held: HashSet<u32>,
     /// Processes that exited during the run (they hold nothing).
     exited: Vec<u32>,
-    scans: usize,
 }
 
 impl Holders {
@@ -64,16 +63,9 @@ impl Holders {
         &self.exited
     }
 
-    /// How many times the fd tables were read (for the benchmark and tests).
-    #[cfg(any(test, feature = "testing"))]
-    pub fn scans(&self) -> usize {
-        self.scans
-    }
-
     /// Reads every watched process's fd table again. A process that has exited
     /// (or whose pid now names another process) is dropped, not an error.
     pub fn scan(&mut self) -> Result<()> {
-        self.scans += 1;
         let mut held = HashMap::with_capacity(self.held.len());
         let mut live = Vec::with_capacity(self.procs.len());
         for (p, command) in std::mem::take(&mut self.procs) {

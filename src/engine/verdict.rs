@@ -88,13 +88,11 @@ impl Verdict {
             None => Verdict::Remaining,
             Some(n) if n > 0 => Verdict::Remaining,
             Some(_) if f.ambiguous > 0 || f.doubted => Verdict::Ambiguous,
-            Some(_) => match f.end {
-                End::Quiet | End::DryRun => Verdict::Clean,
-                // No target at the final look, but the run did not see settle of quiet.
-                End::Deadline => Verdict::Unsettled,
-                End::OutOfPasses | End::NotVerified => Verdict::Clean,
-                End::Interrupted | End::Failed | End::PassTooLarge => Verdict::Failed { done: f.done },
-            },
+            // No target at the final look, but the run did not see settle of quiet.
+            Some(_) if f.end == End::Deadline => Verdict::Unsettled,
+            // Quiet, a dry run, out of passes or unverified with nothing left at the last look
+            // (the ends that are failures returned above).
+            Some(_) => Verdict::Clean,
         }
     }
 

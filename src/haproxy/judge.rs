@@ -252,12 +252,6 @@ impl HaproxyJudge {
         self.holders.exited()
     }
 
-    /// How often the workers' fd tables were read.
-    #[cfg(any(test, feature = "testing"))]
-    pub fn fd_scans(&self) -> usize {
-        self.holders.scans()
-    }
-
     /// The named server, for narrowed questions.
     fn named(&self) -> Option<(String, String)> {
         match &self.rule.target {

@@ -171,12 +171,6 @@ impl Machine {
         self.first_destroy
     }
 
-    /// When the last destroy pass ended.
-    #[cfg(any(test, feature = "testing"))]
-    pub fn last_destroy(&self) -> Option<Duration> {
-        self.last_destroy
-    }
-
     /// Takes in `event`, which happened at `now` (since the start), and says what to do.
     pub fn on(&mut self, now: Duration, event: Event) -> Step {
         if let Phase::Done(end) = self.phase {
