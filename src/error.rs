@@ -96,7 +96,7 @@ pub enum Error {
     #[error("sock_diag netlink {op}: {source}")]
     Netlink {
         /// The operation.
-        op: &'static str,
+        op: NetlinkOp,
         /// The system's error.
         #[source]
         source: io::Error,
@@ -323,8 +323,49 @@ pub enum HaproxyError {
     Topology(String),
 }
 
+/// The netlink operation that failed, for callers that act on which one
+/// (a dump the kernel refused is retried another way; one it found too
+/// busy is not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetlinkOp {
+    /// Creating the socket.
+    Socket,
+    /// Binding it.
+    Bind,
+    /// Connecting it to the kernel.
+    Connect,
+    /// Reading its address.
+    GetSockName,
+    /// Setting a buffer size.
+    SetSockOpt,
+    /// Sending requests.
+    Send,
+    /// Receiving replies.
+    Recv,
+    /// A socket dump (the kernel's answer to it).
+    Dump,
+    /// Looking up a unix socket's peer.
+    UnixLookup,
+}
+
+impl std::fmt::Display for NetlinkOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NetlinkOp::Socket => "socket",
+            NetlinkOp::Bind => "bind",
+            NetlinkOp::Connect => "connect",
+            NetlinkOp::GetSockName => "getsockname",
+            NetlinkOp::SetSockOpt => "setsockopt",
+            NetlinkOp::Send => "send",
+            NetlinkOp::Recv => "recv",
+            NetlinkOp::Dump => "dump",
+            NetlinkOp::UnixLookup => "unix socket lookup",
+        })
+    }
+}
+
 impl Error {
-    pub(crate) fn netlink(op: &'static str, source: io::Error) -> Self {
+    pub(crate) fn netlink(op: NetlinkOp, source: io::Error) -> Self {
         Error::Netlink { op, source }
     }
 

@@ -10,7 +10,7 @@ use tracing::{debug, trace};
 
 use super::wire::{self, DumpSpec, Reply};
 use super::Outcome;
-use crate::error::{Error, Result};
+use crate::error::{Error, NetlinkOp, Result};
 use crate::socket::TcpSocket;
 
 /// A dump skb is at most 32 KiB (netlink_dump caps max_recvmsg_len); 64 KiB leaves room.
@@ -51,12 +51,12 @@ enum Received {
 impl SockDiag {
     /// Opens a sock_diag socket in the calling thread's network namespace.
     pub fn open() -> Result<SockDiag> {
-        let mut sock = netlink_sys::Socket::new(NETLINK_SOCK_DIAG).map_err(|e| Error::netlink("socket", e))?;
-        sock.bind_auto().map_err(|e| Error::netlink("bind", e))?;
+        let mut sock = netlink_sys::Socket::new(NETLINK_SOCK_DIAG).map_err(|e| Error::netlink(NetlinkOp::Socket, e))?;
+        sock.bind_auto().map_err(|e| Error::netlink(NetlinkOp::Bind, e))?;
         // Only the kernel (port 0) may send to us from now on: another process in
         // the namespace that guessed our port id gets ECONNREFUSED, so it cannot
         // forge a DONE or an ack.
-        sock.connect(&netlink_sys::SocketAddr::new(0, 0)).map_err(|e| Error::netlink("connect", e))?;
+        sock.connect(&netlink_sys::SocketAddr::new(0, 0)).map_err(|e| Error::netlink(NetlinkOp::Connect, e))?;
         // Acks without a copy of the request: smaller, so more fit in the buffer.
         let _ = sock.set_cap_ack(true);
         if nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &RCVBUF_FORCE).is_err() {
@@ -76,14 +76,14 @@ impl SockDiag {
     #[cfg(any(test, feature = "testing"))]
     pub fn port_id(&self) -> Result<u32> {
         let mut addr = netlink_sys::SocketAddr::new(0, 0);
-        self.sock.get_address(&mut addr).map_err(|e| Error::netlink("getsockname", e))?;
+        self.sock.get_address(&mut addr).map_err(|e| Error::netlink(NetlinkOp::GetSockName, e))?;
         Ok(addr.port_number())
     }
 
     /// Sets SO_RCVBUF, for tests of lost acks (the kernel drops what does not fit).
     #[cfg(any(test, feature = "testing"))]
     pub fn set_recv_buffer(&self, bytes: usize) -> Result<()> {
-        self.sock.set_rx_buf_sz(bytes).map_err(|e| Error::netlink("setsockopt", e))
+        self.sock.set_rx_buf_sz(bytes).map_err(|e| Error::netlink(NetlinkOp::SetSockOpt, e))
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -92,9 +92,9 @@ impl SockDiag {
     }
 
     fn send_all(&mut self) -> Result<()> {
-        let n = self.sock.send(&self.out, 0).map_err(|e| Error::netlink("send", e))?;
+        let n = self.sock.send(&self.out, 0).map_err(|e| Error::netlink(NetlinkOp::Send, e))?;
         if n != self.out.len() {
-            return Err(Error::netlink("send", io::Error::other(format!("short send: {n} of {}", self.out.len()))));
+            return Err(Error::netlink(NetlinkOp::Send, io::Error::other(format!("short send: {n} of {}", self.out.len()))));
         }
         Ok(())
     }
@@ -115,7 +115,7 @@ impl SockDiag {
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && flags != 0 => return Ok(Received::Overrun),
-                Err(e) => return Err(Error::netlink("recv", e)),
+                Err(e) => return Err(Error::netlink(NetlinkOp::Recv, e)),
             };
             let mut finished = false;
             wire::decode_each(&self.buf[..n], |reply| {
@@ -165,10 +165,10 @@ impl SockDiag {
             }
         })?;
         if let Received::Overrun = received {
-            return Err(Error::netlink("dump", io::Error::from_raw_os_error(libc::ENOBUFS)));
+            return Err(Error::netlink(NetlinkOp::Dump, io::Error::from_raw_os_error(libc::ENOBUFS)));
         }
         if failed != 0 {
-            return Err(Error::netlink("dump", io::Error::from_raw_os_error(failed)));
+            return Err(Error::netlink(NetlinkOp::Dump, io::Error::from_raw_os_error(failed)));
         }
         Ok(status)
     }
@@ -248,7 +248,7 @@ impl SockDiag {
         match failed {
             0 => Ok(peer),
             libc::ENOENT => Ok(None),
-            e => Err(Error::netlink("unix socket lookup", io::Error::from_raw_os_error(e))),
+            e => Err(Error::netlink(NetlinkOp::UnixLookup, io::Error::from_raw_os_error(e))),
         }
     }
 }

@@ -7,7 +7,7 @@ use tracing::debug;
 
 use super::session::{Engine, Query};
 use crate::diag::{DumpStatus, SockDiag};
-use crate::error::{Error, Result};
+use crate::error::{Error, NetlinkOp, Result};
 use crate::filter::TcpState;
 use crate::socket::TcpSocket;
 
@@ -86,7 +86,7 @@ impl Engine {
 /// Whether a dump error says the kernel does not take the one-walk request
 /// (an unknown message type or protocol), rather than something worse.
 fn refused_one_walk(e: &Error) -> bool {
-    matches!(e, Error::Netlink { op: "dump", source }
+    matches!(e, Error::Netlink { op: NetlinkOp::Dump, source }
         if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOENT)))
 }
 
@@ -112,7 +112,7 @@ pub fn dump_family(diag: &mut SockDiag, family: u8, query: &Query) -> Result<Vec
         debug!(family, tries, "dump interrupted (NLM_F_DUMP_INTR); dumping again");
     }
     Err(Error::Netlink {
-        op: "dump",
+        op: NetlinkOp::Dump,
         source: std::io::Error::other(format!(
             "the kernel interrupted the socket dump {MAX_DUMP_RETRIES} times (table changing too fast); nothing was acted on from it"
         )),

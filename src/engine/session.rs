@@ -3,7 +3,7 @@
 use ipnet::IpNet;
 
 use crate::diag::{bytecode, DumpSpec, SockDiag};
-use crate::error::{Error, Result};
+use crate::error::{Error, NetlinkOp, Result};
 use crate::filter::{Family, Filter, PortRange};
 use crate::netns::Netns;
 use crate::procfs::SockStat;
@@ -89,7 +89,7 @@ impl Query {
     /// cgroup condition it does not know (EINVAL, before Linux 5.9).
     pub fn explain(&self, e: Error) -> Error {
         let errno = match &e {
-            Error::Netlink { op: "dump", source } => source.raw_os_error(),
+            Error::Netlink { op: NetlinkOp::Dump, source } => source.raw_os_error(),
             _ => None,
         };
         match (errno, self.filter.marks.first(), self.filter.cgroups.first()) {

@@ -111,8 +111,47 @@ pub struct Attributor {
     tables: Tables,
 }
 
-/// A table that could not be had, and why (the sockets it would have named count as unlisted).
-pub type Unavailable = String;
+/// A table that could not be had, and why (the sockets it would have named
+/// count as unlisted). Not an error of the run: the judge decides what an
+/// unlisted socket is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// An old worker, and no master CLI to reach it through.
+    NoMasterCli {
+        /// Our pid of the process.
+        pid: u32,
+    },
+    /// HAProxy refused the command (an old worker without that server, `level user`).
+    Refused {
+        /// Our pid of the process.
+        pid: u32,
+        /// The command, without its arguments.
+        command: &'static str,
+        /// HAProxy's refusal.
+        why: String,
+    },
+    /// No answer: the connection failed, or the answer did not come in time.
+    NoAnswer {
+        /// Our pid of the process.
+        pid: u32,
+        /// The command, without its arguments.
+        command: &'static str,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unavailable::NoMasterCli { pid } => write!(f, "HAProxy pid {pid} cannot be asked (no master CLI)"),
+            Unavailable::Refused { pid, command, why } => {
+                write!(f, "HAProxy pid {pid} answered `{command}` with a refusal ({why})")
+            }
+            Unavailable::NoAnswer { pid, command, why } => write!(f, "HAProxy pid {pid} gave no `{command}` ({why})"),
+        }
+    }
+}
 
 impl Attributor {
     /// Tables of `workers`; `api` reaches `answering`, `master` the others.
@@ -146,7 +185,7 @@ impl Attributor {
             self.api.command(cmd)
         } else {
             let Some(master) = &self.master else {
-                return Ok(Err(format!("HAProxy pid {pid} cannot be asked (no master CLI)")));
+                return Ok(Err(Unavailable::NoMasterCli { pid }));
             };
             let inner = self.workers.iter().find(|w| w.pid == pid).map_or(pid, |w| w.inner_pid);
             master.command(&format!("@!{inner} {cmd}"))
@@ -156,11 +195,11 @@ impl Attributor {
                 self.tables.add(pid, label, text.len());
                 Ok(match parse::check_query(cmd, &text) {
                     Ok(()) => Ok(text),
-                    Err(e) => Err(format!("HAProxy pid {pid} answered `{label}` with a refusal ({e})")),
+                    Err(e) => Err(Unavailable::Refused { pid, command: label, why: e.to_string() }),
                 })
             }
             Err(e @ Error::Interrupted(_)) => Err(e),
-            Err(e) => Ok(Err(format!("HAProxy pid {pid} gave no `{label}` ({e})"))),
+            Err(e) => Ok(Err(Unavailable::NoAnswer { pid, command: label, why: e.to_string() })),
         }
     }
 

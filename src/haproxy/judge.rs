@@ -25,7 +25,7 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::api::Api;
-use super::attribution::{Attributor, Candidate, Source, Tables};
+use super::attribution::{Attributor, Candidate, Source, Tables, Unavailable};
 use super::discovery::Topology;
 use super::parse::{self, ServerState, Stream};
 use super::places::{self, At, Place, Places};
@@ -196,6 +196,37 @@ pub struct HaproxyJudge {
     pub closed: Vec<Closed>,
 }
 
+/// Why no table names a socket.
+#[derive(Debug, Clone)]
+enum Unlisted {
+    /// The tables were read and do not name it.
+    NotNamed {
+        /// Our pid of the process holding it.
+        pid: u32,
+    },
+    /// A table could not be had.
+    Unavailable(Unavailable),
+}
+
+impl std::fmt::Display for Unlisted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unlisted::NotNamed { pid } => write!(f, "no HAProxy table of pid {pid} names it"),
+            Unlisted::Unavailable(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+/// One candidate, attributed: the server a table names, or why none does.
+struct Attributed {
+    /// Its index in the look's sockets.
+    index: usize,
+    /// The server a table names.
+    named: Option<Source>,
+    /// Why none does, when `named` is `None`.
+    unlisted: Unlisted,
+}
+
 /// What HAProxy's tables say of the named server in one look at every process.
 #[derive(Debug, Default)]
 struct Named {
@@ -205,7 +236,7 @@ struct Named {
     /// the server side still queued, connecting or connected.
     streams: Vec<(u32, usize, usize)>,
     /// Processes whose tables could not be read, and why.
-    unavailable: Vec<String>,
+    unavailable: Vec<Unavailable>,
 }
 
 impl HaproxyJudge {
@@ -339,7 +370,7 @@ impl HaproxyJudge {
         pid: u32,
         sockets: &[TcpSocket],
         idx: &[usize],
-    ) -> Result<Vec<(usize, Option<Source>, String)>> {
+    ) -> Result<Vec<Attributed>> {
         let fd_of = |s: &TcpSocket| self.holders.holder(s).map(|h| h.fd);
         let candidates: Vec<(usize, Candidate)> = idx
             .iter()
@@ -349,7 +380,7 @@ impl HaproxyJudge {
             })
             .collect();
         let mut named: HashMap<u32, Source> = HashMap::new();
-        let mut why = format!("no HAProxy table of pid {pid} names it");
+        let mut why = Unlisted::NotNamed { pid };
         // Streams first, when many are unattributed: one read (narrowed to the
         // named server where the version can); a few cost one `show fd` line each.
         let streams = if candidates.len() > super::attribution::FEW {
@@ -371,7 +402,7 @@ impl HaproxyJudge {
             }
             Some(Err(e)) => {
                 warn!(pid, why = %e, "no stream table");
-                why = e;
+                why = Unlisted::Unavailable(e);
             }
             None => {}
         }
@@ -390,11 +421,14 @@ impl HaproxyJudge {
                 }
                 Err(e) => {
                     warn!(pid, why = %e, "no connection table");
-                    why = e;
+                    why = Unlisted::Unavailable(e);
                 }
             }
         }
-        Ok(candidates.into_iter().map(|(i, c)| (i, named.get(&c.fd).cloned(), why.clone())).collect())
+        Ok(candidates
+            .into_iter()
+            .map(|(index, c)| Attributed { index, named: named.get(&c.fd).cloned(), unlisted: why.clone() })
+            .collect())
     }
 
     /// HAProxy's session count for the named server in the answering worker.
@@ -426,10 +460,11 @@ impl Judge for HaproxyJudge {
         }
         for (pid, idx) in pending {
             let holder = if pid == self.answering { Holder::Current } else { Holder::Other };
-            for (i, source, why) in self.attribute(pid, sockets, &idx)? {
-                let class = self.rule.decide(source.as_ref(), holder, &why, sockets[i].peer());
-                debug!(cookie = sockets[i].cookie(), pid, ?source, ?class, "attributed");
-                self.verdicts.insert(sockets[i].cookie(), class);
+            for a in self.attribute(pid, sockets, &idx)? {
+                let s = &sockets[a.index];
+                let class = self.rule.decide(a.named.as_ref(), holder, &a.unlisted.to_string(), s.peer());
+                debug!(cookie = s.cookie(), pid, source = ?a.named, ?class, "attributed");
+                self.verdicts.insert(s.cookie(), class);
             }
         }
         Ok(sockets
