@@ -22,13 +22,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use sockkill::engine::owners::Holders;
-use sockkill::engine::{Engine, Judge, Query};
+use sockkill::engine::{Classifier, Engine, Query};
 use sockkill::filter::parse_cidr;
 use sockkill::haproxy::api::{Api, Endpoint};
 use sockkill::haproxy::discovery::{Topology, Worker};
-use sockkill::haproxy::judge::{HaproxyJudge, Rule, Target};
 use sockkill::haproxy::parse;
 use sockkill::haproxy::places::{Place, Places};
+use sockkill::haproxy::target::{HaproxyClassifier, Rule, Target};
 use sockkill::{Filter, PortRange};
 
 const S1: &str = "127.0.0.11:9001";
@@ -142,7 +142,7 @@ fn one_size(bulk: usize, polls: usize) -> String {
     let version = parse::parse_info(&api().unwrap().command("show info").unwrap()).unwrap().version;
     let places = Rc::new(RefCell::new(Places::default()));
     places.borrow_mut().add(Place::of(addr));
-    let mut judge = HaproxyJudge::new(
+    let mut classifier = HaproxyClassifier::new(
         Rule::new(Target::Named { backend: "be".into(), server: "s1".into() }, config, vec![8000, 8001]),
         places,
         Holders::new(&[pid]).unwrap(),
@@ -159,15 +159,15 @@ fn one_size(bulk: usize, polls: usize) -> String {
     })
     .unwrap();
     let mut engine = Engine::open(None).unwrap();
-    let mut poll = |judge: &mut HaproxyJudge| {
+    let mut poll = |classifier: &mut HaproxyClassifier| {
         let t = Instant::now();
         let mut sockets = engine.collect(&query).unwrap();
-        let classes = judge.classify(&mut sockets).unwrap();
+        let classes = classifier.classify(&mut sockets).unwrap();
         assert_eq!(classes.len(), sockets.len());
         t.elapsed().as_secs_f64() * 1000.0
     };
-    poll(&mut judge); // first look: reads the fd table and the stream table once
-    let mut steady: Vec<f64> = (0..polls).map(|_| poll(&mut judge)).collect();
+    poll(&mut classifier); // first look: reads the fd table and the stream table once
+    let mut steady: Vec<f64> = (0..polls).map(|_| poll(&mut classifier)).collect();
     let mut fresh = Vec::new();
     for _ in 0..polls {
         clients.push(TcpStream::connect("127.0.0.10:8001").expect("new s1 client"));
@@ -179,7 +179,7 @@ fn one_size(bulk: usize, polls: usize) -> String {
             }
             assert!(Instant::now() < end, "HAProxy did not connect to s1");
         }
-        fresh.push(poll(&mut judge));
+        fresh.push(poll(&mut classifier));
     }
     let mut scans: Vec<f64> = (0..5)
         .map(|_| {
@@ -198,13 +198,13 @@ fn one_size(bulk: usize, polls: usize) -> String {
         .collect();
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
     let line = format!(
-        "worker with {bulk} bulk connections ({fds} fds), {} to s1: {}; {}; {}; {} ({sess_bytes} bytes); HAProxy answers the judge read: {:?}",
+        "worker with {bulk} bulk connections ({fds} fds), {} to s1: {}; {}; {}; {} ({sess_bytes} bytes); HAProxy answers the classifier read: {:?}",
         5 + polls,
         stats("(a) steady poll", &mut steady),
         stats("(b) poll meeting a new candidate", &mut fresh),
         stats("(c) one full fd-table read", &mut scans),
         stats("(d) one `show sess`", &mut sess),
-        judge.tables().reads.iter().map(|r| format!("{} x{} ({} bytes)", r.command, r.count, r.bytes)).collect::<Vec<_>>()
+        classifier.tables().reads.iter().map(|r| format!("{} x{} ({} bytes)", r.command, r.count, r.bytes)).collect::<Vec<_>>()
     );
     drop(haproxy);
     drop((clients, servers));

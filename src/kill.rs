@@ -14,7 +14,7 @@ use crate::audit::AuditLog;
 use crate::cancel::Cancel;
 use crate::engine::owners::Holders;
 use crate::engine::run::{LiveKernel, Run, WallClock};
-use crate::engine::{Class, Engine, Judge, Policy, Query, RunReport, Verdict};
+use crate::engine::{Class, Classifier, Engine, Policy, Query, RunReport, Verdict};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::netns::Netns;
@@ -85,18 +85,18 @@ impl KillReport {
 /// Classifies by owner: with `pids`, only sockets those processes hold are
 /// targets; with `processes`, every socket's holders are looked up (once per inode).
 #[derive(Debug, Default)]
-pub(crate) struct OwnerJudge {
+pub(crate) struct OwnerClassifier {
     holders: Option<Holders>,
     processes: bool,
     known: HashMap<u32, Box<[Owner]>>,
 }
 
-impl OwnerJudge {
-    /// A judge for `filter.pids` (errors when one of them does not exist) that
+impl OwnerClassifier {
+    /// A classifier for `filter.pids` (errors when one of them does not exist) that
     /// also looks up every socket's owners when `processes` is set.
-    pub fn new(filter: &Filter, processes: bool) -> Result<OwnerJudge> {
+    pub fn new(filter: &Filter, processes: bool) -> Result<OwnerClassifier> {
         let holders = (!filter.pids.is_empty()).then(|| Holders::new(&filter.pids)).transpose()?;
-        Ok(OwnerJudge { holders, processes, known: HashMap::new() })
+        Ok(OwnerClassifier { holders, processes, known: HashMap::new() })
     }
 
     /// Processes that exited during the run.
@@ -105,7 +105,7 @@ impl OwnerJudge {
     }
 }
 
-impl Judge for OwnerJudge {
+impl Classifier for OwnerClassifier {
     fn classify(&mut self, sockets: &mut [TcpSocket]) -> Result<Vec<Class>> {
         if let Some(h) = &mut self.holders {
             h.refresh_for(sockets)?;
@@ -137,11 +137,11 @@ impl Judge for OwnerJudge {
 /// Lists the sockets matching `filter` in `netns` (or the calling thread's
 /// namespace), with their owners when `processes` is set. Read-only.
 pub fn list(netns: Option<&Netns>, filter: Filter, processes: bool) -> Result<Vec<TcpSocket>> {
-    let mut judge = OwnerJudge::new(&filter, processes)?;
+    let mut classifier = OwnerClassifier::new(&filter, processes)?;
     let query = Query::new(filter)?;
     let mut engine = Engine::open(netns)?;
     let mut sockets = engine.collect(&query)?;
-    let classes = judge.classify(&mut sockets)?;
+    let classes = classifier.classify(&mut sockets)?;
     Ok(sockets.into_iter().zip(classes).filter(|(_, c)| *c == Class::Target).map(|(s, _)| s).collect())
 }
 
@@ -194,13 +194,13 @@ impl KillPlan {
     /// Runs the kill in `netns` (or the calling thread's namespace).
     pub fn run(self, netns: Option<&Netns>) -> Result<KillReport> {
         let KillPlan { query, policy, options } = self;
-        let judge = OwnerJudge::new(query.filter(), options.processes)?;
+        let classifier = OwnerClassifier::new(query.filter(), options.processes)?;
         let mut engine = Engine::open(netns)?;
         let kernel = LiveKernel { engine: &mut engine, query: &query };
         let (cancel, audit) = (options.cancel.as_ref(), options.audit.as_deref());
-        let run = Run::start(kernel, WallClock::start(), policy, judge, cancel, audit)?;
-        let (report, mut judge) = run.finish();
-        Ok(KillReport { report, processes_exited: judge.exited() })
+        let run = Run::start(kernel, WallClock::start(), policy, classifier, cancel, audit)?;
+        let (report, mut classifier) = run.finish();
+        Ok(KillReport { report, processes_exited: classifier.exited() })
     }
 }
 

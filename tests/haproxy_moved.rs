@@ -1,6 +1,6 @@
 //! Issue 22: a server's connections are not always at the `srv_addr:srv_port`
 //! that `show servers state` prints, and `sockkill haproxy` must not act (or
-//! judge "clean") as if they were.
+//! classifier "clean") as if they were.
 //!
 //! Where they are elsewhere, against a real HAProxy (`$SOCKKILL_HAPROXY`) and
 //! the real kernel, each test in its own private network namespace:

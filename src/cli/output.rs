@@ -219,7 +219,7 @@ fn metrics_of(command: &'static str, ran: &Ran) -> Metrics {
                 matched: s.matched,
                 destroyed: s.destroyed,
                 already_gone: s.already_gone,
-                failed: s.failed + s.unacknowledged + s.not_found,
+                failed: s.unsuccessful(),
                 remaining: s.remaining,
                 ambiguous: s.ambiguous,
                 verdict,

@@ -1,11 +1,11 @@
 //! The road every command takes: collect (one kernel-filtered dump), classify
-//! (through a judge), destroy (cookie-exact, batched, acknowledged), and look
+//! (through a classifier), destroy (cookie-exact, batched, acknowledged), and look
 //! again, under a policy — in one loop (`run`), shared by `kill` and the
 //! HAProxy mode — and the [`Verdict`] of the whole.
 
+mod classify;
 mod collect;
 mod destroy;
-mod judge;
 mod ledger;
 mod policy;
 mod session;
@@ -25,16 +25,16 @@ pub use verdict::Verdict;
 
 #[cfg(feature = "testing")]
 pub use self::{
+    classify::{Class, Classifier},
     collect::dump_family,
     destroy::DestroyPass,
-    judge::{Class, Judge},
     policy::{Policy, MAX_PASSES},
     session::{Engine, Query},
 };
 #[cfg(not(feature = "testing"))]
 pub(crate) use self::{
+    classify::{Class, Classifier},
     destroy::DestroyPass,
-    judge::{Class, Judge},
     policy::Policy,
     session::{Engine, Query},
 };

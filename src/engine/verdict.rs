@@ -64,7 +64,7 @@ pub struct Facts {
     /// Sockets left alone because they could not be attributed, at the last look.
     pub ambiguous: usize,
     /// The sockets' owner still named targets no look found when the run ended
-    /// (the judge's `doubt`).
+    /// (the classifier's `doubt`).
     pub doubted: bool,
     /// Every destroy was acknowledged (destroyed, or already gone).
     pub all_acknowledged: bool,

@@ -7,7 +7,7 @@
 //!
 //! Cost: HAProxy builds these answers on its own threads, so each process is
 //! asked as narrowly as its version allows, and never twice about one socket
-//! (verdicts are cached by cookie in the judge): a few unattributed
+//! (verdicts are cached by cookie in the classifier): a few unattributed
 //! connections cost one `show fd <fd>` each; more cost one table; 3.2+
 //! narrows `show sess` to the named server's streams. Every read is counted
 //! with its size in the report (`tables_read`).
@@ -112,7 +112,7 @@ pub struct Attributor {
 }
 
 /// A table that could not be had, and why (the sockets it would have named
-/// count as unlisted). Not an error of the run: the judge decides what an
+/// count as unlisted). Not an error of the run: the classifier decides what an
 /// unlisted socket is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unavailable {

@@ -1,10 +1,10 @@
 //! The HAProxy safety net: a client of the engine that knows HAProxy's runtime
-//! API and its processes. The engine knows HAProxy only through the judge it
+//! API and its processes. The engine knows HAProxy only through the classifier it
 //! is given (and the words `other_server`/`ambiguous` of its report).
 //!
 //! Rooms: `options` (what to do, checked once into a plan), `run` (discover →
 //! shut down → enforce), `report`, `wait` (HAProxy's `wait` on its own
-//! thread), `judge` (the target rule and the judge), `places` (where a
+//! thread), `target` (the target rule and the classifier), `places` (where a
 //! server's connections are), `attribution` (HAProxy's two tables),
 //! `discovery` (processes, namespaces), `api`, `parse`.
 
@@ -21,8 +21,8 @@ crate::internal! {
     mod discovery;
 }
 crate::internal! {
-    /// The target rule and the judge.
-    mod judge;
+    /// The target rule and the classifier that applies it.
+    mod target;
 }
 crate::internal! {
     /// Parsers for the runtime API's answers.
@@ -39,8 +39,8 @@ mod wait;
 
 pub use attribution::{TableRead, Tables};
 pub use discovery::Worker;
-pub use judge::Closed;
 pub use options::{Options, DEFAULT_DEADLINE, DEFAULT_GRACE};
 pub use parse::WaitAnswer;
 pub use report::{HaproxySummary, Report};
 pub use run::{run, Plan};
+pub use target::Closed;

@@ -156,7 +156,7 @@ impl Serialize for Places {
 }
 
 /// The kernel as a run over places sees it: each look's query is built
-/// from the places as they are then (the judge adds places as HAProxy's
+/// from the places as they are then (the classifier adds places as HAProxy's
 /// tables name them), so a place learnt during the run is looked at from
 /// the next look on.
 pub struct PlacesKernel<'a> {

@@ -10,13 +10,12 @@ use tracing::warn;
 use super::api::Api;
 use super::attribution::Tables;
 use super::discovery::{Topology, Worker};
-use super::judge::{Closed, HaproxyJudge};
 use super::options::Options;
 use super::parse::{self, WaitAnswer};
 use super::places::Places;
+use super::target::{Closed, HaproxyClassifier};
 use super::wait::{ms, WaitCall};
 use crate::cancel::Cancel;
-use crate::diag::Outcome;
 use crate::engine::run::{Clock, WallClock};
 use crate::engine::{Ledger, RunReport, Spared, Summary, Verdict};
 use crate::socket::TcpSocket;
@@ -166,24 +165,23 @@ pub(super) struct Learnt {
     pub clock: WallClock,
 }
 
-pub(super) fn report(opts: &Options, mut enf: RunReport, judge: &mut HaproxyJudge, mut l: Learnt) -> Report {
+pub(super) fn report(opts: &Options, mut enf: RunReport, classifier: &mut HaproxyClassifier, mut l: Learnt) -> Report {
     let cancelled = opts.cancel.as_ref().is_some_and(Cancel::is_cancelled);
     if let Some(w) = l.wait.as_mut() {
         w.settle(if cancelled { Duration::ZERO } else { Duration::from_millis(200) });
     }
     // A command that changed HAProxy's state counts as done for the exit code.
-    enf.judge(l.maintenance || !l.commands_sent.is_empty());
+    enf.conclude(l.maintenance || !l.commands_sent.is_empty());
     let verdict = enf.verdict();
     let abandoned = opts.cancel.as_ref().is_some_and(Cancel::is_abandoned);
-    let scur = if abandoned { None } else { scur(judge.api(), opts) };
-    let count = |o: fn(&Outcome) -> bool| enf.sockets.count(|x| o(&x));
+    let scur = if abandoned { None } else { scur(classifier.api(), opts) };
     let remaining = enf.remaining.take().unwrap_or_default();
     let summary = HaproxySummary {
         initial: l.initial,
-        closed_by_haproxy: judge.closed.len(),
-        destroyed: count(|o| *o == Outcome::Destroyed),
-        already_gone: count(|o| *o == Outcome::AlreadyGone),
-        failed: count(|o| matches!(o, Outcome::Failed(_) | Outcome::Unacknowledged | Outcome::NotFound)),
+        closed_by_haproxy: classifier.closed.len(),
+        destroyed: enf.summary.destroyed,
+        already_gone: enf.summary.already_gone,
+        failed: enf.summary.unsuccessful(),
         remaining: remaining.len(),
         other_server: enf.other_server.len(),
         ambiguous: enf.ambiguous.len(),
@@ -218,14 +216,14 @@ pub(super) fn report(opts: &Options, mut enf: RunReport, judge: &mut HaproxyJudg
         wait_error,
         grace_ms: ms(l.grace),
         initial: l.initial,
-        closed_by_haproxy: std::mem::take(&mut judge.closed),
+        closed_by_haproxy: std::mem::take(&mut classifier.closed),
         destroyed: enf.sockets,
         remaining,
         other_server: enf.other_server,
         ambiguous: enf.ambiguous,
-        workers_exited: judge.exited().to_vec(),
+        workers_exited: classifier.exited().to_vec(),
         scur,
-        tables_read: judge.tables().clone(),
+        tables_read: classifier.tables().clone(),
         clean: verdict.clean(),
         verdict,
         verdict_reason: enf.verdict_reason,

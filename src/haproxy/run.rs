@@ -4,7 +4,7 @@
 //! which processes, where the server's connections are), [`shut_down`]
 //! (HAProxy's own commands, unless told not to), and the engine's loop.
 //!
-//! This module says what a target is (through [`HaproxyJudge`]) and talks to
+//! This module says what a target is (through [`HaproxyClassifier`]) and talks to
 //! HAProxy; the loop itself is the engine's, and it never sees netlink bytes.
 //! HAProxy's `wait` (3.0+) runs on its own connection and thread while the
 //! loop keeps looking, so what HAProxy closes is timed and what it retries is seen.
@@ -18,11 +18,11 @@ use tracing::{info, warn};
 
 use super::api::{Api, Endpoint};
 use super::discovery::{self, Topology};
-use super::judge::{HaproxyJudge, Rule, Target};
 use super::options::Options;
 use super::parse::{self, Info, ServerState};
 use super::places::{self, Place, Places, PlacesKernel};
 use super::report::{report, Learnt, Report};
+use super::target::{HaproxyClassifier, Rule, Target};
 use super::wait::{ms, WaitCall};
 use crate::audit::AuditLog;
 use crate::cancel::Cancel;
@@ -117,10 +117,14 @@ fn master_api(opts: &Options, topo: &Topology) -> Result<Option<Api>> {
     }
 }
 
-/// The judge, and the places it watches: the given address, the named
+/// The classifier, and the places it watches: the given address, the named
 /// server's configured one, then wherever HAProxy's tables name its
-/// connections ([`HaproxyJudge::locate`]).
-fn judge(opts: &Options, found: Found, engine: &mut Engine) -> Result<(HaproxyJudge, Rc<RefCell<Places>>, Learnt0)> {
+/// connections ([`HaproxyClassifier::locate`]).
+fn classifier(
+    opts: &Options,
+    found: Found,
+    engine: &mut Engine,
+) -> Result<(HaproxyClassifier, Rc<RefCell<Places>>, Learnt0)> {
     let Found { api, info, config, server_addr, topo, ns } = found;
     let pids: Vec<u32> = topo.workers.iter().map(|w| w.pid).collect();
     let holders = Holders::new(&pids)?;
@@ -137,10 +141,10 @@ fn judge(opts: &Options, found: Found, engine: &mut Engine) -> Result<(HaproxyJu
         watched.borrow_mut().add(Place::of(ip));
     }
     let own = Engine::open(ns.as_ref())?;
-    let mut judge = HaproxyJudge::new(rule, watched.clone(), holders, own, &topo, &info.version, api, master);
-    let located = judge.locate()?;
+    let mut classifier = HaproxyClassifier::new(rule, watched.clone(), holders, own, &topo, &info.version, api, master);
+    let located = classifier.locate()?;
     info!(places = ?located, "the server's connections by HAProxy's tables");
-    Ok((judge, watched, Learnt0 { version: info.version, topo, server_addr }))
+    Ok((classifier, watched, Learnt0 { version: info.version, topo, server_addr }))
 }
 
 /// What the report needs of discovery.
@@ -212,20 +216,20 @@ pub(super) fn execute(opts: &Options, policy: Policy) -> Result<Report> {
     if !opts.dry_run && !crate::sys::has_cap_net_admin() {
         return Err(Error::NoPermission);
     }
-    let (judge, watched, known) = judge(opts, found, &mut engine)?;
+    let (classifier, watched, known) = classifier(opts, found, &mut engine)?;
     let grace = policy.grace;
     let kernel = PlacesKernel::new(&mut engine, watched.clone())?;
-    let mut run = Run::start(kernel, clock, policy, judge, opts.cancel.as_ref(), opts.audit.as_deref())?;
+    let mut run = Run::start(kernel, clock, policy, classifier, opts.cancel.as_ref(), opts.audit.as_deref())?;
     let initial = run.matched();
     // HAProxy's own shutdown, unless told not to. Nothing is sent after a signal.
     let mut sent = match (&opts.server, opts.sends_commands()) {
         (Some((b, s)), true) => {
-            let api = run.judge_mut().api().clone();
+            let api = run.classifier_mut().api().clone();
             shut_down(&api, (b, s), &known.version, grace, clock)
         }
         _ => Sent::default(),
     };
-    let (enf, mut judge) = match sent.failure.take() {
+    let (enf, mut classifier) = match sent.failure.take() {
         Some(e) => run.stop(e),
         None => run.finish_awaiting(sent.wait.as_mut().map(|w| w as &mut dyn Awaited)),
     };
@@ -243,7 +247,7 @@ pub(super) fn execute(opts: &Options, policy: Policy) -> Result<Report> {
         grace,
         clock,
     };
-    Ok(report(opts, enf, &mut judge, learnt))
+    Ok(report(opts, enf, &mut classifier, learnt))
 }
 
 /// The current worker's servers, every backend.

@@ -48,7 +48,7 @@ pub enum Step {
     Destroy,
     /// Look once more (what remains after the last destroy), then end.
     FinalLook(End),
-    /// The run would end quiet: ask the judge whether the sockets' owner
+    /// The run would end quiet: ask the classifier whether the sockets' owner
     /// still names targets no look found, and answer [`Event::Confirmed`].
     Confirm,
     /// End now.
@@ -149,6 +149,16 @@ impl Machine {
             abandoned: false,
             final_look_owed: false,
         }
+    }
+
+    /// The caller has a question pending (grace lasts until it is answered or grace ends).
+    pub fn await_answer(&mut self) {
+        self.awaiting = true;
+    }
+
+    /// The policy it follows.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// The current phase.

@@ -28,7 +28,7 @@ pub use machine::{End, Event, Looked, Machine, Pass, Step};
 pub use machine::Phase;
 
 use super::destroy::DestroyPass;
-use super::judge::{Class, Judge};
+use super::classify::{Class, Classifier};
 use super::ledger::{Ledger, Spared};
 use super::policy::Policy;
 use super::verdict::{Facts, Verdict};
@@ -154,6 +154,15 @@ pub struct Summary {
     pub duration_ms: u64,
 }
 
+impl Summary {
+    /// Destroys that did not end a socket the run knows of: refused, not
+    /// acknowledged, or not reaching a live socket (`failed` in the metrics
+    /// and the HAProxy summary).
+    pub fn unsuccessful(&self) -> usize {
+        self.failed + self.unacknowledged + self.not_found
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Serialize)]
 pub struct RunReport {
@@ -186,7 +195,7 @@ pub struct RunReport {
     /// The error's kind, for scripts (`error_kind`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<&'static str>,
-    /// The judge's last doubt (`Judge::doubt`) when the run ended: the
+    /// The classifier's last doubt (`Classifier::doubt`) when the run ended: the
     /// sockets' owner still named targets that no look found.
     #[serde(skip)]
     pub doubt: Option<String>,
@@ -213,7 +222,7 @@ impl RunReport {
     /// Sets the verdict (and everything derived from it) from the report's
     /// facts; `changed_elsewhere`: the caller changed state outside the
     /// kernel (HAProxy's server), which counts as done.
-    pub fn judge(&mut self, changed_elsewhere: bool) {
+    pub fn conclude(&mut self, changed_elsewhere: bool) {
         let all_acknowledged = self.sockets.count(|o| !matches!(o, Outcome::Destroyed | Outcome::AlreadyGone)) == 0;
         let facts = Facts {
             end: self.end,
@@ -276,12 +285,12 @@ struct Look {
 /// A run of the loop. [`Run::start`] takes the first look (errors there mean
 /// nothing was done); the caller may then act (e.g. send HAProxy its
 /// commands); [`Run::finish`] enforces and reports.
-pub struct Run<'a, K: Kernel, C: Clock, J: Judge> {
+pub struct Run<'a, K: Kernel, C: Clock, J: Classifier> {
     kernel: K,
     clock: C,
-    judge: J,
+    classifier: J,
+    /// The loop's rules and the policy they follow (built once, in [`Run::start`]).
     machine: Machine,
-    policy: Policy,
     cancel: Option<&'a Cancel>,
     audit: Option<&'a AuditLog>,
     look: Look,
@@ -296,22 +305,22 @@ pub struct Run<'a, K: Kernel, C: Clock, J: Judge> {
     error: Option<Error>,
     /// Destroys since the last look: what remains is not known.
     stale: bool,
-    /// The judge's answer to the last [`Step::Confirm`].
+    /// The classifier's answer to the last [`Step::Confirm`].
     doubt: Option<String>,
 }
 
-impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
-    /// Takes the first look. Fails (nothing done) on a collect or judge error,
+impl<'a, K: Kernel, C: Clock, J: Classifier> Run<'a, K, C, J> {
+    /// Takes the first look. Fails (nothing done) on a collect or classifier error,
     /// or when more targets than `policy.max` match.
     pub fn start(
         mut kernel: K,
         clock: C,
         policy: Policy,
-        mut judge: J,
+        mut classifier: J,
         cancel: Option<&'a Cancel>,
         audit: Option<&'a AuditLog>,
     ) -> Result<Run<'a, K, C, J>> {
-        let look = take_look(&mut kernel, &mut judge)?;
+        let look = take_look(&mut kernel, &mut classifier)?;
         if let Some(max) = policy.max.filter(|m| look.targets.len() > *m) {
             return Err(Error::TooMany { matched: look.targets.len(), max });
         }
@@ -319,9 +328,8 @@ impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
         Ok(Run {
             kernel,
             clock,
-            judge,
-            machine: Machine::new(policy.clone(), false),
-            policy,
+            classifier,
+            machine: Machine::new(policy, false),
             cancel,
             audit,
             look,
@@ -341,9 +349,9 @@ impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
         self.original.len()
     }
 
-    /// The judge, for callers that act between start and finish.
-    pub fn judge_mut(&mut self) -> &mut J {
-        &mut self.judge
+    /// The classifier, for callers that act between start and finish.
+    pub fn classifier_mut(&mut self) -> &mut J {
+        &mut self.classifier
     }
 
     /// Ends the run without destroying anything: the caller hit `error`
@@ -357,7 +365,7 @@ impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
     }
 
     /// Enforces under the policy until clean, out of passes, past the deadline,
-    /// cancelled or stopped by an error, and reports. Returns the judge too.
+    /// cancelled or stopped by an error, and reports. Returns the classifier too.
     pub fn finish(self) -> (RunReport, J) {
         self.finish_awaiting(None)
     }
@@ -365,7 +373,9 @@ impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
     /// [`Run::finish`], with the caller's pending question polled between
     /// looks: grace lasts until it is answered.
     pub fn finish_awaiting(mut self, mut awaited: Option<&mut dyn Awaited>) -> (RunReport, J) {
-        self.machine = Machine::new(self.policy.clone(), awaited.is_some());
+        if awaited.is_some() {
+            self.machine.await_answer();
+        }
         let first = self.looked();
         let mut step = self.machine.on(self.clock.now(), Event::Started(first));
         let mut cancel_seen = 0;
@@ -426,7 +436,7 @@ impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
     }
 
     fn look_step(&mut self) -> Step {
-        match take_look(&mut self.kernel, &mut self.judge) {
+        match take_look(&mut self.kernel, &mut self.classifier) {
             Ok(look) => {
                 self.observe(look);
                 let looked = self.looked();
@@ -440,10 +450,10 @@ impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
         }
     }
 
-    /// Asks the judge whether its owner still names targets no look found;
+    /// Asks the classifier whether its owner still names targets no look found;
     /// keeps the answer for the verdict.
     fn confirm(&mut self) -> Result<bool> {
-        self.doubt = self.judge.doubt()?;
+        self.doubt = self.classifier.doubt()?;
         if let Some(why) = &self.doubt {
             debug!(%why, "the owner disagrees with quiet");
         }
@@ -452,7 +462,7 @@ impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
 
     /// The look after the last destroy, when the loop ended without one.
     fn final_look(&mut self) {
-        match take_look(&mut self.kernel, &mut self.judge) {
+        match take_look(&mut self.kernel, &mut self.classifier) {
             Ok(look) => self.observe(look),
             Err(Error::Interrupted(_)) => {}
             Err(e) => {
@@ -497,7 +507,7 @@ impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
     }
 
     /// Takes in a new look: targets that vanished without a destroy of ours
-    /// go to the judge, ENOENT answers for sockets still there become
+    /// go to the classifier, ENOENT answers for sockets still there become
     /// `NotFound`, new arrivals are counted.
     fn observe(&mut self, look: Look) {
         let now = self.clock.now();
@@ -507,7 +517,7 @@ impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
             .filter(|s| !present.contains(&s.cookie()) && !self.ledger.contains(s.cookie()))
             .collect();
         if !vanished.is_empty() {
-            self.judge.vanished(vanished, now.as_millis() as u64);
+            self.classifier.vanished(vanished, now.as_millis() as u64);
         }
         let after_first_destroy = self.machine.first_destroy().is_some();
         for s in &look.targets {
@@ -525,12 +535,12 @@ impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
     fn report(mut self, end: End) -> (RunReport, J) {
         if end == End::PassTooLarge && self.error.is_none() {
             let count = self.looked().attemptable;
-            self.error = Some(Error::PassTooLarge { count, max: self.policy.max.unwrap_or(0) });
+            self.error = Some(Error::PassTooLarge { count, max: self.machine.policy().max.unwrap_or(0) });
         }
         // Destroys after the last look, and no final look: what remains is unknown.
         let verified = !self.stale;
         let look = std::mem::take(&mut self.look);
-        let dry_run = self.policy.dry_run;
+        let dry_run = self.machine.policy().dry_run;
         let mut s = Summary {
             matched: self.original.len(),
             new_during_kill: self.later.len(),
@@ -587,17 +597,17 @@ impl<'a, K: Kernel, C: Clock, J: Judge> Run<'a, K, C, J> {
             error_kind: None,
             doubt: self.doubt,
         };
-        report.judge(false);
-        (report, self.judge)
+        report.conclude(false);
+        (report, self.classifier)
     }
 }
 
 /// Collects and classifies.
-fn take_look<K: Kernel, J: Judge>(kernel: &mut K, judge: &mut J) -> Result<Look> {
+fn take_look<K: Kernel, J: Classifier>(kernel: &mut K, classifier: &mut J) -> Result<Look> {
     let mut sockets = kernel.collect()?;
-    let classes = judge.classify(&mut sockets)?;
+    let classes = classifier.classify(&mut sockets)?;
     if classes.len() != sockets.len() {
-        return Err(Error::Internal(format!("the judge classified {} of {} sockets", classes.len(), sockets.len())));
+        return Err(Error::Internal(format!("the classifier classified {} of {} sockets", classes.len(), sockets.len())));
     }
     let mut look = Look::default();
     for (socket, class) in sockets.into_iter().zip(classes) {

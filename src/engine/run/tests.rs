@@ -195,13 +195,13 @@ impl Clock for FakeClock {
 /// Every socket is a target, but those in `ambiguous`; the owner doubts
 /// quiet this many times.
 #[derive(Default)]
-struct Judged {
+struct Classified {
     ambiguous: HashSet<u64>,
     doubts: u32,
     asked: u32,
 }
 
-impl Judge for Judged {
+impl Classifier for Classified {
     fn classify(&mut self, sockets: &mut [TcpSocket]) -> Result<Vec<Class>> {
         Ok(sockets
             .iter()
@@ -248,7 +248,7 @@ struct Lab {
     world: Rc<RefCell<World>>,
     now: Rc<Cell<Duration>>,
     cancels: Vec<Duration>,
-    judge: Judged,
+    classifier: Classified,
     question: Option<(Duration, bool)>,
 }
 
@@ -258,13 +258,13 @@ impl Lab {
             world: Rc::default(),
             now: Rc::default(),
             cancels: Vec::new(),
-            judge: Judged::default(),
+            classifier: Classified::default(),
             question: None,
         }
     }
 
     fn doubting(mut self, times: u32) -> Lab {
-        self.judge.doubts = times;
+        self.classifier.doubts = times;
         self
     }
 
@@ -277,7 +277,7 @@ impl Lab {
         let cancel = Cancel::new().unwrap();
         let kernel = FakeKernel { world: self.world.clone(), now: self.now.clone() };
         let clock = FakeClock { now: self.now.clone(), cancels: self.cancels, cancel: cancel.clone() };
-        let report = Run::start(kernel, clock, policy, self.judge, Some(&cancel), None).map(|run| {
+        let report = Run::start(kernel, clock, policy, self.classifier, Some(&cancel), None).map(|run| {
             let mut q = self.question.map(|(at, ends_grace)| Question {
                 now: self.now.clone(),
                 at,
@@ -597,7 +597,7 @@ fn ambiguous_sockets_keep_the_run_from_clean() {
     let mut lab = Lab::new().with(|w| {
         w.add(3, 0);
     });
-    lab.judge.ambiguous.insert(2);
+    lab.classifier.ambiguous.insert(2);
     let (r, ops) = lab.run(haproxy_policy());
     let r = r.unwrap();
     assert_eq!(r.verdict(), Verdict::Ambiguous);

@@ -3,7 +3,7 @@
 use crate::error::Result;
 use crate::socket::TcpSocket;
 
-/// What a [`Judge`] makes of one socket of a look. The words are the
+/// What a [`Classifier`] makes of one socket of a look. The words are the
 /// report's (`other_server`, `ambiguous`): the HAProxy mode is where they
 /// come from, and a socket is called the same from the engine to the JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub enum Class {
 
 /// Which sockets of a look are targets, and what to make of targets that
 /// disappeared without a destroy of the run's.
-pub trait Judge {
+pub trait Classifier {
     /// One class per socket of `sockets` (a fresh look), in order. May fill
     /// in `owners`. An error ends the run (with its report).
     fn classify(&mut self, sockets: &mut [TcpSocket]) -> Result<Vec<Class>>;

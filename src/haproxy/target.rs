@@ -4,8 +4,8 @@
 //! A candidate is a socket an HAProxy process holds whose peer is at one of
 //! the run's places ([`super::places`]): the server's configured address,
 //! `--addr`, and wherever HAProxy's tables name a connection of the server
-//! ([`HaproxyJudge::locate`], and again each time the run would end quiet:
-//! [`Judge::doubt`]). HAProxy names its server through one of its two tables
+//! ([`HaproxyClassifier::locate`], and again each time the run would end quiet:
+//! [`Classifier::doubt`]). HAProxy names its server through one of its two tables
 //! ([`super::attribution`]): a stream's `srv=` (`show sess`), or the
 //! connection's own `sv=` (`show fd`: idle pools, connections an idle client
 //! session owns, idle h2 — everything without a stream). A named socket
@@ -30,7 +30,7 @@ use super::discovery::Topology;
 use super::parse::{self, ServerState, Stream};
 use super::places::{self, At, Place, Places};
 use crate::engine::owners::Holders;
-use crate::engine::{Class, Engine, Judge, Query};
+use crate::engine::{Class, Engine, Classifier, Query};
 use crate::error::Result;
 use crate::filter::Filter;
 use crate::socket::TcpSocket;
@@ -181,7 +181,7 @@ impl Rule {
 }
 
 /// Classifies HAProxy's sockets at the run's places (see the module docs).
-pub struct HaproxyJudge {
+pub struct HaproxyClassifier {
     rule: Rule,
     holders: Holders,
     answering: u32,
@@ -239,11 +239,11 @@ struct Named {
     unavailable: Vec<Unavailable>,
 }
 
-impl HaproxyJudge {
-    /// A judge under `rule` for the sockets at `places` held by the
+impl HaproxyClassifier {
+    /// A classifier under `rule` for the sockets at `places` held by the
     /// processes of `topo` (watched through `holders`); `api` reaches the
     /// answering worker, `master` (the master CLI) the others; `engine` is
-    /// the judge's own sock_diag session.
+    /// the classifier's own sock_diag session.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         rule: Rule,
@@ -254,9 +254,9 @@ impl HaproxyJudge {
         version: &str,
         api: Api,
         master: Option<Api>,
-    ) -> HaproxyJudge {
+    ) -> HaproxyClassifier {
         let answering = topo.answering.pid;
-        HaproxyJudge {
+        HaproxyClassifier {
             rule,
             holders,
             answering,
@@ -439,7 +439,7 @@ impl HaproxyJudge {
     }
 }
 
-impl Judge for HaproxyJudge {
+impl Classifier for HaproxyClassifier {
     fn classify(&mut self, sockets: &mut [TcpSocket]) -> Result<Vec<Class>> {
         // The query covers the places' addresses times their ports: only what is at a place counts.
         let at_place: Vec<bool> = {
