@@ -85,7 +85,7 @@ pub fn scenario() -> Result<(Seen, usize), String> {
             ..Filter::default()
         };
         let report = sockkill::kill(None, filter, &KillOptions::default()).map_err(|e| e.to_string())?;
-        let destroyed = report.report.summary.destroyed;
+        let destroyed = report.summary.destroyed;
 
         wait_for("the service to reconnect", &|s| s.connects >= 2)?;
         stop.store(true, Ordering::Relaxed);

@@ -82,6 +82,16 @@ impl KillReport {
     }
 }
 
+/// A kill's report reads as the run's (`report.summary`, `report.sockets`),
+/// as its JSON does: the run report is flattened into it.
+impl std::ops::Deref for KillReport {
+    type Target = RunReport;
+
+    fn deref(&self) -> &RunReport {
+        &self.report
+    }
+}
+
 /// Classifies by owner: with `pids`, only sockets those processes hold are
 /// targets; with `processes`, every socket's holders are looked up (once per inode).
 #[derive(Debug, Default)]
