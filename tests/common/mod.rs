@@ -8,6 +8,7 @@
 
 pub use sockkill::testing::farm;
 pub mod haproxy;
+pub mod http;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
