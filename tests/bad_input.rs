@@ -251,7 +251,7 @@ fn errors_are_reported_in_json_and_metrics() {
                 &prom_s,
             ],
         ] {
-            let out = sockkill_kill(&args);
+            let out = sockkill_in_netns(&args);
             assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
             let doc = json(&out);
             assert_eq!(doc["schema_version"], 1, "{doc}");

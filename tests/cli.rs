@@ -112,7 +112,7 @@ fn kill_dst_destroys_exactly_that_upstream() {
     require!(Netns);
     in_private_netns(|| {
         let mut lab = Lab::start();
-        let out = sockkill_kill(&["kill", "--json", "--dst", "127.0.0.2"]);
+        let out = sockkill_in_netns(&["kill", "--json", "--dst", "127.0.0.2"]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         let doc = json(&out);
         assert_eq!(doc["summary"]["matched"], 4);
@@ -139,7 +139,7 @@ fn dry_run_destroys_nothing_and_exits_1() {
     require!(Netns);
     in_private_netns(|| {
         let mut lab = Lab::start();
-        let out = sockkill_kill(&["kill", "--dry-run", "--json", "--dst", "127.0.0.2"]);
+        let out = sockkill_in_netns(&["kill", "--dry-run", "--json", "--dst", "127.0.0.2"]);
         assert_eq!(code(&out), 1, "{}", stderr(&out));
         let doc = json(&out);
         assert_eq!(doc["summary"]["matched"], 4);
@@ -150,7 +150,7 @@ fn dry_run_destroys_nothing_and_exits_1() {
             c.assert_alive();
         }
         // Nothing matches: a dry run exits 0.
-        let out = sockkill_kill(&["kill", "--dry-run", "--dst", "127.0.0.9"]);
+        let out = sockkill_in_netns(&["kill", "--dry-run", "--dst", "127.0.0.9"]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
     });
 }
@@ -161,7 +161,7 @@ fn dport_narrows_the_kill() {
     in_private_netns(|| {
         let mut lab = Lab::start();
         let port = lab.a.addr.port().to_string();
-        let out = sockkill_kill(&["kill", "--dst", "127.0.0.2", "--dport", &port]);
+        let out = sockkill_in_netns(&["kill", "--dst", "127.0.0.2", "--dport", &port]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         for c in &mut lab.conns_a {
             c.assert_killed();
@@ -177,12 +177,12 @@ fn ipv6_and_mapped_kills() {
     require!(Netns);
     in_private_netns(|| {
         let mut lab = Lab::start();
-        let out = sockkill_kill(&["kill", "--dst", "127.0.0.4"]);
+        let out = sockkill_in_netns(&["kill", "--dst", "127.0.0.4"]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         for c in &mut lab.conns_mapped {
             c.assert_killed();
         }
-        let out = sockkill_kill(&["kill", "--dst", "::1", "--dport", &lab.v6.addr.port().to_string()]);
+        let out = sockkill_in_netns(&["kill", "--dst", "::1", "--dport", &lab.v6.addr.port().to_string()]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         for c in &mut lab.conns_v6 {
             c.assert_killed();
@@ -216,7 +216,7 @@ fn pid_narrows_the_kill_to_one_process() {
         let inodes = sockkill::procfs::socket_inodes(guard.0.id()).unwrap();
         assert_eq!(dump_dst("127.0.0.3").iter().filter(|s| inodes.contains(&s.inode)).count(), 1);
 
-        let out = sockkill_kill(&["kill", "--json", "--dst", "127.0.0.3", "--pid", &pid]);
+        let out = sockkill_in_netns(&["kill", "--json", "--dst", "127.0.0.3", "--pid", &pid]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         let doc = json(&out);
         assert_eq!(doc["summary"]["destroyed"], 1);
@@ -288,7 +288,7 @@ fn catch_all_kill_is_refused() {
             vec!["kill", "--dport", "1-65535"],
             vec!["kill", "--state", "established"],
         ] {
-            let out = sockkill_kill(&args);
+            let out = sockkill_in_netns(&args);
             assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
             assert!(stderr(&out).contains("catch-all"), "{args:?}: {}", stderr(&out));
         }
@@ -296,7 +296,7 @@ fn catch_all_kill_is_refused() {
             c.assert_alive();
         }
         // Explicitly allowed: it kills (here, in our private namespace).
-        let out = sockkill_kill(&["kill", "--allow-catch-all", "--dport", "1-65535"]);
+        let out = sockkill_in_netns(&["kill", "--allow-catch-all", "--dport", "1-65535"]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         for c in &mut lab.conns_b {
             c.assert_killed();
@@ -401,7 +401,7 @@ fn audit_log_records_every_destroyed_socket() {
         let path = std::env::temp_dir().join(format!("sockkill-audit-{}.log", std::process::id()));
         let _ = std::fs::remove_file(&path);
         std::fs::write(&path, "{\"earlier\":true}\n").unwrap(); // appended to, never truncated
-        let out = sockkill_kill(&["kill", "--json", "--dst", "127.0.0.2", "--audit-log", path.to_str().unwrap()]);
+        let out = sockkill_in_netns(&["kill", "--json", "--dst", "127.0.0.2", "--audit-log", path.to_str().unwrap()]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         let destroyed = destroyed_cookies(&json(&out), "sockets");
         let text = std::fs::read_to_string(&path).unwrap();

@@ -80,7 +80,7 @@ fn mark_selects_marked_connections() {
         let listed = doc["sockets"].as_array().unwrap();
         assert_eq!(listed.len(), 4, "{doc}");
         assert!(listed.iter().all(|s| s["mark"].as_u64().is_some_and(|m| m & 0xf0 == 0x10)), "{doc}");
-        let out = sockkill_kill(&["kill", "--json", "--mark", "0x10/0xf0"]);
+        let out = sockkill_in_netns(&["kill", "--json", "--mark", "0x10/0xf0"]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         assert_eq!(json(&out)["summary"]["destroyed"], 4);
         for c in &mut hit {
@@ -90,7 +90,7 @@ fn mark_selects_marked_connections() {
             c.assert_alive();
         }
         // A mark of 0 in an empty mask selects everything: refused as a catch-all.
-        let out = sockkill_kill(&["kill", "--mark", "0/0"]);
+        let out = sockkill_in_netns(&["kill", "--mark", "0/0"]);
         assert_eq!(code(&out), 2, "{}", stderr(&out));
         assert!(stderr(&out).contains("catch-all"), "{}", stderr(&out));
         for c in &mut miss {
@@ -134,7 +134,7 @@ fn dev_selects_sockets_bound_to_the_interface() {
         let mut miss: Vec<Conn> = (0..2).map(|_| Conn::open(up.addr)).collect();
         let out = sockkill(&["list", "--json", "--dev", "1"]);
         assert_eq!(json(&out)["sockets"].as_array().unwrap().len(), 3, "{}", stderr(&out));
-        let out = sockkill_kill(&["kill", "--json", "--dev", "lo"]);
+        let out = sockkill_in_netns(&["kill", "--json", "--dev", "lo"]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         assert_eq!(json(&out)["summary"]["destroyed"], 3);
         for c in &mut hit {

@@ -503,7 +503,7 @@ fn errors_are_one_line_exit_2_and_change_nothing() {
         for (args, expect) in cases {
             let mut full = vec!["haproxy", "--json"];
             full.extend(args);
-            let out = sockkill_kill(&full);
+            let out = sockkill_in_netns(&full);
             let err = stderr(&out);
             assert_eq!(code(&out), 2, "{full:?}: {err}");
             let error_lines: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();

@@ -224,7 +224,8 @@ fn reuseport_listener_groups_are_counted_once() {
                 std::net::TcpListener::from(fd)
             })
             .collect();
-        let out = sockkill_kill(&["kill", "--json", "--state", "listening", "--src", "127.0.0.3", "--sport", "7070"]);
+        let out =
+            sockkill_in_netns(&["kill", "--json", "--state", "listening", "--src", "127.0.0.3", "--sport", "7070"]);
         let doc = json(&out);
         let s = &doc["summary"];
         let matched = s["matched"].as_u64().unwrap();

@@ -61,7 +61,7 @@ fn enforcement_window_ends_every_connection_made_during_it() {
             std::thread::spawn(move || reconnecting_client(up.addr, stop, lives))
         };
         wait_until(Duration::from_secs(5), "the client's first connection", || !lives.lock().unwrap().is_empty());
-        let out = sockkill_kill(&["kill", "--json", "--dst", "127.0.0.2", "--for", "2s", "--interval", "100ms"]);
+        let out = sockkill_in_netns(&["kill", "--json", "--dst", "127.0.0.2", "--for", "2s", "--interval", "100ms"]);
         let exited = Instant::now();
         let doc = json(&out);
         assert!(matches!(code(&out), 0 | 1), "{}", stderr(&out));
@@ -102,7 +102,7 @@ fn metrics_file_is_written_atomically() {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("sockkill.prom");
         std::fs::write(&path, "old contents\n").unwrap();
-        let out = sockkill_kill(&["kill", "--dst", "127.0.0.2", "--metrics-file", path.to_str().unwrap()]);
+        let out = sockkill_in_netns(&["kill", "--dst", "127.0.0.2", "--metrics-file", path.to_str().unwrap()]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("sockkill_sockets_destroyed{command=\"kill\"} 3\n"), "{text}");

@@ -104,7 +104,7 @@ fn trial(seed: u64, per_group: usize, background: usize) -> (usize, usize) {
             }
         }
         let args: Vec<&str> = l.args.iter().map(String::as_str).collect();
-        let out = sockkill_kill(&args);
+        let out = sockkill_in_netns(&args);
         assert_eq!(code(&out), 0, "seed {seed} {args:?}: {}", stderr(&out));
         let doc = json(&out);
         assert_eq!(doc["summary"]["remaining"], 0, "seed {seed}");
@@ -179,7 +179,7 @@ fn churn_during_kill() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(100));
-        let out = sockkill_kill(&["kill", "--json", "--dst", "127.50.0.0/24"]);
+        let out = sockkill_in_netns(&["kill", "--json", "--dst", "127.50.0.0/24"]);
         stop.store(true, Ordering::Relaxed);
         for c in churners {
             c.join().unwrap();

@@ -39,7 +39,8 @@ fn a_watched_process_that_exits_is_not_an_error() {
         assert_eq!(theirs.len(), 3);
         let guard = ChildGuard(child);
 
-        let out = sockkill_kill(&["kill", "--json", "--dst", "127.0.0.2", "--pid", &pid.to_string(), "--for", "1s"]);
+        let out =
+            sockkill_in_netns(&["kill", "--json", "--dst", "127.0.0.2", "--pid", &pid.to_string(), "--for", "1s"]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         let doc = json(&out);
         let destroyed = destroyed_cookies(&doc, "sockets");
@@ -204,7 +205,7 @@ fn failing_records_tell_one_story() {
 
         let dangling = dir.join("audit-link");
         std::os::unix::fs::symlink(dir.join("elsewhere.log"), &dangling).unwrap();
-        let out = sockkill_kill(&["kill", "--dst", "127.0.0.2", "--audit-log", &dangling.to_string_lossy()]);
+        let out = sockkill_in_netns(&["kill", "--dst", "127.0.0.2", "--audit-log", &dangling.to_string_lossy()]);
         assert_eq!(code(&out), 2, "{}", stderr(&out));
         assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
         assert!(!dir.join("elsewhere.log").exists());

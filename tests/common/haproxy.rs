@@ -474,7 +474,7 @@ pub fn run_addr_s1(h: &Haproxy, master_socket: bool, extra: &[&str]) -> (i32, Va
 }
 
 pub fn run_json(args: &[&str]) -> (i32, Value, String) {
-    let out = sockkill_kill(args);
+    let out = sockkill_in_netns(args);
     let err = stderr(&out);
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     if !doc.is_null() {

@@ -253,8 +253,9 @@ pub fn sockkill(args: &[&str]) -> Output {
     Command::new(BIN).args(args).stdin(Stdio::null()).output().expect("run sockkill")
 }
 
-/// Runs sockkill after asserting we are not in the root namespace (for anything that may kill).
-pub fn sockkill_kill(args: &[&str]) -> Output {
+/// Runs sockkill (any subcommand) after asserting this thread is not in the
+/// machine's own network namespace: every run that may destroy goes through here.
+pub fn sockkill_in_netns(args: &[&str]) -> Output {
     assert_not_root_netns();
     sockkill(args)
 }
