@@ -21,7 +21,7 @@ crate::internal! {
 
 pub use ledger::{Entry, Ledger, Spared};
 pub use run::{End, RunReport, Summary};
-pub use verdict::Verdict;
+pub use verdict::{verdict_and_clean, Verdict};
 
 #[cfg(feature = "testing")]
 pub use self::{

@@ -141,6 +141,17 @@ impl Verdict {
     }
 }
 
+/// Serializes a verdict as the two fields every document carries: `verdict`
+/// (its word) and `clean` — one stored value, both derived from it (for a
+/// `#[serde(flatten, serialize_with = ...)]` field).
+pub fn verdict_and_clean<S: serde::Serializer>(v: &Verdict, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(2))?;
+    m.serialize_entry("verdict", v.name())?;
+    m.serialize_entry("clean", &v.clean())?;
+    m.end()
+}
+
 impl serde::Serialize for Verdict {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.name())

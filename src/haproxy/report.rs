@@ -41,9 +41,8 @@ pub struct HaproxySummary {
     pub ambiguous: usize,
     /// Targets first seen after the first destroy (HAProxy retrying, new connections).
     pub appeared_after_first_destroy: usize,
-    /// The verdict is `clean`: nothing remains and nothing is ambiguous.
-    pub clean: bool,
-    /// The verdict's word.
+    /// The verdict (`verdict` and `clean` in JSON, both from this one value).
+    #[serde(flatten, serialize_with = "crate::engine::verdict_and_clean")]
     pub verdict: Verdict,
 }
 
@@ -112,9 +111,10 @@ pub struct Report {
     pub scur: Option<u64>,
     /// HAProxy tables read to attribute sockets, per process, and their size.
     pub tables_read: Tables,
-    /// The verdict is `clean`: nothing remains and nothing is ambiguous.
-    pub clean: bool,
-    /// The verdict: `clean`, `remaining`, `unsettled`, `ambiguous`, `interrupted`, `failed`.
+    /// The verdict: `clean`, `remaining`, `unsettled`, `ambiguous`,
+    /// `interrupted`, `failed` — and `clean` (nothing remains, nothing
+    /// ambiguous) in JSON, both from this one value.
+    #[serde(flatten, serialize_with = "crate::engine::verdict_and_clean")]
     pub verdict: Verdict,
     /// The verdict in plain words, when it is not clean.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -186,7 +186,6 @@ pub(super) fn report(opts: &Options, mut enf: RunReport, classifier: &mut Haprox
         other_server: enf.other_server.len(),
         ambiguous: enf.ambiguous.len(),
         appeared_after_first_destroy: enf.summary.appeared_after_first_destroy,
-        clean: verdict.clean(),
         verdict,
     };
     let (wait_answer, wait_answered_at_ms, wait_error) = match l.wait {
@@ -224,7 +223,6 @@ pub(super) fn report(opts: &Options, mut enf: RunReport, classifier: &mut Haprox
         workers_exited: classifier.exited().to_vec(),
         scur,
         tables_read: classifier.tables().clone(),
-        clean: verdict.clean(),
         verdict,
         verdict_reason: enf.verdict_reason,
         last_seen_ms: enf.last_seen_ms,

@@ -283,7 +283,7 @@ fn write_haproxy(out: &mut dyn Write, r: &haproxy::Report) -> io::Result<()> {
         "HAProxy's session count for the server (scur): {}",
         r.scur.map_or("-".to_string(), |s| s.to_string())
     )?;
-    let head = match (r.dry_run, r.clean) {
+    let head = match (r.dry_run, r.verdict.clean()) {
         (true, true) => "no lingering sockets".to_string(),
         (true, false) => "lingering sockets".to_string(),
         (false, true) => format!("CLEAN: no socket to the server since {} ms", r.last_seen_ms.unwrap_or(0)),

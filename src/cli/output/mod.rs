@@ -61,15 +61,12 @@ fn degrade(ran: &mut Ran, late: &Late) -> bool {
         Ran::Kill { report, .. } => {
             let r = &mut report.report;
             r.summary.verdict = after;
-            r.summary.clean = after.clean();
             r.verdict_reason = reason;
             r.error_kind.get_or_insert(late.kind);
         }
         Ran::Haproxy(r) => {
             r.verdict = after;
-            r.clean = after.clean();
             r.summary.verdict = after;
-            r.summary.clean = after.clean();
             r.verdict_reason = reason;
             r.error_kind.get_or_insert(late.kind);
         }

@@ -146,10 +146,10 @@ pub struct Summary {
     pub verified: bool,
     /// A signal (or the caller's [`Cancel`]) stopped the run early.
     pub interrupted: bool,
-    /// The verdict's word (`clean`, `remaining`, ...).
+    /// The verdict: `verdict` (its word: `clean`, `remaining`, ...) and
+    /// `clean` (nothing matching remains, nothing ambiguous) in JSON, both from this one value.
+    #[serde(flatten, serialize_with = "super::verdict::verdict_and_clean")]
     pub verdict: Verdict,
-    /// Nothing matching remains and nothing ambiguous (the verdict is `clean`).
-    pub clean: bool,
     /// Wall time of the run.
     pub duration_ms: u64,
 }
@@ -235,7 +235,6 @@ impl RunReport {
         };
         let v = Verdict::of(&facts);
         self.summary.verdict = v;
-        self.summary.clean = v.clean();
         self.summary.interrupted = self.end == End::Interrupted;
         self.error_kind = self.error.as_ref().map(Error::kind);
         self.verdict_reason = self.explain();
@@ -558,7 +557,6 @@ impl<'a, K: Kernel, C: Clock, J: Classifier> Run<'a, K, C, J> {
             verified: verified && !dry_run,
             interrupted: false,
             verdict: Verdict::Failed { done: false },
-            clean: false,
             duration_ms: self.clock.now().as_millis() as u64,
         };
         for e in self.ledger.iter() {

@@ -400,7 +400,7 @@ fn the_deadline_says_what_kept_appearing() {
     let r = r.unwrap();
     assert_eq!(r.end, End::Deadline);
     assert_ne!(r.verdict().exit_code(), 0);
-    assert!(!r.summary.clean);
+    assert!(!r.summary.verdict.clean());
     let why = r.verdict_reason.clone().unwrap();
     assert!(why.contains("deadline") && why.contains("appeared after the first destroy"), "{why}");
     assert!(r.summary.appeared_after_first_destroy >= 8, "{r:?}");
@@ -601,7 +601,7 @@ fn ambiguous_sockets_keep_the_run_from_clean() {
     let (r, ops) = lab.run(haproxy_policy());
     let r = r.unwrap();
     assert_eq!(r.verdict(), Verdict::Ambiguous);
-    assert!(!r.summary.clean);
+    assert!(!r.summary.verdict.clean());
     assert_eq!(r.summary.remaining, Some(0));
     assert_eq!(r.summary.ambiguous, 1);
     assert!(ops.iter().all(|o| !matches!(o, Op::Destroy { cookies, .. } if cookies.contains(&2))));
