@@ -185,3 +185,88 @@ fn write_stdout(f: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sockkill::check::CheckReport;
+    use sockkill::engine::{End, Ledger, RunReport, Summary};
+    use sockkill::{Error, Filter, KillReport};
+
+    fn kill(verdict: Verdict) -> Ran {
+        let summary = Summary {
+            matched: 0,
+            new_during_kill: 0,
+            appeared_after_first_destroy: 0,
+            destroyed: 0,
+            already_gone: 0,
+            not_found: 0,
+            failed: 0,
+            unacknowledged: 0,
+            remaining: Some(0),
+            remaining_original: Some(0),
+            remaining_new: Some(0),
+            ambiguous: 0,
+            passes: 0,
+            verified: true,
+            interrupted: false,
+            verdict,
+            duration_ms: 0,
+        };
+        let report = RunReport {
+            dry_run: false,
+            sockets: Ledger::default(),
+            remaining: Some(Vec::new()),
+            other_server: Vec::new(),
+            ambiguous: Vec::new(),
+            summary,
+            end: End::Quiet,
+            verdict_reason: None,
+            last_seen_ms: None,
+            error: None,
+            error_kind: None,
+            doubt: None,
+        };
+        let report = Box::new(KillReport { report, processes_exited: Vec::new() });
+        Ran::Kill { netns: None, filter: Filter::default(), report }
+    }
+
+    /// The one exit-code function over every outcome shape: a run's verdict
+    /// decides it; what ran no verdict for exits 0, a failed check or a
+    /// command that failed first 2; and a late failure of a record turns a
+    /// run into `failed`, keeping whether it did anything.
+    #[test]
+    fn every_outcome_has_one_exit_code() {
+        let verdicts = [
+            Verdict::Clean,
+            Verdict::Unverified,
+            Verdict::Remaining,
+            Verdict::Unsettled,
+            Verdict::Ambiguous,
+            Verdict::Interrupted { done: true },
+            Verdict::Interrupted { done: false },
+            Verdict::Failed { done: true },
+            Verdict::Failed { done: false },
+        ];
+        for v in verdicts {
+            let mut ran = kill(v);
+            assert_eq!(exit_code(&ran), v.exit_code(), "{v:?}");
+            let late = Late { text: "writing output: no space".into(), kind: "output" };
+            degrade(&mut ran, &late);
+            let (after, _) = verdict_of(&ran).unwrap_or((Verdict::Clean, false));
+            assert!(matches!(after, Verdict::Failed { .. }), "{v:?} -> {after:?}");
+            assert_ne!(exit_code(&ran), 0, "{v:?}: a report that could not be delivered is no success");
+        }
+        let check = |ok| Ran::Check(CheckReport { netns: String::new(), cap_net_admin: true, steps: Vec::new(), ok });
+        assert_eq!(exit_code(&check(true)), 0);
+        assert_eq!(exit_code(&check(false)), 2);
+        assert_eq!(exit_code(&Ran::Text(Vec::new())), 0);
+        assert_eq!(exit_code(&Ran::Written(Vec::new())), 0);
+        assert_eq!(
+            exit_code(&Ran::List { netns: None, filter: Filter::default(), sockets: Vec::new(), duration_ms: 0 }),
+            0
+        );
+        assert_eq!(exit_code(&Ran::Failed(Error::NoPermission)), 2);
+        assert_eq!(exit_code(&Ran::Failed(Error::Interrupted(" (test)"))), 2);
+    }
+}
