@@ -118,7 +118,7 @@ impl OwnerClassifier {
 impl Classifier for OwnerClassifier {
     fn classify(&mut self, sockets: &mut [TcpSocket]) -> Result<Vec<Class>> {
         if let Some(h) = &mut self.holders {
-            h.refresh_for(sockets)?;
+            h.refresh_for(sockets.iter())?;
             return Ok(sockets
                 .iter_mut()
                 .map(|s| match h.owners(s) {

@@ -36,6 +36,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
+use common::connect_from;
 use common::haproxy::*;
 use common::*;
 use serde_json::Value;
@@ -157,6 +158,16 @@ fn assert_clean_only_if_true(h: &Haproxy, (rc, doc, err): &RunOut, old: &str, sr
     } else {
         assert_unclean_with_reason(doc);
     }
+}
+
+/// One line through HAProxy: the tag of the server that answered ("" when the connection ended).
+fn ask(c: &mut TcpStream) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = c.write_all(b"who\n");
+    let mut line = String::new();
+    let _ = BufReader::new(c).read_line(&mut line);
+    line.trim().to_string()
 }
 
 /// An exit 1 says so honestly: not clean, and why.
@@ -306,10 +317,25 @@ fn port_zero_server() {
             connect_n("127.0.0.10:9005", 6).into_iter().partition(|c| c.server == "h1");
         assert_eq!((h1.len(), s2.len()), (3, 3), "roundrobin over h1 and s2");
 
+        // Clients of HAProxy on h1's own host: HAProxy's side of their
+        // connections has h1's address as its peer, at a port-0 server's "any
+        // port"; those served by s2 are no connection of h1's and must stay.
+        let mut from_h1_host: Vec<(TcpStream, String)> = (0..2)
+            .map(|_| {
+                let mut c = connect_from("127.0.0.21:0".parse().unwrap(), "127.0.0.10:9005".parse().unwrap()).unwrap();
+                let tag = ask(&mut c);
+                (c, tag)
+            })
+            .collect();
+        assert!(from_h1_host.iter().any(|(_, tag)| tag == "s2"), "roundrobin sends one of them to s2");
+
         let (rc, doc, err) = run(&h, "port-0 server", &["--server", "be/h1"]);
         assert_eq!(rc, 0, "{err}\n{doc}");
         assert_all_end(&mut h1, Duration::from_secs(10), "an h1 client to see its connection end");
         assert_all_answer(&mut s2, "s2", "an s2 session");
+        for (c, _) in from_h1_host.iter_mut().filter(|(_, tag)| tag == "s2") {
+            assert_eq!(ask(c), "s2", "a client on h1's host, served by s2, lost its connection: {doc}");
+        }
         assert_none_for(Duration::from_secs(2), AT, &h);
     });
 }

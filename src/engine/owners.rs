@@ -88,9 +88,12 @@ impl Holders {
 
     /// Makes sure every socket in `sockets` with an inode is known: reads the
     /// fd tables again only when one is not. Returns whether it read them.
-    pub fn refresh_for(&mut self, sockets: &[TcpSocket]) -> Result<bool> {
+    pub fn refresh_for<'a, I>(&mut self, sockets: I) -> Result<bool>
+    where
+        I: IntoIterator<Item = &'a TcpSocket> + Clone,
+    {
         let unknown = |i: &u32| *i != 0 && !self.held.contains_key(i) && !self.not_held.contains(i);
-        if !sockets.iter().any(|s| unknown(&s.inode)) {
+        if !sockets.clone().into_iter().any(|s| unknown(&s.inode)) {
             return Ok(false);
         }
         debug!("a socket with an unknown inode: reading the processes' fd tables");

@@ -141,6 +141,17 @@ pub enum Unavailable {
     },
 }
 
+impl Unavailable {
+    /// Our pid of the process whose table it is.
+    pub fn pid(&self) -> u32 {
+        match self {
+            Unavailable::NoMasterCli { pid } | Unavailable::Refused { pid, .. } | Unavailable::NoAnswer { pid, .. } => {
+                *pid
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for Unavailable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
