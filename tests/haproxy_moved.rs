@@ -162,12 +162,9 @@ fn assert_clean_only_if_true(h: &Haproxy, (rc, doc, err): &RunOut, old: &str, sr
 
 /// One line through HAProxy: the tag of the server that answered ("" when the connection ended).
 fn ask(c: &mut TcpStream) -> String {
-    use std::io::{BufRead, BufReader, Write};
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = c.write_all(b"who\n");
-    let mut line = String::new();
-    let _ = BufReader::new(c).read_line(&mut line);
-    line.trim().to_string()
+    let mut reader = std::io::BufReader::new(c.try_clone().unwrap());
+    who(c, &mut reader).unwrap_or_default()
 }
 
 /// An exit 1 says so honestly: not clean, and why.

@@ -104,18 +104,24 @@ impl Client {
     }
 
     pub fn ask(&mut self) -> std::io::Result<String> {
-        writeln!(self.stream, "who")?;
-        let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
-        }
-        Ok(line.trim().to_string())
+        who(&mut self.stream, &mut self.reader)
     }
 
     /// True once HAProxy ended this client's connection (EOF or reset).
     pub fn ended(&mut self) -> bool {
         peer_ended(&self.stream, &mut self.reader)
     }
+}
+
+/// Asks "who" on a connection through HAProxy; the tag of the server that
+/// answered (every lab server answers each line with its tag).
+pub fn who(stream: &mut TcpStream, reader: &mut impl BufRead) -> std::io::Result<String> {
+    writeln!(stream, "who")?;
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+    }
+    Ok(line.trim().to_string())
 }
 
 /// True once the other end ended the connection (EOF or reset), looking for

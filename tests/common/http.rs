@@ -193,12 +193,7 @@ impl Http {
     }
 
     pub fn tunnel_ask(&mut self) -> std::io::Result<String> {
-        writeln!(self.stream, "who")?;
-        let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
-        }
-        Ok(line.trim().to_string())
+        who(&mut self.stream, &mut self.reader)
     }
 
     /// True once HAProxy ended this connection (EOF or reset).
