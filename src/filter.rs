@@ -70,7 +70,8 @@ impl StateSet {
     }
 
     /// Parses one `--state` value with `ss`'s names (`established`, `syn-sent`, ...,
-    /// `listening`) and groups (`all`, `connected`, `synchronized`).
+    /// `listening`) and groups (`all`, `connected`, `synchronized`, `bucket`, `big`),
+    /// as iproute2's `scan_state` defines them.
     pub fn parse_name(name: &str) -> Result<StateSet> {
         use TcpState::*;
         let one = |s: &[TcpState]| s.iter().fold(StateSet::EMPTY, |acc, s| acc.with(*s));
@@ -79,7 +80,7 @@ impl StateSet {
             "all" => StateSet::ALL,
             "established" | "estab" => one(&[Established]),
             "syn-sent" => one(&[SynSent]),
-            "syn-recv" => one(&[SynRecv, NewSynRecv]),
+            "syn-recv" | "syn-rcv" => one(&[SynRecv, NewSynRecv]),
             "fin-wait-1" => one(&[FinWait1]),
             "fin-wait-2" => one(&[FinWait2]),
             "time-wait" => one(&[TimeWait]),
@@ -90,11 +91,17 @@ impl StateSet {
             "closing" => one(&[Closing]),
             // ss: every state but LISTEN and CLOSED ...
             "connected" => without(&[Listen, Close]),
-            // ... and of those, not SYN-SENT / SYN-RECV
-            "synchronized" => without(&[Listen, Close, SynSent, SynRecv, NewSynRecv]),
+            // ... and of those, not SYN-SENT (SYN-RECV stays: the peer's SYN was answered)
+            "synchronized" => without(&[Listen, Close, SynSent]),
+            // ss: the minisockets, SYN-RECV (request sockets) and TIME-WAIT ...
+            "bucket" => one(&[SynRecv, NewSynRecv, TimeWait]),
+            // ... and every other state. ss's own mask keeps the kernel-only NEW_SYN_RECV
+            // bit, so ss's `big` still returns request sockets; here `big` is exactly
+            // the complement of `bucket`.
+            "big" => without(&[SynRecv, NewSynRecv, TimeWait]),
             _ => {
                 return Err(Error::InvalidFilter(format!(
-                    "unknown TCP state {name:?} (expected one of: all, connected, synchronized, established, syn-sent, syn-recv, fin-wait-1, fin-wait-2, time-wait, closed, close-wait, last-ack, listening, closing)"
+                    "unknown TCP state {name:?} (expected one of: all, connected, synchronized, bucket, big, established, syn-sent, syn-recv, fin-wait-1, fin-wait-2, time-wait, closed, close-wait, last-ack, listening, closing)"
                 )))
             }
         };
@@ -567,8 +574,18 @@ mod tests {
         assert_eq!(names.iter().filter(|n| **n == "SYN-RECV").count(), 1, "{names:?}");
         assert_eq!(names.len(), 11);
         assert_eq!(StateSet::ALL.flag_names(), vec!["all"]);
+        // ss's groups (iproute2 scan_state): synchronized keeps SYN-RECV, drops SYN-SENT.
+        let sync = StateSet::parse_name("synchronized").unwrap();
+        assert!(sync.contains(TcpState::SynRecv) && sync.contains(TcpState::NewSynRecv));
+        assert!(!sync.contains(TcpState::SynSent) && !sync.contains(TcpState::Listen));
+        assert!(!sync.contains(TcpState::Close) && sync.contains(TcpState::TimeWait));
+        let bucket = StateSet::parse_name("bucket").unwrap();
+        assert_eq!(bucket.names(), vec!["SYN-RECV", "TIME-WAIT"]);
+        let big = StateSet::parse_name("big").unwrap();
+        assert_eq!(big.union(bucket), StateSet::ALL);
+        assert!(!big.contains(TcpState::SynRecv) && !big.contains(TcpState::NewSynRecv));
         // Every set's flag names select it again.
-        for set in [StateSet::DEFAULT, s, StateSet::parse_name("syn-recv").unwrap()] {
+        for set in [StateSet::DEFAULT, s, StateSet::parse_name("syn-recv").unwrap(), sync, bucket, big] {
             assert_eq!(StateSet::parse_names(&set.flag_names()).unwrap(), set);
         }
     }

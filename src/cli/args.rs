@@ -110,8 +110,8 @@ pub struct FilterArgs {
     /// Local port or range LO-HI; repeatable (OR).
     #[arg(long, value_name = "PORT", value_parser = port_range)]
     pub sport: Vec<PortRange>,
-    /// TCP state as ss names it (established, syn-sent, ..., listening, all, connected);
-    /// repeatable. Default: every state except listening and time-wait.
+    /// TCP state as ss names it (established, syn-sent, ..., listening) or one of ss's
+    /// groups (all, connected, synchronized, bucket, big); repeatable. Default: every state except listening and time-wait.
     #[arg(long = "state", value_name = "STATE", value_parser = state)]
     pub states: Vec<StateSet>,
     /// IPv4 only, by local address (including IPv4-mapped IPv6 sockets).
