@@ -36,7 +36,7 @@ run() {
   local name=$1 bin=$2
   echo "== HAProxy $name ($("$bin" -v | head -n1 | awk '{print $3}'))" >&2
   if ! SOCKKILL_HAPROXY=$bin SOCKKILL_MATRIX_LOG="$logs/$name.jsonl" \
-      cargo test --release --quiet --test haproxy_e2e --test haproxy_http --test haproxy_moved -- --test-threads=1 >"$logs/$name.out" 2>&1; then
+      cargo test --release --quiet --test haproxy_e2e --test haproxy_http --test haproxy_moved --test haproxy_lingering -- --test-threads=1 >"$logs/$name.out" 2>&1; then
     failed+=("$name")
     tail -n 60 "$logs/$name.out" >&2
   fi

@@ -287,8 +287,8 @@ pub enum HaproxyError {
         why: String,
     },
 
-    /// Neither `--server` nor `--addr`.
-    #[error("give --server BACKEND/SERVER or --addr IP:PORT")]
+    /// Neither `--server`, `--addr` nor `--lingering`.
+    #[error("give --server BACKEND/SERVER, --addr IP:PORT or --lingering")]
     NoTarget,
 
     /// `--server`: no such backend.

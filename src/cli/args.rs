@@ -177,7 +177,7 @@ pub struct KillArgs {
 
 /// Options of `sockkill haproxy`.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("target").required(true).multiple(true).args(["server", "addr"])))]
+#[command(group(ArgGroup::new("target").required(true).multiple(true).args(["server", "addr", "lingering"])))]
 #[command(next_help_heading = "HAProxy")]
 pub struct HaproxyArgs {
     /// HAProxy's stats socket (runtime API, `level admin`): a unix socket PATH or HOST:PORT.
@@ -190,6 +190,16 @@ pub struct HaproxyArgs {
     /// the current configuration no longer has there (e.g. removed by a reload).
     #[arg(long, value_name = "IP:PORT", value_parser = server_addr)]
     pub addr: Option<SocketAddr>,
+    /// Find what lingers without being told which server: every backend
+    /// connection any HAProxy process (old workers too, through the master CLI)
+    /// holds whose server HAProxy's tables name and the current configuration
+    /// no longer has (gone), or has at another address (moved); servers in
+    /// maintenance are reported (maint). With --dry-run: the detector.
+    #[arg(long, conflicts_with_all = ["server", "addr", "no_shutdown"])]
+    pub lingering: bool,
+    /// With --lingering: also end the connections of servers in maintenance.
+    #[arg(long, requires = "lingering")]
+    pub include_maint: bool,
     /// The master CLI socket (`haproxy -W -S ...`), to ask old workers; found in
     /// the master's command line when not given.
     #[arg(long, value_name = "PATH|HOST:PORT")]
@@ -209,7 +219,8 @@ pub struct HaproxyArgs {
 
     /// How long HAProxy gets to close the sessions itself before anything is
     /// destroyed (at most 1h). Default 2s when commands are sent to HAProxy
-    /// (--server); none when nothing is (--addr alone, --no-shutdown).
+    /// (--server); none when nothing is (--addr alone, --no-shutdown,
+    /// --lingering: there, how long old workers may still finish by themselves).
     #[arg(long, value_name = "DURATION", value_parser = duration, help_heading = "Timing")]
     pub grace: Option<Duration>,
     /// Clean only once nothing was destroyed, and no matching socket seen, for

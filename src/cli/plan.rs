@@ -153,6 +153,8 @@ fn haproxy_plan(a: HaproxyArgs) -> Result<Plan> {
         master_socket: a.master_socket,
         server: a.server,
         addr: a.addr,
+        lingering: a.lingering,
+        include_maint: a.include_maint,
         pids: a.pid,
         netns: a.netns,
         no_shutdown: a.no_shutdown,

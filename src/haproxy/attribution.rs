@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::api::Api;
 use super::discovery::Worker;
-use super::parse::{self, FdConn, Stream};
+use super::parse::{self, FdConn, ServerState, Stream};
 use crate::error::{Error, Result};
 
 /// Up to this many unattributed connections in a process are asked about one
@@ -228,6 +228,16 @@ impl Attributor {
             }
         }
         Ok(self.ask(pid, "show sess", "show sess")?.map(|t| parse::parse_sess(&t)))
+    }
+
+    /// `pid`'s own configuration (`show servers state`): an old worker's
+    /// is the one it was started with.
+    pub fn servers_state(&mut self, pid: u32) -> Result<std::result::Result<Vec<ServerState>, Unavailable>> {
+        Ok(match self.ask(pid, "show servers state", "show servers state")? {
+            Ok(text) => parse::parse_servers_state(&text)
+                .map_err(|e| Unavailable::NoAnswer { pid, command: "show servers state", why: e.to_string() }),
+            Err(why) => Err(why),
+        })
     }
 
     /// `pid`'s whole connection table (server-side connections only, where

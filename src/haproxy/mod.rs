@@ -32,6 +32,10 @@ crate::internal! {
     /// Where a server's connections are: the places a run watches.
     mod places;
 }
+crate::internal! {
+    /// The lingering sweep: what is gone, moved or in maintenance.
+    mod lingering;
+}
 mod options;
 mod report;
 mod run;
@@ -39,8 +43,9 @@ mod wait;
 
 pub use attribution::{TableRead, Tables};
 pub use discovery::Worker;
+pub use lingering::{Lingering, Lingers};
 pub use options::{Options, DEFAULT_DEADLINE, DEFAULT_GRACE};
 pub use parse::WaitAnswer;
-pub use report::{HaproxySummary, Report};
+pub use report::{HaproxySummary, LingeringReport, Report};
 pub use run::{run, Plan};
 pub use target::Closed;

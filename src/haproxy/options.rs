@@ -27,6 +27,12 @@ pub struct Options {
     pub server: Option<(String, String)>,
     /// The server's address, when given explicitly.
     pub addr: Option<SocketAddr>,
+    /// `--lingering`: no server named; every backend connection any process
+    /// holds whose server is gone from the current configuration or moved
+    /// to another address (see `sockkill haproxy --help`).
+    pub lingering: bool,
+    /// With `lingering`: also end the connections of servers in maintenance.
+    pub include_maint: bool,
     /// HAProxy processes to act for, instead of discovering them.
     pub pids: Vec<u32>,
     /// The processes' network namespace, instead of theirs from /proc.
@@ -67,6 +73,8 @@ impl Options {
             master_socket: None,
             server: None,
             addr: None,
+            lingering: false,
+            include_maint: false,
             pids: Vec::new(),
             netns: None,
             no_shutdown: false,
@@ -96,8 +104,15 @@ impl Options {
     /// The loop's policy from these options, checked once. Errors when no
     /// server is named, or the deadline leaves no room to ever be judged clean.
     pub fn policy(&self) -> Result<Policy> {
-        if self.server.is_none() && self.addr.is_none() {
+        let chosen = [self.server.is_some() || self.addr.is_some(), self.lingering].iter().filter(|c| **c).count();
+        if chosen == 0 {
             return Err(HaproxyError::NoTarget.into());
+        }
+        if chosen > 1 {
+            return Err(Error::Usage("--lingering finds its servers itself: it takes no --server or --addr".into()));
+        }
+        if self.include_maint && !self.lingering {
+            return Err(Error::Usage("--include-maint is a --lingering option".into()));
         }
         if self.poll.is_zero() || self.api_timeout.is_zero() || self.window.is_some_and(|w| w.is_zero()) {
             return Err(Error::Usage(

@@ -3,7 +3,7 @@
 //! position. Tested against answers captured from HAProxy 2.4, 2.6, 2.8, 3.0,
 //! 3.1 and 3.2 (`tests/fixtures/haproxy/`).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::error::{HaproxyError, Result};
 
@@ -17,7 +17,7 @@ pub struct Info {
 }
 
 /// One line of `show servers state`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ServerState {
     /// The backend's name.
     pub backend: String,
@@ -27,7 +27,15 @@ pub struct ServerState {
     pub addr: Option<IpAddr>,
     /// 0 means "the client's destination port".
     pub port: u16,
+    /// In maintenance (`srv_admin_state` & `SRV_ADMF_MAINT`: forced, inherited, or
+    /// for a failed resolution).
+    pub maint: bool,
+    /// Where its health checks and agent checks go when not to its own address
+    /// (`srv_check_addr`/`srv_check_port`, `srv_agent_addr`/`srv_agent_port`):
+    /// connections there are checks, never lingering sessions.
+    pub checks: Vec<SocketAddr>,
 }
+
 
 /// The columns of a `show stat` row that sockkill reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,6 +208,10 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>> {
     let names: Vec<&str> = header.split_whitespace().collect();
     let col = |name: &str| names.iter().position(|n| *n == name).ok_or_else(|| bad(&format!("no {name} field")));
     let (be, srv, addr, port) = (col("be_name")?, col("srv_name")?, col("srv_addr")?, col("srv_port")?);
+    // Optional columns (older versions lack some).
+    let opt = |name: &str| names.iter().position(|n| *n == name);
+    let admin = opt("srv_admin_state");
+    let checks = [("srv_check_addr", "srv_check_port"), ("srv_agent_addr", "srv_agent_port")].map(|(a, p)| (opt(a), opt(p)));
     let mut out = Vec::new();
     for line in lines {
         // Later backends of an unfiltered dump repeat the header.
@@ -208,11 +220,25 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>> {
         }
         let f: Vec<&str> = line.split_whitespace().collect();
         let get = |i: usize| f.get(i).copied().ok_or_else(|| bad(&format!("short line {line:?}")));
+        let addr: Option<IpAddr> = get(addr)?.parse().ok();
+        let port: u16 = get(port)?.parse().map_err(|_| bad(&format!("bad srv_port in {line:?}")))?;
+        let field = |i: Option<usize>| i.and_then(|i| f.get(i).copied());
+        // A check with no address of its own goes to the server's; port 0: the server's port.
+        let checks = checks
+            .iter()
+            .filter_map(|(a, p)| {
+                let ip = field(*a).and_then(|v| v.parse::<IpAddr>().ok()).filter(|ip| !ip.is_unspecified()).or(addr)?;
+                let port = field(*p).and_then(|v| v.parse::<u16>().ok()).filter(|p| *p != 0)?;
+                Some(SocketAddr::new(ip, port))
+            })
+            .collect();
         out.push(ServerState {
             backend: get(be)?.to_string(),
             name: get(srv)?.to_string(),
-            addr: get(addr)?.parse().ok(),
-            port: get(port)?.parse().map_err(|_| bad(&format!("bad srv_port in {line:?}")))?,
+            addr,
+            port,
+            maint: field(admin).and_then(|v| v.parse::<u32>().ok()).is_some_and(|a| a & 0x23 != 0),
+            checks,
         });
     }
     Ok(out)
@@ -502,6 +528,17 @@ mod tests {
         let swapped = "1\n# srv_port be_name srv_name srv_addr\n80 web a 10.0.0.1\n";
         let s = parse_servers_state(swapped).unwrap();
         assert_eq!((s[0].port, s[0].addr), (80, Some("10.0.0.1".parse().unwrap())));
+        // Maintenance (srv_admin_state & 0x23) and check/agent addresses.
+        let header = "1\n# be_name srv_name srv_addr srv_admin_state srv_port srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n";
+        let s = parse_servers_state(&format!(
+            "{header}be a 10.0.0.1 1 80 8080 - 10.0.0.9 5555\nbe b 10.0.0.2 8 80 0 - - 0\nbe c 10.0.0.3 32 80 81 10.0.0.7 - 0\n"
+        ))
+        .unwrap();
+        assert!(s[0].maint && !s[1].maint && s[2].maint, "{s:?}");
+        let sa = |x: &str| x.parse::<SocketAddr>().unwrap();
+        assert_eq!(s[0].checks, vec![sa("10.0.0.1:8080"), sa("10.0.0.9:5555")]);
+        assert!(s[1].checks.is_empty());
+        assert_eq!(s[2].checks, vec![sa("10.0.0.7:81")]);
         assert!(parse_servers_state("Can't find backend.\n").is_err());
         assert!(parse_servers_state("1\n# be_name srv_name\n").is_err());
         assert!(parse_servers_state("1\n# be_name srv_name srv_addr srv_port\nbe s1\n").is_err());

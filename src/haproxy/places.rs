@@ -177,6 +177,11 @@ impl<'a> PlacesKernel<'a> {
 
 impl Kernel for PlacesKernel<'_> {
     fn collect(&mut self) -> Result<Vec<TcpSocket>> {
+        // No place (a sweep that found nothing): nothing to look at, and no
+        // catch-all query either.
+        if self.places.borrow().is_empty() {
+            return Ok(Vec::new());
+        }
         if *self.places.borrow() != self.built {
             self.built = self.places.borrow().clone();
             self.query = Query::new(self.built.filter())?;
@@ -205,7 +210,7 @@ mod tests {
     use super::*;
 
     fn server(addr: &str, port: u16) -> ServerState {
-        ServerState { backend: "be".into(), name: "h1".into(), addr: addr.parse().ok(), port }
+        ServerState { backend: "be".into(), name: "h1".into(), addr: addr.parse().ok(), port, ..Default::default() }
     }
 
     fn sa(s: &str) -> SocketAddr {

@@ -10,6 +10,7 @@ use tracing::warn;
 use super::api::Api;
 use super::attribution::Tables;
 use super::discovery::{Topology, Worker};
+use super::lingering::{Lingering, Sweep};
 use super::options::Options;
 use super::parse::{self, WaitAnswer};
 use super::places::Places;
@@ -19,6 +20,7 @@ use crate::cancel::Cancel;
 use crate::engine::run::{Clock, WallClock};
 use crate::engine::{Ledger, RunReport, Spared, Summary, Verdict};
 use crate::socket::TcpSocket;
+use crate::Outcome;
 
 /// Counts of a [`Report`].
 #[derive(Debug, Clone, Serialize)]
@@ -66,8 +68,16 @@ pub struct Report {
     /// `backend/server`, when named.
     pub server: Option<String>,
     /// The server's address: `--addr`, else the one `show servers state`
-    /// prints (port 0: the client's port; a port offset prints unmarked).
-    pub server_addr: SocketAddr,
+    /// prints (port 0: the client's port; a port offset prints unmarked);
+    /// `null` for the lingering sweep.
+    pub server_addr: Option<SocketAddr>,
+    /// `--lingering`: what lingered when the sweep looked, per class, server and address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lingering: Option<Vec<LingeringReport>>,
+    /// `--lingering`: processes whose tables or configuration could not be
+    /// read (their connections were not judged), and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_asked: Vec<String>,
     /// Every place the run looked at: `server_addr`, the named server's
     /// configured address, and wherever HAProxy's tables named a connection
     /// of the server (a previous address, a mapped port); `*`: any port.
@@ -154,7 +164,8 @@ impl Report {
 pub(super) struct Learnt {
     pub version: String,
     pub topo: Topology,
-    pub server_addr: SocketAddr,
+    pub server_addr: Option<SocketAddr>,
+    pub sweep: Option<Sweep>,
     pub places: Places,
     pub commands_sent: Vec<String>,
     pub unconfirmed: Vec<String>,
@@ -176,6 +187,10 @@ pub(super) fn report(opts: &Options, mut enf: RunReport, classifier: &mut Haprox
     let abandoned = opts.cancel.as_ref().is_some_and(Cancel::is_abandoned);
     let scur = if abandoned { None } else { scur(classifier.api(), opts) };
     let remaining = enf.remaining.take().unwrap_or_default();
+    let (lingering, not_asked) = match l.sweep.take() {
+        Some(sw) => (Some(lingering_report(sw.lingering, &enf.sockets, &remaining)), sw.unasked),
+        None => (None, Vec::new()),
+    };
     let summary = HaproxySummary {
         initial: l.initial,
         closed_by_haproxy: classifier.closed.len(),
@@ -206,6 +221,8 @@ pub(super) fn report(opts: &Options, mut enf: RunReport, classifier: &mut Haprox
         master_cli: l.topo.master_cli.map(|c| c.to_string()),
         server: opts.server.as_ref().map(|(b, s)| format!("{b}/{s}")),
         server_addr: l.server_addr,
+        lingering,
+        not_asked,
         places: l.places,
         commands_sent: l.commands_sent,
         commands_unconfirmed: l.unconfirmed,
@@ -234,6 +251,34 @@ pub(super) fn report(opts: &Options, mut enf: RunReport, classifier: &mut Haprox
         summary,
         engine: enf.summary,
     }
+}
+
+/// One class/server/address of the sweep, and what became of its connections.
+#[derive(Debug, Clone, Serialize)]
+pub struct LingeringReport {
+    /// What the sweep found.
+    #[serde(flatten)]
+    pub found: Lingering,
+    /// Of the run's destroyed sockets, those to this address.
+    pub destroyed: usize,
+    /// Of the run's remaining targets, those to this address.
+    pub remaining: usize,
+}
+
+fn lingering_report(found: Vec<Lingering>, ledger: &Ledger, remaining: &[TcpSocket]) -> Vec<LingeringReport> {
+    found
+        .into_iter()
+        .map(|found| {
+            let at = |s: &TcpSocket| s.peer() == found.address;
+            let destroyed = if found.enforced {
+                ledger.iter().filter(|e| e.outcome == Outcome::Destroyed && at(e.socket)).count()
+            } else {
+                0
+            };
+            let remaining = if found.enforced { remaining.iter().filter(|s| at(s)).count() } else { 0 };
+            LingeringReport { found, destroyed, remaining }
+        })
+        .collect()
 }
 
 fn scur(api: &Api, opts: &Options) -> Option<u64> {

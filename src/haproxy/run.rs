@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::api::{Api, Endpoint};
 use super::discovery::{self, Topology};
+use super::lingering::Sweep;
 use super::options::Options;
 use super::parse::{self, Info, ServerState};
 use super::places::{self, Place, Places, PlacesKernel};
@@ -78,7 +79,7 @@ struct Found {
     api: Api,
     info: Info,
     config: Vec<ServerState>,
-    server_addr: SocketAddr,
+    server_addr: Option<SocketAddr>,
     topo: Topology,
     ns: Option<Netns>,
 }
@@ -135,23 +136,31 @@ fn classifier(
         None => Target::Gone,
     };
     let watched = Rc::new(RefCell::new(Places::default()));
-    watched.borrow_mut().add(Place::of(server_addr));
+    if let Some(a) = server_addr {
+        watched.borrow_mut().add(Place::of(a));
+    }
     let rule = Rule::new(target, config, listening);
     if let Some(ip) = rule.named_server().and_then(|s| s.addr.map(|ip| SocketAddr::new(ip, s.port))) {
         watched.borrow_mut().add(Place::of(ip));
     }
     let own = Engine::open(ns.as_ref())?;
     let mut classifier = HaproxyClassifier::new(rule, watched.clone(), holders, own, &topo, &info.version, api, master);
-    let located = classifier.locate()?;
-    info!(places = ?located, "the server's connections by HAProxy's tables");
-    Ok((classifier, watched, Learnt0 { version: info.version, topo, server_addr }))
+    let sweep = if opts.lingering {
+        Some(classifier.sweep(opts.include_maint)?)
+    } else {
+        let located = classifier.locate()?;
+        info!(places = ?located, "the server's connections by HAProxy's tables");
+        None
+    };
+    Ok((classifier, watched, Learnt0 { version: info.version, topo, server_addr, sweep }))
 }
 
 /// What the report needs of discovery.
 struct Learnt0 {
     version: String,
     topo: Topology,
-    server_addr: SocketAddr,
+    server_addr: Option<SocketAddr>,
+    sweep: Option<Sweep>,
 }
 
 /// What HAProxy was sent.
@@ -238,6 +247,7 @@ pub(super) fn execute(opts: &Options, policy: Policy) -> Result<Report> {
         version: known.version,
         topo: known.topo,
         server_addr: known.server_addr,
+        sweep: known.sweep,
         places,
         commands_sent: sent.commands,
         unconfirmed: sent.unconfirmed,
@@ -258,10 +268,14 @@ fn servers_state(api: &Api) -> Result<Vec<ServerState>> {
     parse::parse_servers_state(&answer)
 }
 
-/// The server's address: `--addr`, else the named server's in `show servers state`.
-fn resolve_addr(config: &[ServerState], opts: &Options) -> Result<SocketAddr> {
+/// The server's address: `--addr`, else the named server's in `show servers
+/// state`; none for the lingering sweep (it finds its places).
+fn resolve_addr(config: &[ServerState], opts: &Options) -> Result<Option<SocketAddr>> {
+    if opts.lingering {
+        return Ok(None);
+    }
     let Some((b, s)) = &opts.server else {
-        return opts.addr.ok_or_else(|| HaproxyError::NoTarget.into());
+        return opts.addr.map(Some).ok_or_else(|| HaproxyError::NoTarget.into());
     };
     if !config.iter().any(|st| &st.backend == b) {
         return Err(HaproxyError::NoBackend { backend: b.clone() }.into());
@@ -276,11 +290,11 @@ fn resolve_addr(config: &[ServerState], opts: &Options) -> Result<SocketAddr> {
             if given != named {
                 warn!(%given, %named, "--addr differs from HAProxy's address for the server; filtering on --addr");
             }
-            Ok(given)
+            Ok(Some(given))
         }
-        (Some(given), None) => Ok(given),
+        (Some(given), None) => Ok(Some(given)),
         // Port 0 (the client's port) and port offsets are understood by the places.
-        (None, Some(named)) => Ok(named),
+        (None, Some(named)) => Ok(Some(named)),
         (None, None) => {
             Err(HaproxyError::NoAddress { backend: b.clone(), server: s.clone(), why: "has no address in HAProxy" }
                 .into())

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use super::api::Api;
 use super::attribution::{Attributor, Candidate, Source, Tables, Unavailable};
 use super::discovery::Topology;
+use super::lingering::{self, Lingers, Sweep};
 use super::parse::{self, ServerState, Stream};
 use super::places::{self, At, Place, Places};
 use crate::engine::owners::Holders;
@@ -81,17 +82,34 @@ pub struct Rule {
     config: Vec<ServerState>,
     /// The ports HAProxy's processes listen on.
     listening: Vec<u16>,
+    /// The lingering sweep: every server some process's configuration lists;
+    /// a table naming anything else names no server (peers, a ring).
+    known: Option<HashSet<(String, String)>>,
+    /// The lingering sweep with `--include-maint`: servers in maintenance
+    /// whose connections are targets wherever they are.
+    maint: Vec<(String, String)>,
 }
 
 impl Rule {
     /// The rule for `target` under the current worker's `config`.
     pub fn new(target: Target, config: Vec<ServerState>, listening: Vec<u16>) -> Rule {
-        Rule { target, config, listening }
+        Rule { target, config, listening, known: None, maint: Vec::new() }
     }
 
-    /// The current worker's servers at `peer`, surely or maybe (a port offset).
+    /// The rule of the lingering sweep ([`super::lingering`]): `known` servers,
+    /// and the servers in maintenance whose connections are targets too.
+    pub fn sweeping(&mut self, known: HashSet<(String, String)>, maint: Vec<(String, String)>) {
+        self.known = Some(known);
+        self.maint = maint;
+    }
+
+    /// The current worker's servers at `peer`, surely or maybe (a port
+    /// offset); a server whose check or agent goes there is there too.
     fn configured_at(&self, peer: SocketAddr) -> impl Iterator<Item = (&ServerState, At)> {
-        self.config.iter().filter_map(move |s| places::server_at(s, peer, &self.listening).map(|at| (s, at)))
+        self.config.iter().filter_map(move |s| {
+            let at = places::server_at(s, peer, &self.listening).or_else(|| s.checks.contains(&peer).then_some(At::Exactly));
+            at.map(|at| (s, at))
+        })
     }
 
     fn is_configured(&self, be: &str, srv: &str) -> bool {
@@ -121,6 +139,23 @@ impl Rule {
         }
     }
 
+    /// The lingering sweep's own rules for a named socket: a maintenance
+    /// server's (with `--include-maint`) is a target; what no configuration
+    /// lists as a server is no server's.
+    fn swept(&self, src: &Source) -> Option<Class> {
+        let (be, srv) = src.server();
+        if self.maint.iter().any(|(b, s)| b == be && s == srv) {
+            return Some(Class::Target);
+        }
+        if self.known.as_ref().is_some_and(|k| !k.contains(&(be.to_string(), srv.to_string()))) {
+            return Some(Class::OtherServer(format!(
+                "HAProxy names it {be}/{srv} (`{}`), which no configuration lists as a server (a peers section, a ring, the httpclient)",
+                src.table()
+            )));
+        }
+        None
+    }
+
     /// The verdict on one candidate to `peer` held by `holder`, from the
     /// server a table named (`named`), or — `None` — from no table naming it (`why`).
     pub fn decide(&self, named: Option<&Source>, holder: Holder, why: &str, peer: SocketAddr) -> Class {
@@ -144,6 +179,9 @@ impl Rule {
             }
             (Some(src), Target::Gone) => {
                 let (be, srv) = src.server();
+                if let Some(class) = self.swept(src) {
+                    return class;
+                }
                 let same_ip = |s: &ServerState| s.addr.map(canonical_ip) == Some(canonical_ip(peer.ip()));
                 if self.configured_at(peer).any(|(s, _)| s.backend == be && s.name == srv) {
                     Class::OtherServer(format!(
@@ -217,6 +255,9 @@ pub struct HaproxyClassifier {
     /// The last doubt and when it was asked: HAProxy's tables are read again
     /// at most once a second however often the loop would end quiet.
     last_doubt: Option<(Instant, Option<String>)>,
+    /// The lingering sweep: processes it could not ask (nothing of theirs was
+    /// judged, so the run cannot say nothing lingers).
+    unasked: Vec<String>,
     /// Sockets HAProxy closed by itself.
     pub closed: Vec<Closed>,
 }
@@ -294,6 +335,7 @@ impl HaproxyClassifier {
             engine,
             seen: HashSet::new(),
             last_doubt: None,
+            unasked: Vec::new(),
             closed: Vec::new(),
         }
     }
@@ -319,6 +361,34 @@ impl HaproxyClassifier {
             Target::Named { backend, server } => Some((backend.clone(), server.clone())),
             Target::Gone => None,
         }
+    }
+
+    /// The lingering sweep over every process ([`lingering::sweep`]): the
+    /// rule learns which servers exist and, with `include_maint`, which
+    /// maintenance servers' connections are targets; the places of whatever
+    /// is enforced are watched.
+    pub fn sweep(&mut self, include_maint: bool) -> Result<Sweep> {
+        let found = lingering::sweep(
+            &mut self.attributor,
+            &mut self.holders,
+            &mut self.engine,
+            &self.rule.config,
+            &self.rule.listening,
+            self.answering,
+            include_maint,
+        )?;
+        let maint = found
+            .lingering
+            .iter()
+            .filter(|l| l.class == Lingers::Maint && l.enforced)
+            .filter_map(|l| l.server.split_once('/').map(|(b, s)| (b.to_string(), s.to_string())))
+            .collect();
+        self.rule.sweeping(found.known.clone(), maint);
+        self.unasked = found.unasked.clone();
+        for l in found.lingering.iter().filter(|l| l.enforced) {
+            self.places.borrow_mut().add(Place::of(l.address));
+        }
+        Ok(found)
     }
 
     /// Finds the named server's connections wherever they are, by HAProxy's
@@ -538,6 +608,12 @@ impl Classifier for HaproxyClassifier {
 impl HaproxyClassifier {
     /// [`Classifier::doubt`], asked now.
     fn ask_doubt(&mut self) -> Result<Option<String>> {
+        if !self.unasked.is_empty() {
+            return Ok(Some(format!(
+                "the lingering sweep could not judge every HAProxy process, so it cannot say nothing lingers: {} (give --master-socket)",
+                self.unasked.join("; ")
+            )));
+        }
         let Some((be, srv)) = self.named() else { return Ok(None) };
         let named = self.ask_named(false)?;
         // The answering worker's own table is the least HAProxy must show; an
@@ -581,7 +657,7 @@ mod tests {
     use super::*;
 
     fn server(be: &str, name: &str, addr: &str, port: u16) -> ServerState {
-        ServerState { backend: be.into(), name: name.into(), addr: addr.parse().ok(), port }
+        ServerState { backend: be.into(), name: name.into(), addr: addr.parse().ok(), port, ..Default::default() }
     }
 
     fn named(be: &str, srv: &str) -> Target {

@@ -216,11 +216,51 @@ fn write_check(out: &mut dyn Write, report: &CheckReport) -> io::Result<()> {
     )
 }
 
+/// The server, or the lingering sweep's findings.
+fn write_target(out: &mut dyn Write, r: &haproxy::Report) -> io::Result<()> {
+    let server = r.server.as_deref().unwrap_or("(unnamed)");
+    match (&r.lingering, r.server_addr) {
+        (Some(found), _) => write_lingering(out, found, &r.not_asked),
+        (None, Some(addr)) => writeln!(out, "server {server} at {addr}"),
+        (None, None) => writeln!(out, "server {server}"),
+    }
+}
+
+/// The lingering sweep's findings, a line per class, server and address.
+fn write_lingering(out: &mut dyn Write, found: &[haproxy::LingeringReport], not_asked: &[String]) -> io::Result<()> {
+    if found.is_empty() {
+        writeln!(out, "lingering: nothing (every backend connection's server is configured where it is)")?;
+    }
+    for l in found {
+        let f = &l.found;
+        let now = f.now_at.as_ref().map_or(String::new(), |a| format!(" (now at {a})"));
+        let what = if f.enforced {
+            format!("destroyed {}, remaining {}", l.destroyed, l.remaining)
+        } else {
+            "left alone (--include-maint ends them)".to_string()
+        };
+        let pids: Vec<String> = f.pids.iter().map(u32::to_string).collect();
+        let class = format!("{:?}", f.class).to_lowercase();
+        writeln!(
+            out,
+            "lingering {class:<5} {} at {}{now}: {} sockets in pid {}; {what}",
+            f.server,
+            f.address,
+            f.sockets,
+            pids.join(", ")
+        )?;
+    }
+    for n in not_asked {
+        writeln!(out, "not asked: {n} (give --master-socket to judge old workers)")?;
+    }
+    Ok(())
+}
+
 fn write_haproxy(out: &mut dyn Write, r: &haproxy::Report) -> io::Result<()> {
     let pids: Vec<String> = r.pids.iter().map(u32::to_string).collect();
     let master = r.master_pid.map_or(String::new(), |m| format!(", master {m}"));
     writeln!(out, "HAProxy {} (pids {}{master}; answering {})", r.haproxy_version, pids.join(", "), r.answering_pid)?;
-    writeln!(out, "server {} at {}", r.server.as_deref().unwrap_or("(unnamed)"), r.server_addr)?;
+    write_target(out, r)?;
     if r.dry_run {
         writeln!(out, "dry run: nothing sent to HAProxy, nothing destroyed")?;
     } else if r.commands_sent.is_empty() {

@@ -1,0 +1,319 @@
+//! The lingering sweep (`--lingering`): which backend connections that
+//! HAProxy's processes hold belong to a server that is gone from the current
+//! configuration, moved to another address, or (reported) in maintenance.
+//!
+//! A connection's server is the one HAProxy's own tables name (`show sess`'s
+//! `srv=`, `show fd`'s `sv=`) in the process holding it; an old worker's
+//! connection no table names is its server's only when that worker's own
+//! configuration (`@!<pid> show servers state`) has exactly one server at
+//! the peer. The judgement ([`judge`]) is pure and unit-tested; [`sweep`]
+//! gathers the facts once, with one dump of the kernel's table.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+
+use serde::Serialize;
+use tracing::{debug, info};
+
+use super::attribution::{Attributor, Unavailable};
+use super::parse::ServerState;
+use super::places::{server_at, At};
+use crate::engine::owners::Holders;
+use crate::engine::{Engine, Query};
+use crate::error::Result;
+use crate::filter::{Filter, StateSet};
+use crate::socket::TcpState;
+
+/// Why a connection lingers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lingers {
+    /// Its server is not in the current configuration, and no current server is at its address.
+    Gone,
+    /// Its server is still configured, at another address: the connection is to the old one.
+    Moved,
+    /// Its server is in maintenance in the current worker (ended only with `--include-maint`).
+    Maint,
+}
+
+/// One server's lingering connections at one address.
+#[derive(Debug, Clone, Serialize)]
+pub struct Lingering {
+    /// Why they linger.
+    pub class: Lingers,
+    /// `backend/server`, as the holder's tables name it.
+    pub server: String,
+    /// The peer address of the connections.
+    pub address: SocketAddr,
+    /// The server's address in the current configuration (`moved`, `maint`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub now_at: Option<String>,
+    /// The processes holding them (our pids).
+    pub pids: Vec<u32>,
+    /// How many connections the sweep found.
+    pub sockets: usize,
+    /// Whether the run ends them (`maint` only with `--include-maint`).
+    pub enforced: bool,
+}
+
+/// What the sweep found.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// Per class, server and address.
+    pub lingering: Vec<Lingering>,
+    /// Every server any process's configuration lists (the current worker's and
+    /// the old workers'): a table naming anything else names no server (peers,
+    /// rings, SPOE, the httpclient), and such a connection never lingers.
+    pub known: HashSet<(String, String)>,
+    /// Processes whose tables or configuration could not be read (their
+    /// connections were not judged), and why.
+    pub unasked: Vec<String>,
+}
+
+/// Whether `s` is at `peer`: its own address (a port offset or port 0 understood)
+/// or one of its check or agent addresses.
+fn is_at(s: &ServerState, peer: SocketAddr, listening: &[u16]) -> bool {
+    server_at(s, peer, listening).is_some() || s.checks.contains(&peer)
+}
+
+/// The class of a connection to `peer` whose holder names `(be, srv)`, under
+/// the holder's own configuration and the current worker's; `None`: healthy
+/// (or not a server's connection at all).
+pub fn judge(
+    (be, srv): (&str, &str),
+    peer: SocketAddr,
+    holder: &[ServerState],
+    current: &[ServerState],
+    listening: &[u16],
+) -> Option<Lingers> {
+    let named = |s: &&ServerState| s.backend == be && s.name == srv;
+    // Not a server of the holder's configuration: peers, a ring, the httpclient...
+    holder.iter().find(named)?;
+    let now = current.iter().find(named);
+    if let Some(s) = now {
+        if s.maint && server_at(s, peer, listening).is_some() {
+            return Some(Lingers::Maint);
+        }
+    }
+    // Some current server is there (this one, a renamed one, another backend's): healthy.
+    if current.iter().any(|s| is_at(s, peer, listening)) {
+        return None;
+    }
+    Some(if now.is_some() { Lingers::Moved } else { Lingers::Gone })
+}
+
+/// The one server of `config` at `peer`, surely there (for an old worker's
+/// connection no table names).
+fn only_server_at<'a>(config: &'a [ServerState], peer: SocketAddr, listening: &[u16]) -> Option<&'a ServerState> {
+    let mut at = config.iter().filter(|s| server_at(s, peer, listening).is_some() || s.checks.contains(&peer));
+    let first = at.next()?;
+    let sure = server_at(first, peer, listening) == Some(At::Exactly);
+    (at.next().is_none() && sure).then_some(first)
+}
+
+/// fd -> `(backend, server)`.
+type ServerOf = HashMap<u32, (String, String)>;
+
+/// Per process: fd -> the server its tables name, streams first.
+fn named_fds(att: &mut Attributor, pid: u32, config: &[ServerState]) -> Result<std::result::Result<ServerOf, Unavailable>> {
+    let mut named = HashMap::new();
+    let streams = match att.streams(pid, None)? {
+        Ok(s) => s,
+        Err(why) => return Ok(Err(why)),
+    };
+    for st in streams {
+        if let (Some(fd), Some(be), Some(srv)) = (st.fd, st.backend, st.server) {
+            named.insert(fd, (be, srv));
+        }
+    }
+    let conns = match att.connections(pid)? {
+        Ok(c) => c,
+        Err(why) => return Ok(Err(why)),
+    };
+    let listed = |a: &str, b: &str| config.iter().any(|s| s.backend == a && s.name == b);
+    for c in conns {
+        if let Some((a, b)) = c.server {
+            // `show fd` printed SERVER/BACKEND before 2.5: the pair the configuration has.
+            let pair = if !listed(&a, &b) && listed(&b, &a) { (b, a) } else { (a, b) };
+            named.entry(c.fd).or_insert(pair);
+        }
+    }
+    Ok(Ok(named))
+}
+
+/// Per process (our pid): its configuration and what its tables name.
+struct Asked {
+    configs: HashMap<u32, Vec<ServerState>>,
+    tables: HashMap<u32, ServerOf>,
+}
+
+/// Every process's configuration and tables (`known` and `unasked` filled in `out`).
+fn ask_every_process(
+    att: &mut Attributor,
+    holders: &Holders,
+    current: &[ServerState],
+    answering: u32,
+    out: &mut Sweep,
+) -> Result<Asked> {
+    out.known.extend(current.iter().map(|s| (s.backend.clone(), s.name.clone())));
+    let mut configs: HashMap<u32, Vec<ServerState>> = HashMap::new();
+    let mut tables: HashMap<u32, ServerOf> = HashMap::new();
+    for pid in holders.pids() {
+        let config = if pid == answering {
+            current.to_vec()
+        } else {
+            match att.servers_state(pid)? {
+                Ok(c) => c,
+                Err(why) => {
+                    out.unasked.push(why.to_string());
+                    continue;
+                }
+            }
+        };
+        out.known.extend(config.iter().map(|s| (s.backend.clone(), s.name.clone())));
+        match named_fds(att, pid, &config)? {
+            Ok(named) => {
+                tables.insert(pid, named);
+                configs.insert(pid, config);
+            }
+            Err(why) => out.unasked.push(why.to_string()),
+        }
+    }
+    Ok(Asked { configs, tables })
+}
+
+/// Finds what lingers: every process's tables and configuration, one dump.
+pub fn sweep(
+    att: &mut Attributor,
+    holders: &mut Holders,
+    engine: &mut Engine,
+    current: &[ServerState],
+    listening: &[u16],
+    answering: u32,
+    include_maint: bool,
+) -> Result<Sweep> {
+    let mut out = Sweep::default();
+    holders.scan()?;
+    let Asked { configs, tables } = ask_every_process(att, holders, current, answering, &mut out)?;
+    let everything = Query::new(Filter { states: StateSet::DEFAULT, ..Filter::default() })?;
+    type Key = (Lingers, String, SocketAddr);
+    let mut groups: BTreeMap<Key, (Option<String>, HashSet<u32>, usize)> = BTreeMap::new();
+    for s in engine.collect(&everything)? {
+        let Some(h) = holders.holder(&s) else { continue };
+        let (Some(config), Some(named)) = (configs.get(&h.pid), tables.get(&h.pid)) else { continue };
+        // A connection in, from a client (also another HAProxy's peers), is no server's.
+        if s.state == Some(TcpState::Listen) || listening.contains(&s.local().port()) {
+            continue;
+        }
+        let peer = s.peer();
+        let server = match named.get(&h.fd) {
+            Some((be, srv)) => (be.clone(), srv.clone()),
+            None if h.pid != answering => match only_server_at(config, peer, listening) {
+                Some(st) => (st.backend.clone(), st.name.clone()),
+                None => continue,
+            },
+            None => continue,
+        };
+        let Some(class) = judge((&server.0, &server.1), peer, config, current, listening) else { continue };
+        debug!(cookie = s.cookie(), pid = h.pid, ?class, server = ?server, %peer, "lingers");
+        let now_at = current
+            .iter()
+            .find(|c| c.backend == server.0 && c.name == server.1)
+            .and_then(|c| c.addr.map(|ip| SocketAddr::new(ip, c.port).to_string()));
+        let e = groups.entry((class, format!("{}/{}", server.0, server.1), peer)).or_insert((now_at, HashSet::new(), 0));
+        e.1.insert(h.pid);
+        e.2 += 1;
+    }
+    out.lingering = groups
+        .into_iter()
+        .map(|((class, server, address), (now_at, pids, sockets))| {
+            let mut pids: Vec<u32> = pids.into_iter().collect();
+            pids.sort_unstable();
+            Lingering {
+                class,
+                server,
+                address,
+                now_at: if class == Lingers::Gone { None } else { now_at },
+                pids,
+                sockets,
+                enforced: class != Lingers::Maint || include_maint,
+            }
+        })
+        .collect();
+    info!(found = out.lingering.len(), unasked = out.unasked.len(), "lingering sweep");
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(be: &str, name: &str, addr: &str, port: u16) -> ServerState {
+        ServerState { backend: be.into(), name: name.into(), addr: addr.parse().ok(), port, ..Default::default() }
+    }
+
+    fn peer(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn class(named: (&str, &str), p: &str, holder: &[ServerState], current: &[ServerState]) -> Option<Lingers> {
+        judge(named, peer(p), holder, current, &[8080])
+    }
+
+    #[test]
+    fn removed_renamed_and_moved_servers() {
+        let old = vec![server("be", "s1", "10.0.0.1", 80), server("be", "s2", "10.0.0.2", 80)];
+        // s2 removed by a reload.
+        let current = vec![server("be", "s1", "10.0.0.1", 80)];
+        assert_eq!(class(("be", "s2"), "10.0.0.2:80", &old, &current), Some(Lingers::Gone));
+        assert_eq!(class(("be", "s1"), "10.0.0.1:80", &old, &current), None);
+        // s2 renamed at the same address: nothing gone.
+        let renamed = vec![server("be", "s1", "10.0.0.1", 80), server("be", "web2", "10.0.0.2", 80)];
+        assert_eq!(class(("be", "s2"), "10.0.0.2:80", &old, &renamed), None);
+        // s2 moved: its connections to the old address.
+        let moved = vec![server("be", "s1", "10.0.0.1", 80), server("be", "s2", "10.0.0.9", 80)];
+        assert_eq!(class(("be", "s2"), "10.0.0.2:80", &old, &moved), Some(Lingers::Moved));
+        assert_eq!(class(("be", "s2"), "10.0.0.9:80", &old, &moved), None);
+        // Another backend's server still at the removed server's address: healthy.
+        let shared = vec![server("be", "s1", "10.0.0.1", 80), server("other", "x", "10.0.0.2", 80)];
+        assert_eq!(class(("be", "s2"), "10.0.0.2:80", &old, &shared), None);
+    }
+
+    #[test]
+    fn what_is_no_server_never_lingers() {
+        let current = vec![server("be", "s1", "10.0.0.1", 80)];
+        // A peers section's or ring's connection: named, but no configuration lists it.
+        assert_eq!(class(("mypeers", "remote"), "10.0.0.7:1024", &current, &current), None);
+    }
+
+    #[test]
+    fn checks_ports_and_maintenance() {
+        let mut s1 = server("be", "s1", "10.0.0.1", 80);
+        s1.checks = vec![peer("10.0.0.50:9999")];
+        let current = vec![s1.clone()];
+        // A check connection to the check address is never moved.
+        assert_eq!(class(("be", "s1"), "10.0.0.50:9999", &current, &current), None);
+        // Port 0 (any port) and a port offset of a listener are still the server's address.
+        let any = vec![server("be", "s1", "10.0.0.1", 0)];
+        assert_eq!(class(("be", "s1"), "10.0.0.1:4444", &any, &any), None);
+        let offset = vec![server("be", "s1", "10.0.0.1", 1000)];
+        assert_eq!(class(("be", "s1"), "10.0.0.1:9080", &offset, &offset), None);
+        let mut m = server("be", "s1", "10.0.0.1", 80);
+        m.maint = true;
+        assert_eq!(class(("be", "s1"), "10.0.0.1:80", &[m.clone()], &[m.clone()]), Some(Lingers::Maint));
+        // In maintenance and moved: moved.
+        let mut m2 = m.clone();
+        m2.addr = "10.0.0.3".parse().ok();
+        assert_eq!(class(("be", "s1"), "10.0.0.1:80", &[m.clone()], &[m2]), Some(Lingers::Moved));
+    }
+
+    #[test]
+    fn an_unnamed_connection_is_the_only_server_there() {
+        let config = vec![server("be", "s1", "10.0.0.1", 80), server("be", "s2", "10.0.0.1", 80)];
+        assert!(only_server_at(&config, peer("10.0.0.1:80"), &[]).is_none());
+        assert_eq!(only_server_at(&config[..1], peer("10.0.0.1:80"), &[]).map(|s| s.name.as_str()), Some("s1"));
+        // Maybe there (an offset): not sure, not taken.
+        let offset = vec![server("be", "s1", "10.0.0.1", 1000)];
+        assert!(only_server_at(&offset, peer("10.0.0.1:9080"), &[8080]).is_none());
+    }
+}

@@ -1,0 +1,214 @@
+//! Issue 25: `sockkill haproxy --lingering` finds what lingers without being
+//! told which server — after a reload removed servers (the old worker keeps
+//! their sessions), after `set server addr` moved one — and ends exactly
+//! that; a healthy load balancer (renamed servers, shared addresses, health
+//! checks to a check address) never raises an alarm.
+//!
+//! Real HAProxy (`$SOCKKILL_HAPROXY`), real kernel, a private namespace per
+//! test. Ground truth is read independently of sockkill: the kernel's sockets
+//! to each server (`haproxy_sockets_to`), and each client (does it still get
+//! its server's answer, or did its connection end). After every clean exit
+//! the kernel is watched for 2 s more.
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::haproxy::*;
+use common::*;
+use serde_json::Value;
+
+const A: &str = "127.0.0.31:9000";
+const B: &str = "127.0.0.32:9000";
+const C: &str = "127.0.0.33:9000";
+const D: &str = "127.0.0.34:9000";
+
+/// `sockkill haproxy --json --socket admin.sock --lingering EXTRA`.
+fn sweep(h: &Haproxy, extra: &[&str]) -> (i32, Value, String) {
+    let admin = h.sock("admin.sock");
+    let mut args = vec!["haproxy", "--json", "--socket", admin.as_str(), "--lingering"];
+    args.extend_from_slice(extra);
+    run_json(&args)
+}
+
+/// The sweep's findings as `(class, server, address, sockets)`, sorted.
+fn found(doc: &Value) -> Vec<(String, String, String, u64)> {
+    let mut v: Vec<(String, String, String, u64)> = doc["lingering"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no `lingering` in the report: {}", doc["error"]))
+        .iter()
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+            (s("class"), s("server"), s("address"), l["sockets"].as_u64().unwrap_or(0))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Clients through `front`, by the server that answered them.
+fn clients_by_server(front: &str, n: usize) -> std::collections::BTreeMap<String, Vec<Client>> {
+    let mut by: std::collections::BTreeMap<String, Vec<Client>> = Default::default();
+    for _ in 0..n {
+        let c = Client::connect(front);
+        by.entry(c.server.clone()).or_default().push(c);
+    }
+    by
+}
+
+/// No HAProxy socket to `addr` now and for 2 s, and its clients saw their connections end.
+fn assert_ended(h: &Haproxy, addr: &str, clients: &mut [Client]) {
+    assert_none_for(Duration::from_secs(2), addr, h);
+    for c in clients.iter_mut() {
+        wait_until(Duration::from_secs(10), "a client of an ended server to see its connection end", || c.ended());
+    }
+}
+
+/// Every client still gets its own server's answer.
+fn assert_served(clients: &mut [Client], tag: &str) {
+    for c in clients.iter_mut() {
+        assert_eq!(c.ask().expect("client still served"), tag);
+    }
+}
+
+/// A reload removes c and d of four servers; the old worker keeps every
+/// session. The sweep names exactly c's and d's connections as gone, and
+/// ends exactly those: a's and b's clients keep being served.
+#[test]
+fn reload_removing_two_of_four_servers() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _servers: Vec<_> =
+            [(A, "a"), (B, "b"), (C, "c"), (D, "d")].iter().map(|(at, t)| tag_server(at, t)).collect();
+        let four = [be("be", 8000, &[("a", A), ("b", B), ("c", C), ("d", D)])];
+        let h = Haproxy::start(true, &four);
+        let mut by = clients_by_server("127.0.0.10:8000", 8);
+        assert_eq!(by.len(), 4, "roundrobin over four servers");
+        let (old, _new) = h.reload(&[be("be", 8000, &[("a", A), ("b", B)])]);
+        let old_pid = h.host_pid(old);
+        wait_until(Duration::from_secs(5), "the old worker holding c's sessions", || {
+            haproxy_sockets_to(C, &[old_pid]).len() == 2
+        });
+
+        let (rc, doc, err) = sweep(&h, &["--dry-run"]);
+        assert_eq!(rc, 1, "the detector says something lingers: {err}\n{doc}");
+        let want = vec![
+            ("gone".to_string(), "be/c".to_string(), C.to_string(), 2),
+            ("gone".to_string(), "be/d".to_string(), D.to_string(), 2),
+        ];
+        assert_eq!(found(&doc), want, "{doc}");
+        assert!(doc["lingering"].as_array().unwrap().iter().all(|l| l["pids"] == serde_json::json!([old_pid])));
+        assert_eq!(haproxy_sockets_to(C, &h.pids()).len(), 2, "a dry run destroys nothing");
+
+        let (rc, doc, err) = sweep(&h, &[]);
+        record("lingering: reload removed 2 of 4", true, &doc, rc);
+        assert_eq!(rc, 0, "{err}\n{doc}\n{}", h.log());
+        assert_eq!(found(&doc), want, "{doc}");
+        assert_eq!(doc["summary"]["destroyed"], 4, "{doc}");
+        for l in doc["lingering"].as_array().unwrap() {
+            assert_eq!((l["destroyed"].as_u64(), l["remaining"].as_u64()), (Some(2), Some(0)), "{l}");
+        }
+        assert_ended(&h, C, by.get_mut("c").unwrap());
+        assert_ended(&h, D, by.get_mut("d").unwrap());
+        assert_served(by.get_mut("a").unwrap(), "a");
+        assert_served(by.get_mut("b").unwrap(), "b");
+        // Nothing lingers any more: the detector agrees.
+        let (rc, doc, err) = sweep(&h, &["--dry-run"]);
+        assert_eq!(rc, 0, "{err}\n{doc}");
+        assert!(found(&doc).is_empty(), "{doc}");
+    });
+}
+
+/// `set server be/a addr` moves a at runtime (no reload): the current
+/// worker's sessions stay at the old address. The sweep calls them moved
+/// and ends them; a's new connections (at the new address) and b's stay.
+#[test]
+fn runtime_address_change_is_moved() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _servers: Vec<_> = [(A, "a"), (B, "b"), (C, "a-new")].iter().map(|(at, t)| tag_server(at, t)).collect();
+        let h = Haproxy::start(true, &[be("be", 8000, &[("a", A), ("b", B)])]);
+        let mut by = clients_by_server("127.0.0.10:8000", 4);
+        let answer = h.api().command("set server be/a addr 127.0.0.33 port 9000").unwrap();
+        assert!(!answer.contains("rror"), "{answer}");
+        let mut fresh = clients_by_server("127.0.0.10:8000", 4);
+        assert!(fresh.contains_key("a-new"), "new connections go to a's new address: {:?}", fresh.keys());
+
+        let (rc, doc, err) = sweep(&h, &["--dry-run"]);
+        assert_eq!(rc, 1, "{err}\n{doc}");
+        assert_eq!(found(&doc), vec![("moved".into(), "be/a".into(), A.into(), 2)], "{doc}");
+        let l = &doc["lingering"][0];
+        assert_eq!(l["now_at"], C, "{l}");
+
+        let (rc, doc, err) = sweep(&h, &[]);
+        record("lingering: set server addr", true, &doc, rc);
+        assert_eq!(rc, 0, "{err}\n{doc}\n{}", h.log());
+        assert_eq!(doc["summary"]["destroyed"], 2, "{doc}");
+        assert_ended(&h, A, by.get_mut("a").unwrap());
+        assert_served(by.get_mut("b").unwrap(), "b");
+        assert_served(fresh.get_mut("a-new").unwrap(), "a-new");
+        assert_served(fresh.get_mut("b").unwrap(), "b");
+    });
+}
+
+/// Nothing lingers on a healthy load balancer, over many dry runs: a reload
+/// that renames a server at the same address, another backend's server
+/// at the address of a removed one, and health checks (one to a check
+/// address and port of its own) are never gone or moved.
+#[test]
+fn a_healthy_load_balancer_never_alarms() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _servers: Vec<_> =
+            [(A, "a"), (B, "b"), (C, "c"), (D, "check")].iter().map(|(at, t)| tag_server(at, t)).collect();
+        let cfg = |second: &str, other: &str| {
+            format!(
+                "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n\
+                 frontend fe\n    bind 127.0.0.10:8000\n    default_backend be\n\
+                 frontend fe2\n    bind 127.0.0.10:8001\n    default_backend other\n\
+                 backend be\n    balance roundrobin\n    server a {A} check inter 100ms addr 127.0.0.34 port 9000\n    server {second} {B}\n\
+                 backend other\n    server {other} {C}\n"
+            )
+        };
+        let h = Haproxy::start(true, cfg("b", "c").as_str());
+        let mut by = clients_by_server("127.0.0.10:8000", 4);
+        let mut other: Vec<Client> = (0..2).map(|_| Client::connect("127.0.0.10:8001")).collect();
+        // b renamed at the same address; other's server renamed too, and a third
+        // backend's server now shares nothing: none of these connections is gone.
+        h.reload(cfg("web2", "c2").as_str());
+        for i in 0..10 {
+            let (rc, doc, err) = sweep(&h, &["--dry-run"]);
+            assert_eq!(rc, 0, "dry run {i}: {err}\n{doc}");
+            assert!(found(&doc).is_empty(), "dry run {i}: {doc}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_served(by.get_mut("a").unwrap(), "a");
+        assert_served(by.get_mut("b").unwrap(), "b");
+        assert_served(&mut other, "c");
+    });
+}
+
+/// Without a master CLI the old worker cannot be asked: the sweep says so
+/// and does not call the run clean.
+#[test]
+fn without_a_master_cli_the_old_worker_is_not_judged() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _servers: Vec<_> = [(A, "a"), (B, "b")].iter().map(|(at, t)| tag_server(at, t)).collect();
+        let h = Haproxy::start_with(true, false, &[be("be", 8000, &[("a", A), ("b", B)])], &[]);
+        let mut by = clients_by_server("127.0.0.10:8000", 4);
+        h.reload(&[be("be", 8000, &[("a", A)])]);
+        let (rc, doc, err) = sweep(&h, &["--dry-run"]);
+        assert_eq!(rc, 1, "{err}\n{doc}");
+        assert!(doc["not_asked"].as_array().is_some_and(|a| !a.is_empty()), "{doc}");
+        assert!(doc["unexplained"].as_str().is_some_and(|u| u.contains("master")), "{doc}");
+        // Nothing was destroyed: every client is still served.
+        assert_served(by.get_mut("a").unwrap(), "a");
+        assert_served(by.get_mut("b").unwrap(), "b");
+    });
+}
