@@ -36,10 +36,28 @@ pub struct Metrics {
     /// The run's verdict (`None` for a run without one): `sockkill_clean` and a
     /// `verdict` label on `sockkill_exit_code`.
     pub verdict: Option<Verdict>,
+    /// The lingering sweep (`haproxy --lingering`): a `mode="lingering"` label on
+    /// every gauge, and one `sockkill_lingering_sockets` series per finding.
+    pub lingering: Option<Vec<LingeringSeries>>,
     /// Wall time.
     pub duration: Duration,
     /// The run's exit code.
     pub exit_code: i32,
+}
+
+/// One finding of the lingering sweep: connections of one server at one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LingeringSeries {
+    /// The backend.
+    pub backend: String,
+    /// The server.
+    pub server: String,
+    /// The connections' peer address.
+    pub address: String,
+    /// `gone`, `moved` or `maint`.
+    pub class: &'static str,
+    /// How many connections the sweep found.
+    pub sockets: usize,
 }
 
 /// The textfile for `m`.
@@ -79,6 +97,9 @@ pub fn render(m: &Metrics) -> String {
     if let Some(server) = &m.server {
         labels += &format!(",server=\"{}\"", escape_label(server));
     }
+    if m.lingering.is_some() {
+        labels += ",mode=\"lingering\"";
+    }
     for (name, help, value) in gauges {
         if let Some(value) = value {
             // The verdict's word rides on the exit code (one series per run, never two).
@@ -87,6 +108,25 @@ pub fn render(m: &Metrics) -> String {
                 _ => String::new(),
             };
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}{extra}}} {value}");
+        }
+    }
+    if let Some(found) = m.lingering.as_ref().filter(|f| !f.is_empty()) {
+        let name = "sockkill_lingering_sockets";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Connections HAProxy holds to a server gone from its configuration, moved, or in maintenance, when the sweep looked.\n# TYPE {name} gauge"
+        );
+        for l in found {
+            let _ = writeln!(
+                out,
+                "{name}{{command=\"{}\",backend=\"{}\",server=\"{}\",address=\"{}\",class=\"{}\"}} {}",
+                m.command,
+                escape_label(&l.backend),
+                escape_label(&l.server),
+                escape_label(&l.address),
+                l.class,
+                l.sockets
+            );
         }
     }
     out
@@ -164,6 +204,31 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn renders_one_series_per_lingering_server() {
+        let series = |server: &str, class| LingeringSeries {
+            backend: "be".into(),
+            server: server.into(),
+            address: "10.0.0.7:80".into(),
+            class,
+            sockets: 3,
+        };
+        let m = Metrics {
+            command: "haproxy",
+            lingering: Some(vec![series("web\"3", "gone"), series("web4", "moved")]),
+            ..Metrics::default()
+        };
+        let text = render(&m);
+        assert!(text.contains("sockkill_sockets_matched{command=\"haproxy\",mode=\"lingering\"} 0\n"), "{text}");
+        assert!(text.contains(
+            "sockkill_lingering_sockets{command=\"haproxy\",backend=\"be\",server=\"web\\\"3\",address=\"10.0.0.7:80\",class=\"gone\"} 3\n"
+        ), "{text}");
+        assert_eq!(text.matches("# TYPE sockkill_lingering_sockets gauge").count(), 1);
+        // Nothing lingers: no series (an alert on `> 0` stays quiet), the mode label stays.
+        let none = render(&Metrics { command: "haproxy", lingering: Some(Vec::new()), ..Metrics::default() });
+        assert!(!none.contains("sockkill_lingering_sockets") && none.contains("mode=\"lingering\""), "{none}");
     }
 
     #[test]

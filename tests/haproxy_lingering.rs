@@ -92,8 +92,19 @@ fn reload_removing_two_of_four_servers() {
             haproxy_sockets_to(C, &[old_pid]).len() == 2
         });
 
-        let (rc, doc, err) = sweep(&h, &["--dry-run"]);
+        let prom = h.dir.join("lingering.prom");
+        let (rc, doc, err) = sweep(&h, &["--dry-run", "--metrics-file", prom.to_str().unwrap()]);
         assert_eq!(rc, 1, "the detector says something lingers: {err}\n{doc}");
+        // The detector's metrics name each server that lingers.
+        let text = std::fs::read_to_string(&prom).unwrap();
+        for srv in ["c", "d"] {
+            let at = if srv == "c" { C } else { D };
+            let series = format!(
+                "sockkill_lingering_sockets{{command=\"haproxy\",backend=\"be\",server=\"{srv}\",address=\"{at}\",class=\"gone\"}} 2\n"
+            );
+            assert!(text.contains(&series), "{series} in\n{text}");
+        }
+        assert_eq!(text.matches("sockkill_lingering_sockets{").count(), 2, "{text}");
         let want = vec![
             ("gone".to_string(), "be/c".to_string(), C.to_string(), 2),
             ("gone".to_string(), "be/d".to_string(), D.to_string(), 2),

@@ -62,7 +62,12 @@ pub fn metrics_target(cli: &Cli) -> (Option<PathBuf>, Option<String>) {
         Command::Kill { kill, .. } => (kill.metrics_file.clone(), None),
         Command::Haproxy(a) => (
             a.metrics_file.clone(),
-            a.server.as_ref().map(|(b, s)| format!("{b}/{s}")).or(a.addr.map(|a| a.to_string())),
+            // The lingering sweep labels its findings per server instead.
+            a.server
+                .as_ref()
+                .map(|(b, s)| format!("{b}/{s}"))
+                .or(a.addr.map(|a| a.to_string()))
+                .filter(|_| !a.lingering),
         ),
         _ => (None, None),
     }

@@ -36,6 +36,17 @@ pub enum Lingers {
     Maint,
 }
 
+impl Lingers {
+    /// The word JSON and the metrics use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lingers::Gone => "gone",
+            Lingers::Moved => "moved",
+            Lingers::Maint => "maint",
+        }
+    }
+}
+
 /// One server's lingering connections at one address.
 #[derive(Debug, Clone, Serialize)]
 pub struct Lingering {

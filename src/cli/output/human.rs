@@ -240,7 +240,7 @@ fn write_lingering(out: &mut dyn Write, found: &[haproxy::LingeringReport], not_
             "left alone (--include-maint ends them)".to_string()
         };
         let pids: Vec<String> = f.pids.iter().map(u32::to_string).collect();
-        let class = format!("{:?}", f.class).to_lowercase();
+        let class = f.class.name();
         writeln!(
             out,
             "lingering {class:<5} {} at {}{now}: {} sockets in pid {}; {what}",

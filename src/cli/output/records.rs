@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sockkill::metrics::Metrics;
+use sockkill::metrics::{LingeringSeries, Metrics};
 
 use super::exit_code;
 use super::verdict_of;
@@ -15,6 +15,18 @@ pub(super) fn summary_value(ran: &Ran) -> Value {
         Ran::Kill { report, .. } => serde_json::to_value(&report.report.summary).unwrap_or(Value::Null),
         Ran::Haproxy(r) => serde_json::to_value(&r.summary).unwrap_or(Value::Null),
         _ => Value::Null,
+    }
+}
+
+/// A lingering sweep's finding as a metrics series.
+fn series(l: &sockkill::haproxy::LingeringReport) -> LingeringSeries {
+    let (backend, server) = l.found.server.split_once('/').unwrap_or(("", &l.found.server));
+    LingeringSeries {
+        backend: backend.to_string(),
+        server: server.to_string(),
+        address: l.found.address.to_string(),
+        class: l.found.class.name(),
+        sockets: l.found.sockets,
     }
 }
 
@@ -45,6 +57,7 @@ pub(super) fn metrics_of(command: &'static str, ran: &Ran) -> Metrics {
             ambiguous: r.summary.ambiguous,
             verdict,
             duration: Duration::from_millis(r.duration_ms),
+            lingering: r.lingering.as_ref().map(|found| found.iter().map(series).collect()),
             ..base
         },
         Ran::Failed(_) => Metrics { verdict, ..base },
