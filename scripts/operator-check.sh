@@ -45,6 +45,17 @@ out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify --man=no \
 # Lines about our units are findings; others (the host's own units) are not ours to judge.
 if grep -i "sockkill" <<<"$out" >&2; then fail "systemd-analyze verify complained about the sockkill units"; fi
 [ "$created_env" = 1 ] && rm -f /etc/sockkill/haproxy-check/verify.env && rmdir --ignore-fail-on-non-empty /etc/sockkill/haproxy-check /etc/sockkill
+# The lingering sweep, and haproxy.service with the drop-in that starts it after a reload.
+[ -f /lib/systemd/system/haproxy.service ] || fail "no haproxy.service to verify the drop-in against"
+dropin=/etc/systemd/system/haproxy.service.d/sockkill-sweep.conf
+[ -e "$dropin" ] && fail "$dropin exists already: not touching it"
+mkdir -p "$(dirname "$dropin")"
+cp /usr/share/doc/sockkill/examples/haproxy.service.d/sockkill-sweep.conf "$dropin"
+out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify --man=no \
+  /lib/systemd/system/sockkill-haproxy-sweep.service /lib/systemd/system/haproxy.service 2>&1) || verify_rc=$?
+rm -f "$dropin"; rmdir --ignore-fail-on-non-empty "$(dirname "$dropin")"
+[ "${verify_rc:-0}" = 0 ] || { echo "$out" >&2; fail "systemd-analyze verify failed (sweep unit, haproxy drop-in)"; }
+if grep -i "sockkill" <<<"$out" >&2; then fail "systemd-analyze verify complained about the sweep unit or drop-in"; fi
 
 say "Prometheus rules"
 if ! command -v promtool >/dev/null; then
@@ -56,6 +67,7 @@ if ! command -v promtool >/dev/null; then
   [ "$created_policy" = 1 ] && rm -f "$policy"
 fi
 promtool check rules contrib/prometheus/sockkill.rules.yml
+promtool test rules contrib/prometheus/sockkill.rules.test.yml
 
 say "Ansible (the README's playbook and ad-hoc command)"
 # The README shows the playbook verbatim: what runs here is what it shows.
@@ -111,4 +123,38 @@ adhoc=${adhoc/ansible lbs/$venv/bin/ansible lbs -i $work/inventory}
 eval "$adhoc" >"$work/adhoc.out" 2>&1 || { cat "$work/adhoc.out" >&2; fail "the ad-hoc command failed"; }
 grep -q '"clean": true' "$work/adhoc.out" || { cat "$work/adhoc.out" >&2; fail "the ad-hoc command's JSON does not say clean"; }
 grep -q '"event":"start"' "$audit" || fail "no audit log from the ad-hoc command"
+# e) The reload playbook: a configuration without s2 deployed, HAProxy reloaded (in the lab: SIGUSR2
+#    to the master), and its handler ends exactly what the old worker keeps of s2.
+#    First s1 comes back (a reload outside the play), and four new clients spread over s1 and s2.
+lab_config s1 s2
+old_worker=$(lab_worker); kill -USR2 "$LAB_MASTER"
+for _ in $(seq 100); do w=$(lab_worker); [ -n "$w" ] && [ "$w" != "$old_worker" ] && break; sleep 0.1; done
+first=$((LAB_NCLIENTS + 1))
+lab_clients 4
+sleep 1
+grep -v 'server s2' "$LAB_DIR/haproxy.cfg" >"$work/haproxy-without-s2.cfg"
+grep -q 'server s1' "$work/haproxy-without-s2.cfg" || fail "the lab's configuration has no s1"
+s2_before=$(sockkill list --netns "$LAB_NS" --dst 127.0.0.12 --dport 9002 --json | grep -c '"cookie"' || true)
+[ "$s2_before" -gt 0 ] || fail "no sessions to s2 before the reload"
+"$venv/bin/ansible-playbook" -i "$work/inventory" contrib/ansible/reload-haproxy.yml \
+  -e "haproxy_config_src=$work/haproxy-without-s2.cfg haproxy_config=$LAB_DIR/haproxy.cfg" \
+  -e "haproxy_reload='kill -USR2 $LAB_MASTER' sockkill_socket=$LAB_DIR/admin.sock sockkill_audit_log=$audit" \
+  >"$work/reload.out" 2>&1 || { cat "$work/reload.out" >&2; fail "the reload playbook failed"; }
+grep -q 'after reload: end lingering connections' "$work/reload.out" || { cat "$work/reload.out" >&2; fail "the handler did not run"; }
+r=$(grep -E '^localhost +:' "$work/reload.out"); echo "reload playbook: $r" >&2
+grep -q 'failed=0' <<<"$r" || fail "the reload playbook should not fail"
+left=$(sockkill list --netns "$LAB_NS" --dst 127.0.0.12 --dport 9002 --json | grep -c '"cookie"' || true)
+[ "$left" -eq 0 ] || fail "$left sockets to s2 left after the reload playbook"
+# The new clients that s1 served are still answered by s1, after the sweep too.
+s1_clients=()
+for i in $(seq "$first" "$LAB_NCLIENTS"); do grep -q '^s1$' "$LAB_DIR/client$i.log" && s1_clients+=("$i"); done
+[ "${#s1_clients[@]}" -gt 0 ] || fail "no new client reached s1"
+declare -A lines
+for i in "${s1_clients[@]}"; do lines[$i]=$(wc -l <"$LAB_DIR/client$i.log"); done
+sleep 1
+for i in "${s1_clients[@]}"; do
+  [ "$(wc -l <"$LAB_DIR/client$i.log")" -gt "${lines[$i]}" ] || fail "s1 client $i is not answered any more"
+  [ "$(tail -n 1 "$LAB_DIR/client$i.log")" = s1 ] || fail "s1 client $i is answered by another server"
+done
+grep -q '"event":"destroyed"' "$audit" || fail "no destroyed event in the audit log from the sweep"
 say "operator checks passed"

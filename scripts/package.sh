@@ -25,7 +25,10 @@ for f in usr/bin/sockkill usr/share/bash-completion/completions/sockkill \
          usr/share/doc/sockkill/README.md usr/share/doc/sockkill/sockkill.schema.json \
          lib/systemd/system/sockkill-haproxy-check@.service lib/systemd/system/sockkill-haproxy-check@.timer \
          usr/share/doc/sockkill/examples/sockkill.rules.yml usr/share/doc/sockkill/examples/remove-backend.yml \
-         usr/share/doc/sockkill/examples/haproxy-check.env.example; do
+         usr/share/doc/sockkill/examples/haproxy-check.env.example \
+         lib/systemd/system/sockkill-haproxy-sweep.service usr/share/doc/sockkill/examples/haproxy-sweep.env.example \
+         usr/share/doc/sockkill/examples/haproxy.service.d/sockkill-sweep.conf \
+         usr/share/doc/sockkill/examples/reload-haproxy.yml; do
   has "$f" || { echo "package lacks $f" >&2; exit 1; }
 done
 # Every page any page refers to (sockkill-NAME(1), SEE ALSO and SUBCOMMANDS) is in the package.

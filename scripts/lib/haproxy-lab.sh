@@ -61,10 +61,13 @@ lab_config() {
   } >"$LAB_DIR/haproxy.cfg"
 }
 
-# N long-lived clients, each asking "who" every 200 ms; client i logs to LAB_DIR/clientI.log.
+# N more long-lived clients, each asking "who" every 200 ms; client i (numbered on
+# from earlier calls) logs to LAB_DIR/clientI.log.
+LAB_NCLIENTS=0
 lab_clients() {
   local n=$1 i
-  for i in $(seq "$n"); do
+  for i in $(seq $((LAB_NCLIENTS + 1)) $((LAB_NCLIENTS + n))); do
+    LAB_NCLIENTS=$i
     (while sleep 0.2; do echo who; done) | ip netns exec "$LAB_NS" socat - TCP:127.0.0.10:8000 >"$LAB_DIR/client$i.log" 2>&1 &
     LAB_FEEDERS+=($!)
     sleep 0.1

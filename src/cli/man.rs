@@ -43,6 +43,8 @@ fn examples(name: &str) -> &'static [(&'static str, &'static str)] {
         "haproxy" => &[
             ("Take a server out and end what HAProxy keeps:", "sockkill haproxy --socket /run/haproxy/admin.sock --server be_app/web3"),
             ("After a reload removed it (old workers' sessions):", "sockkill haproxy --socket /run/haproxy/admin.sock --addr 10.0.0.7:8080"),
+            ("Whatever a reload or an address change left behind (gone or moved servers):", "sockkill haproxy --socket /run/haproxy/admin.sock --lingering"),
+            ("The same as a detector, one metrics series per lingering server:", "sockkill haproxy --socket /run/haproxy/admin.sock --lingering --dry-run --metrics-file /var/lib/prometheus/node-exporter/sockkill-lingering.prom"),
             ("Detector for monitoring (exit 1 while anything lingers):", "sockkill haproxy --socket /run/haproxy/admin.sock --addr 10.0.0.7:8080 --dry-run --metrics-file /var/lib/node_exporter/textfile/sockkill.prom"),
         ],
         "check" => &[("Probe a throwaway namespace:", "sockkill check"), ("Probe namespace blue:", "sockkill check --netns blue")],
