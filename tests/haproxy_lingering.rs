@@ -223,3 +223,113 @@ fn without_a_master_cli_the_old_worker_is_not_judged() {
         assert_served(by.get_mut("b").unwrap(), "b");
     });
 }
+
+/// HTTP mode after a reload that removes backend `be_a` (a1, `http-reuse
+/// never`) and the WebSocket backend `ws` (w1), while `be_b`'s b1 — at the
+/// same address as a1 — stays: the old worker keeps a1's connections (a slow
+/// request, and keep-alive sessions' own), w1's tunnels, and b1's idle pool
+/// and slow request. The sweep ends a1's and w1's, by the server HAProxy's
+/// tables name, and none of b1's at the shared address.
+#[test]
+fn http_mode_tunnels_and_a_shared_address() {
+    use common::http::*;
+    use std::collections::BTreeSet;
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let origin = Origin::start(ORIGIN);
+        let _other = Origin::start(OTHER);
+        let b = || hb("be_b", 8002, "always", &[("b1", ORIGIN)]);
+        let all = [hb("be_a", 8001, "never", &[("a1", ORIGIN)]), b(), hb("ws", 8003, "safe", &[("w1", OTHER)])];
+        let h = Haproxy::start(true, http_layout(&all).as_str());
+        let mut a: Vec<Http> = (0..3).map(|_| Http::connect("127.0.0.10:8001")).collect();
+        for c in &mut a {
+            assert_eq!(c.get("/").unwrap(), "a1");
+        }
+        let mut a_slow = Http::connect("127.0.0.10:8001");
+        a_slow.send("/slow");
+        let mut b_ka: Vec<Http> = (0..2).map(|_| Http::connect("127.0.0.10:8002")).collect();
+        for c in &mut b_ka {
+            assert_eq!(c.get("/").unwrap(), "b1");
+        }
+        let mut b_slow = Http::connect("127.0.0.10:8002");
+        b_slow.send("/slow");
+        let mut tunnels: Vec<Http> = (0..2).map(|_| Http::upgrade("127.0.0.10:8003")).collect();
+        for t in &mut tunnels {
+            assert_eq!(t.tunnel_ask().unwrap(), "w1");
+        }
+        wait_until(Duration::from_secs(5), "the slow requests at the origin", || {
+            let s = by_server(&to_origin(&h), &origin.seen());
+            s.get("a1").is_some_and(|p| p.len() >= 4) && s.get("b1").is_some_and(|p| !p.is_empty())
+        });
+        let (old, _new) = h.reload(http_layout(&[b()]).as_str());
+        let old_pid = h.host_pid(old);
+        std::thread::sleep(Duration::from_millis(500));
+        let held = by_server(
+            &haproxy_sockets_to(ORIGIN, &[old_pid]).iter().map(|s| (s.local().port(), s.cookie())).collect(),
+            &origin.seen(),
+        );
+        assert!(held.get("a1").is_some_and(|p| !p.is_empty()), "nothing of a1 lingers: {held:?}");
+        let a1_held = held.get("a1").map_or(0, |p| p.len()) as u64;
+        let b1_before: BTreeSet<u16> = by_server(&to_origin(&h), &origin.seen()).remove("b1").unwrap_or_default();
+        assert!(!b1_before.is_empty());
+
+        let (rc, doc, err) = sweep(&h, &["--dry-run"]);
+        assert_eq!(rc, 1, "{err}\n{doc}");
+        let want = vec![
+            ("gone".to_string(), "be_a/a1".to_string(), ORIGIN.to_string(), a1_held),
+            ("gone".to_string(), "ws/w1".to_string(), OTHER.to_string(), 2),
+        ];
+        assert_eq!(found(&doc), want, "{doc}");
+
+        let (rc, doc, err) = sweep(&h, &[]);
+        record("lingering: HTTP, tunnels, shared address", true, &doc, rc);
+        assert_eq!(rc, 0, "{err}\n{doc}\n{}", h.log());
+        let a1_ports: BTreeSet<u16> = origin.seen().into_iter().filter(|(_, s)| s == "a1").map(|(p, _)| p).collect();
+        assert_gone_for(Duration::from_secs(2), &h, &a1_ports);
+        assert_none_for(Duration::from_secs(1), OTHER, &h);
+        let now = to_origin(&h);
+        assert!(b1_before.iter().all(|p| now.contains_key(p)), "b1's connections were touched");
+        assert!(!b_slow.ended(), "the slow b1 request was cut");
+        // (The old worker closes its idle keep-alive clients itself on a reload: b_ka are not
+        // asked again.) b1 serves new clients.
+        assert_eq!(Http::connect("127.0.0.10:8002").get("/").unwrap(), "b1");
+        for t in &mut tunnels {
+            wait_until(Duration::from_secs(10), "a w1 tunnel to end", || t.ended());
+        }
+        wait_until(Duration::from_secs(5), "the slow a1 client to see its end", || a_slow.ended());
+    });
+}
+
+/// Three reloads in a row, each removing another server: each sweep ends
+/// exactly the server that reload removed (held by a different old worker
+/// each time), and a — never removed — keeps serving throughout.
+#[test]
+fn three_reloads_in_a_row() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _servers: Vec<_> =
+            [(A, "a"), (B, "b"), (C, "c"), (D, "d")].iter().map(|(at, t)| tag_server(at, t)).collect();
+        let mut left = vec![("a", A), ("b", B), ("c", C), ("d", D)];
+        let h = Haproxy::start(true, &[be("be", 8000, &left)]);
+        let mut by = clients_by_server("127.0.0.10:8000", 8);
+        assert_eq!(by.len(), 4);
+        for _ in 0..3 {
+            let (name, at) = left.pop().unwrap();
+            h.reload(&[be("be", 8000, &left)]);
+            // A client of the new worker, so that it too is an old worker with sessions after the next reload.
+            let c = Client::connect("127.0.0.10:8000");
+            by.entry(c.server.clone()).or_default().push(c);
+            let n = by[name].len() as u64;
+            let (rc, doc, err) = sweep(&h, &[]);
+            record("lingering: three reloads in a row", true, &doc, rc);
+            assert_eq!(rc, 0, "removing {name}: {err}\n{doc}\n{}", h.log());
+            assert_eq!(found(&doc), vec![("gone".into(), format!("be/{name}"), at.into(), n)], "{doc}");
+            assert_ended(&h, at, by.get_mut(name).unwrap());
+            for (still, _) in &left {
+                assert_served(by.get_mut(*still).unwrap(), still);
+            }
+        }
+    });
+}

@@ -19,7 +19,7 @@ use super::attribution::{Attributor, Unavailable};
 use super::parse::ServerState;
 use super::places::{server_at, At};
 use crate::engine::owners::Holders;
-use crate::engine::{Engine, Query};
+use crate::engine::{Class, Engine, Query};
 use crate::error::Result;
 use crate::filter::{Filter, StateSet};
 use crate::socket::TcpState;
@@ -72,10 +72,8 @@ pub struct Lingering {
 pub struct Sweep {
     /// Per class, server and address.
     pub lingering: Vec<Lingering>,
-    /// Every server any process's configuration lists (the current worker's and
-    /// the old workers'): a table naming anything else names no server (peers,
-    /// rings, SPOE, the httpclient), and such a connection never lingers.
-    pub known: HashSet<(String, String)>,
+    /// The rule the run enforces with (`None` once taken).
+    pub rule: Option<SweepRule>,
     /// Processes whose tables or configuration could not be read (their
     /// connections were not judged), and why.
     pub unasked: Vec<String>,
@@ -100,17 +98,62 @@ pub fn judge(
     let named = |s: &&ServerState| s.backend == be && s.name == srv;
     // Not a server of the holder's configuration: peers, a ring, the httpclient...
     holder.iter().find(named)?;
-    let now = current.iter().find(named);
-    if let Some(s) = now {
-        if s.maint && server_at(s, peer, listening).is_some() {
-            return Some(Lingers::Maint);
+    match current.iter().find(named) {
+        // Still configured: at its own address (or a check's) it is healthy, or in
+        // maintenance; anywhere else it is a connection to where it was.
+        Some(s) if server_at(s, peer, listening).is_some() => s.maint.then_some(Lingers::Maint),
+        Some(s) if s.checks.contains(&peer) => None,
+        Some(_) => Some(Lingers::Moved),
+        // Gone by this name: renamed, if a current server of the same backend or
+        // with the same name is at the address (the reload kept it there);
+        // another backend's server there does not make it its own.
+        None => {
+            let renamed = current.iter().any(|s| is_at(s, peer, listening) && (s.backend == be || s.name == srv));
+            (!renamed).then_some(Lingers::Gone)
         }
     }
-    // Some current server is there (this one, a renamed one, another backend's): healthy.
-    if current.iter().any(|s| is_at(s, peer, listening)) {
-        return None;
+}
+
+/// The sweep's rule for every socket a run sees: the same judgement as the
+/// sweep's, by the server the holder's tables name under the holder's own
+/// configuration.
+#[derive(Debug, Clone)]
+pub struct SweepRule {
+    configs: HashMap<u32, Vec<ServerState>>,
+    current: Vec<ServerState>,
+    listening: Vec<u16>,
+    answering: u32,
+    include_maint: bool,
+}
+
+impl SweepRule {
+    /// The verdict on a socket to `peer` held by `pid`, which a table
+    /// (`named`: the server and the table's name) names or not (`why`).
+    pub fn decide(&self, pid: u32, named: Option<((&str, &str), &str)>, why: &str, peer: SocketAddr) -> Class {
+        let Some(config) = self.configs.get(&pid) else {
+            return Class::Ambiguous(format!("{why}; HAProxy pid {pid} could not be asked for its configuration"));
+        };
+        let ((be, srv), table) = match named {
+            Some(n) => n,
+            None if pid != self.answering => match only_server_at(config, peer, &self.listening) {
+                Some(s) => ((s.backend.as_str(), s.name.as_str()), "its configuration: the one server there"),
+                None => {
+                    return Class::Ambiguous(format!(
+                        "{why}, and pid {pid}'s configuration has no one server at {peer}"
+                    ))
+                }
+            },
+            None => return Class::Ambiguous(format!("{why} (the current worker)")),
+        };
+        match judge((be, srv), peer, config, &self.current, &self.listening) {
+            Some(Lingers::Gone | Lingers::Moved) => Class::Target,
+            Some(Lingers::Maint) if self.include_maint => Class::Target,
+            Some(Lingers::Maint) => {
+                Class::OtherServer(format!("{be}/{srv} (`{table}`) is in maintenance: --include-maint ends it"))
+            }
+            None => Class::OtherServer(format!("{be}/{srv} (`{table}`) is configured at {peer}, or is no server")),
+        }
     }
-    Some(if now.is_some() { Lingers::Moved } else { Lingers::Gone })
 }
 
 /// The one server of `config` at `peer`, surely there (for an old worker's
@@ -166,7 +209,6 @@ fn ask_every_process(
     answering: u32,
     out: &mut Sweep,
 ) -> Result<Asked> {
-    out.known.extend(current.iter().map(|s| (s.backend.clone(), s.name.clone())));
     let mut configs: HashMap<u32, Vec<ServerState>> = HashMap::new();
     let mut tables: HashMap<u32, ServerOf> = HashMap::new();
     for pid in holders.pids() {
@@ -181,7 +223,6 @@ fn ask_every_process(
                 }
             }
         };
-        out.known.extend(config.iter().map(|s| (s.backend.clone(), s.name.clone())));
         match named_fds(att, pid, &config)? {
             Ok(named) => {
                 tables.insert(pid, named);
@@ -252,6 +293,13 @@ pub fn sweep(
         })
         .collect();
     info!(found = out.lingering.len(), unasked = out.unasked.len(), "lingering sweep");
+    out.rule = Some(SweepRule {
+        configs,
+        current: current.to_vec(),
+        listening: listening.to_vec(),
+        answering,
+        include_maint,
+    });
     Ok(out)
 }
 
@@ -285,9 +333,20 @@ mod tests {
         let moved = vec![server("be", "s1", "10.0.0.1", 80), server("be", "s2", "10.0.0.9", 80)];
         assert_eq!(class(("be", "s2"), "10.0.0.2:80", &old, &moved), Some(Lingers::Moved));
         assert_eq!(class(("be", "s2"), "10.0.0.9:80", &old, &moved), None);
-        // Another backend's server still at the removed server's address: healthy.
+        // Another backend's server still at the removed server's address: the
+        // removed server's connections (by the tables' name) are gone; that
+        // server's own are healthy.
         let shared = vec![server("be", "s1", "10.0.0.1", 80), server("other", "x", "10.0.0.2", 80)];
-        assert_eq!(class(("be", "s2"), "10.0.0.2:80", &old, &shared), None);
+        assert_eq!(class(("be", "s2"), "10.0.0.2:80", &old, &shared), Some(Lingers::Gone));
+        let mut both = old.clone();
+        both.push(server("other", "x", "10.0.0.2", 80));
+        assert_eq!(class(("other", "x"), "10.0.0.2:80", &both, &shared), None);
+        // Renamed in another backend, same server name: taken for a rename, left alone.
+        let moved_be = vec![server("be", "s1", "10.0.0.1", 80), server("be2", "s2", "10.0.0.2", 80)];
+        assert_eq!(class(("be", "s2"), "10.0.0.2:80", &old, &moved_be), None);
+        // Moved, with another backend's server at its old address: still moved.
+        let taken = vec![server("be", "s1", "10.0.0.1", 80), server("be", "s2", "10.0.0.9", 80), server("o", "y", "10.0.0.2", 80)];
+        assert_eq!(class(("be", "s2"), "10.0.0.2:80", &old, &taken), Some(Lingers::Moved));
     }
 
     #[test]
@@ -312,10 +371,38 @@ mod tests {
         let mut m = server("be", "s1", "10.0.0.1", 80);
         m.maint = true;
         assert_eq!(class(("be", "s1"), "10.0.0.1:80", &[m.clone()], &[m.clone()]), Some(Lingers::Maint));
+        // In maintenance at its check address: a check, healthy.
+        let mut mc = m.clone();
+        mc.checks = vec![peer("10.0.0.50:9999")];
+        assert_eq!(class(("be", "s1"), "10.0.0.50:9999", &[mc.clone()], &[mc]), None);
         // In maintenance and moved: moved.
         let mut m2 = m.clone();
         m2.addr = "10.0.0.3".parse().ok();
         assert_eq!(class(("be", "s1"), "10.0.0.1:80", &[m.clone()], &[m2]), Some(Lingers::Moved));
+    }
+
+    #[test]
+    fn the_run_enforces_by_the_same_judgement() {
+        let old = vec![server("be", "s1", "10.0.0.1", 80), server("be", "s2", "10.0.0.2", 80)];
+        let mut current = vec![server("be", "s1", "10.0.0.1", 80)];
+        current[0].maint = true;
+        let rule = |include_maint| SweepRule {
+            configs: HashMap::from([(1, current.clone()), (2, old.clone())]),
+            current: current.clone(),
+            listening: vec![8080],
+            answering: 1,
+            include_maint,
+        };
+        let r = rule(false);
+        let at = |a: &str| peer(a);
+        assert_eq!(r.decide(2, Some((("be", "s2"), "show sess")), "", at("10.0.0.2:80")), Class::Target);
+        assert!(matches!(r.decide(1, Some((("be", "s1"), "show fd")), "", at("10.0.0.1:80")), Class::OtherServer(_)));
+        assert_eq!(rule(true).decide(1, Some((("be", "s1"), "show fd")), "", at("10.0.0.1:80")), Class::Target);
+        // Unnamed in the old worker: its one server there; in the current worker: ambiguous.
+        assert_eq!(r.decide(2, None, "no table", at("10.0.0.2:80")), Class::Target);
+        assert!(matches!(r.decide(1, None, "no table", at("10.0.0.2:80")), Class::Ambiguous(_)));
+        // A process never asked: ambiguous.
+        assert!(matches!(r.decide(3, Some((("be", "s2"), "show sess")), "", at("10.0.0.2:80")), Class::Ambiguous(_)));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::api::Api;
 use super::attribution::{Attributor, Candidate, Source, Tables, Unavailable};
 use super::discovery::Topology;
-use super::lingering::{self, Lingers, Sweep};
+use super::lingering::{self, Sweep, SweepRule};
 use super::parse::{self, ServerState, Stream};
 use super::places::{self, At, Place, Places};
 use crate::engine::owners::Holders;
@@ -82,25 +82,12 @@ pub struct Rule {
     config: Vec<ServerState>,
     /// The ports HAProxy's processes listen on.
     listening: Vec<u16>,
-    /// The lingering sweep: every server some process's configuration lists;
-    /// a table naming anything else names no server (peers, a ring).
-    known: Option<HashSet<(String, String)>>,
-    /// The lingering sweep with `--include-maint`: servers in maintenance
-    /// whose connections are targets wherever they are.
-    maint: Vec<(String, String)>,
 }
 
 impl Rule {
     /// The rule for `target` under the current worker's `config`.
     pub fn new(target: Target, config: Vec<ServerState>, listening: Vec<u16>) -> Rule {
-        Rule { target, config, listening, known: None, maint: Vec::new() }
-    }
-
-    /// The rule of the lingering sweep ([`super::lingering`]): `known` servers,
-    /// and the servers in maintenance whose connections are targets too.
-    pub fn sweeping(&mut self, known: HashSet<(String, String)>, maint: Vec<(String, String)>) {
-        self.known = Some(known);
-        self.maint = maint;
+        Rule { target, config, listening }
     }
 
     /// The current worker's servers at `peer`, surely or maybe (a port
@@ -139,23 +126,6 @@ impl Rule {
         }
     }
 
-    /// The lingering sweep's own rules for a named socket: a maintenance
-    /// server's (with `--include-maint`) is a target; what no configuration
-    /// lists as a server is no server's.
-    fn swept(&self, src: &Source) -> Option<Class> {
-        let (be, srv) = src.server();
-        if self.maint.iter().any(|(b, s)| b == be && s == srv) {
-            return Some(Class::Target);
-        }
-        if self.known.as_ref().is_some_and(|k| !k.contains(&(be.to_string(), srv.to_string()))) {
-            return Some(Class::OtherServer(format!(
-                "HAProxy names it {be}/{srv} (`{}`), which no configuration lists as a server (a peers section, a ring, the httpclient)",
-                src.table()
-            )));
-        }
-        None
-    }
-
     /// The verdict on one candidate to `peer` held by `holder`, from the
     /// server a table named (`named`), or — `None` — from no table naming it (`why`).
     pub fn decide(&self, named: Option<&Source>, holder: Holder, why: &str, peer: SocketAddr) -> Class {
@@ -179,9 +149,6 @@ impl Rule {
             }
             (Some(src), Target::Gone) => {
                 let (be, srv) = src.server();
-                if let Some(class) = self.swept(src) {
-                    return class;
-                }
                 let same_ip = |s: &ServerState| s.addr.map(canonical_ip) == Some(canonical_ip(peer.ip()));
                 if self.configured_at(peer).any(|(s, _)| s.backend == be && s.name == srv) {
                     Class::OtherServer(format!(
@@ -255,8 +222,10 @@ pub struct HaproxyClassifier {
     /// The last doubt and when it was asked: HAProxy's tables are read again
     /// at most once a second however often the loop would end quiet.
     last_doubt: Option<(Instant, Option<String>)>,
-    /// The lingering sweep: processes it could not ask (nothing of theirs was
-    /// judged, so the run cannot say nothing lingers).
+    /// The lingering sweep's rule, which replaces `rule` for every socket;
+    /// and the processes it could not ask (nothing of theirs was judged, so
+    /// the run cannot say nothing lingers).
+    swept: Option<SweepRule>,
     unasked: Vec<String>,
     /// Sockets HAProxy closed by itself.
     pub closed: Vec<Closed>,
@@ -335,6 +304,7 @@ impl HaproxyClassifier {
             engine,
             seen: HashSet::new(),
             last_doubt: None,
+            swept: None,
             unasked: Vec::new(),
             closed: Vec::new(),
         }
@@ -363,12 +333,11 @@ impl HaproxyClassifier {
         }
     }
 
-    /// The lingering sweep over every process ([`lingering::sweep`]): the
-    /// rule learns which servers exist and, with `include_maint`, which
-    /// maintenance servers' connections are targets; the places of whatever
-    /// is enforced are watched.
+    /// The lingering sweep over every process ([`lingering::sweep`]): its
+    /// rule replaces the target rule for every socket the run sees, and the
+    /// places of whatever is enforced are watched.
     pub fn sweep(&mut self, include_maint: bool) -> Result<Sweep> {
-        let found = lingering::sweep(
+        let mut found = lingering::sweep(
             &mut self.attributor,
             &mut self.holders,
             &mut self.engine,
@@ -377,13 +346,7 @@ impl HaproxyClassifier {
             self.answering,
             include_maint,
         )?;
-        let maint = found
-            .lingering
-            .iter()
-            .filter(|l| l.class == Lingers::Maint && l.enforced)
-            .filter_map(|l| l.server.split_once('/').map(|(b, s)| (b.to_string(), s.to_string())))
-            .collect();
-        self.rule.sweeping(found.known.clone(), maint);
+        self.swept = found.rule.take();
         self.unasked = found.unasked.clone();
         for l in found.lingering.iter().filter(|l| l.enforced) {
             self.places.borrow_mut().add(Place::of(l.address));
@@ -569,7 +532,11 @@ impl Classifier for HaproxyClassifier {
             let holder = if pid == self.answering { Holder::Current } else { Holder::Other };
             for a in self.attribute(pid, sockets, &idx)? {
                 let s = &sockets[a.index];
-                let class = self.rule.decide(a.named.as_ref(), holder, &a.unlisted.to_string(), s.peer());
+                let why = a.unlisted.to_string();
+                let class = match &self.swept {
+                    Some(sweep) => sweep.decide(pid, a.named.as_ref().map(|n| (n.server(), n.table())), &why, s.peer()),
+                    None => self.rule.decide(a.named.as_ref(), holder, &why, s.peer()),
+                };
                 debug!(cookie = s.cookie(), pid, source = ?a.named, ?class, "attributed");
                 self.verdicts.insert(s.cookie(), class);
             }
