@@ -23,6 +23,8 @@ const A: &str = "127.0.0.31:9000";
 const B: &str = "127.0.0.32:9000";
 const C: &str = "127.0.0.33:9000";
 const D: &str = "127.0.0.34:9000";
+/// A "remote peer" (a plain server: the peers handshake never completes).
+const PEER: &str = "127.0.0.41:10000";
 
 /// `sockkill haproxy --json --socket admin.sock --lingering EXTRA`.
 fn sweep(h: &Haproxy, extra: &[&str]) -> (i32, Value, String) {
@@ -166,30 +168,39 @@ fn runtime_address_change_is_moved() {
 }
 
 /// Nothing lingers on a healthy load balancer, over many dry runs: a reload
-/// that renames a server at the same address, another backend's server
-/// at the address of a removed one, and health checks (one to a check
-/// address and port of its own) are never gone or moved.
+/// that renames servers at the same address, health checks (one to a check
+/// address and port of its own), a `peers` section (the local peer, and a
+/// remote one HAProxy keeps reconnecting to) are never gone or moved.
 #[test]
 fn a_healthy_load_balancer_never_alarms() {
     require!(Netns);
     let _g = serial();
     in_private_netns(|| {
-        let _servers: Vec<_> =
-            [(A, "a"), (B, "b"), (C, "c"), (D, "check")].iter().map(|(at, t)| tag_server(at, t)).collect();
+        let _servers: Vec<_> = [(A, "a"), (B, "b"), (C, "c"), (D, "check"), (PEER, "not-a-peer")]
+            .iter()
+            .map(|(at, t)| tag_server(at, t))
+            .collect();
+        // The local peer is named after the host (no `localpeer` in the lab's global section).
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
         let cfg = |second: &str, other: &str| {
             format!(
                 "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n\
+                 peers mypeers\n    peer {host} 127.0.0.10:10001\n    peer remote {PEER}\n\
                  frontend fe\n    bind 127.0.0.10:8000\n    default_backend be\n\
                  frontend fe2\n    bind 127.0.0.10:8001\n    default_backend other\n\
-                 backend be\n    balance roundrobin\n    server a {A} check inter 100ms addr 127.0.0.34 port 9000\n    server {second} {B}\n\
+                 backend be\n    balance roundrobin\n    stick-table type ip size 1k peers mypeers\n\
+                 \x20   server a {A} check inter 100ms addr 127.0.0.34 port 9000\n    server {second} {B}\n\
                  backend other\n    server {other} {C}\n"
             )
         };
         let h = Haproxy::start(true, cfg("b", "c").as_str());
         let mut by = clients_by_server("127.0.0.10:8000", 4);
         let mut other: Vec<Client> = (0..2).map(|_| Client::connect("127.0.0.10:8001")).collect();
-        // b renamed at the same address; other's server renamed too, and a third
-        // backend's server now shares nothing: none of these connections is gone.
+        // A remote peer's connection (it never completes the handshake: HAProxy reconnects).
+        wait_until(Duration::from_secs(10), "HAProxy's connection to the remote peer", || {
+            !haproxy_sockets_to(PEER, &h.pids()).is_empty()
+        });
+        // b renamed at the same address, other's server renamed too: none of these connections is gone.
         h.reload(cfg("web2", "c2").as_str());
         for i in 0..10 {
             let (rc, doc, err) = sweep(&h, &["--dry-run"]);
@@ -331,5 +342,49 @@ fn three_reloads_in_a_row() {
                 assert_served(by.get_mut(*still).unwrap(), still);
             }
         }
+    });
+}
+
+/// `--include-maint` with the connect-retry shape HAProxy's fix 51611a5
+/// addresses: 24 streams stuck connecting to a server that never accepts,
+/// then `set server ... state maint` and `shutdown sessions server` — which
+/// 3.0/3.1 fail to carry out (the streams stay, retrying). Without the flag
+/// the sweep reports them (`maint`, not enforced) and destroys nothing; with
+/// it, it ends them, and is clean exactly when HAProxy lists no stream of
+/// the server any more (3.0.11 keeps some frozen: then ambiguous, and why).
+#[test]
+fn include_maint_where_shutdown_sessions_fails() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _hole = never_accepting(A);
+        let h = Haproxy::start(true, &[be("be", 8000, &[("a", A)])]);
+        let streams = stuck_streams(&h, "127.0.0.10:8000", A, 24);
+        for cmd in ["set server be/a state maint", "shutdown sessions server be/a"] {
+            let answer = h.api().command(cmd).unwrap();
+            assert!(answer.trim().is_empty(), "{cmd}: {answer}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let lingering = haproxy_sockets_to(A, &h.pids()).len();
+        let (rc, doc, err) = sweep(&h, &["--dry-run"]);
+        assert_eq!(rc, 0, "maint is reported, not enforced: {err}\n{doc}");
+        let maint: Vec<&Value> =
+            doc["lingering"].as_array().unwrap().iter().filter(|l| l["class"] == "maint").collect();
+        if lingering == 0 {
+            // This version purged the streams itself (2.x, 3.2+): nothing of a is left.
+            assert!(maint.is_empty(), "{doc}");
+            assert!(streams_of(&h, "a").iter().all(|l| !l.contains("fd=")), "{:?}", streams_of(&h, "a"));
+            return;
+        }
+        assert_eq!(maint.len(), 1, "{doc}");
+        assert_eq!((maint[0]["server"].as_str(), maint[0]["enforced"].as_bool()), (Some("be/a"), Some(false)));
+        assert_eq!(doc["summary"]["destroyed"], 0, "{doc}");
+
+        let (rc, doc, err) = sweep(&h, &["--include-maint"]);
+        record("lingering: --include-maint, shutdown sessions failing", true, &doc, rc);
+        assert!(rc == 0 || rc == 1, "{err}\n{doc}");
+        assert!(doc["summary"]["destroyed"].as_u64().unwrap_or(0) > 0, "{doc}");
+        assert_gone_and_truthful(&h, rc, &doc, "a", A);
+        drop(streams);
     });
 }

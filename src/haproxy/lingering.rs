@@ -127,6 +127,14 @@ pub struct SweepRule {
 }
 
 impl SweepRule {
+    /// The servers in maintenance whose connections the run ends (`--include-maint`).
+    pub fn enforced_maint(&self) -> Vec<(String, String)> {
+        if !self.include_maint {
+            return Vec::new();
+        }
+        self.current.iter().filter(|s| s.maint).map(|s| (s.backend.clone(), s.name.clone())).collect()
+    }
+
     /// The verdict on a socket to `peer` held by `pid`, which a table
     /// (`named`: the server and the table's name) names or not (`why`).
     pub fn decide(&self, pid: u32, named: Option<((&str, &str), &str)>, why: &str, peer: SocketAddr) -> Class {

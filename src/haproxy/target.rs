@@ -365,8 +365,16 @@ impl HaproxyClassifier {
     /// Reads every process's tables for the named server: its streams (and
     /// the fds of those whose server side is live), and with `connections` its `show fd` connections too.
     fn ask_named(&mut self, connections: bool) -> Result<Named> {
+        match self.named() {
+            Some((be, srv)) => self.ask_named_for((&be, &srv), connections),
+            None => Ok(Named::default()),
+        }
+    }
+
+    /// [`Self::ask_named`] for the server `(be, srv)`.
+    fn ask_named_for(&mut self, (be, srv): (&str, &str), connections: bool) -> Result<Named> {
         let mut out = Named::default();
-        let Some((be, srv)) = self.named() else { return Ok(out) };
+        let (be, srv) = (be.to_string(), srv.to_string());
         for pid in self.holders.pids() {
             let mut fds = HashSet::new();
             match self.attributor.streams(pid, Some((&be, &srv)))? {
@@ -498,8 +506,7 @@ impl HaproxyClassifier {
 
     /// HAProxy's session count for the named server in the answering
     /// worker; `Err` with why when `show stat` could not be read.
-    fn scur(&self) -> std::result::Result<u64, String> {
-        let Some((b, s)) = self.named() else { return Ok(0) };
+    fn scur_of(&self, b: &str, s: &str) -> std::result::Result<u64, String> {
         let rows = self.api().command("show stat").and_then(|t| parse::parse_stat(&t)).map_err(|e| e.to_string())?;
         Ok(rows.into_iter().find(|r| r.proxy == b && r.server == s).and_then(|r| r.scur).unwrap_or(0))
     }
@@ -581,8 +588,27 @@ impl HaproxyClassifier {
                 self.unasked.join("; ")
             )));
         }
-        let Some((be, srv)) = self.named() else { return Ok(None) };
-        let named = self.ask_named(false)?;
+        for server in self.doubted() {
+            if let Some(why) = self.doubt_of(&server)? {
+                return Ok(Some(why));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The servers whose streams HAProxy must no longer list for the run to be
+    /// quiet: the named one, or the sweep's maintenance servers it enforces.
+    fn doubted(&self) -> Vec<(String, String)> {
+        match (&self.swept, self.named()) {
+            (Some(sweep), _) => sweep.enforced_maint(),
+            (None, Some(named)) => vec![named],
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// The doubt about one server: its streams in every process, its `scur`.
+    fn doubt_of(&mut self, (be, srv): &(String, String)) -> Result<Option<String>> {
+        let named = self.ask_named_for((be, srv), false)?;
         // The answering worker's own table is the least HAProxy must show; an
         // old worker that cannot be asked names nothing (the README says so).
         if let Some(why) = named.unavailable.iter().find(|u| u.pid() == self.answering) {
@@ -593,7 +619,7 @@ impl HaproxyClassifier {
         }
         let added = self.place_fds(&named.fds)?;
         let streams: usize = named.streams.iter().map(|(_, n, _)| n).sum();
-        let scur = match self.scur() {
+        let scur = match self.scur_of(be, srv) {
             Ok(n) => n,
             Err(e) => return Ok(Some(format!("`show stat` could not be read to confirm {be}/{srv} is clear: {e}"))),
         };
