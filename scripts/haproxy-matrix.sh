@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the HAProxy end-to-end tests (tests/haproxy_e2e.rs, TCP mode,
-# tests/haproxy_http.rs, HTTP mode, and tests/haproxy_moved.rs, servers whose
-# connections are not at the printed address) against every HAProxy branch users run:
+# tests/haproxy_http.rs, HTTP mode, tests/haproxy_moved.rs, servers whose
+# connections are not at the printed address, and tests/haproxy_lingering.rs, the
+# --lingering sweep) against every HAProxy branch users run:
 # Debian's own package (2.6) and every upstream release in $HAPROXY_SOURCES
 # (default ../shared/haproxy: 2.2, 2.4, 2.8, 3.0.0, 3.0.11, 3.1, 3.2, 3.3, 3.4), built into a
 # cache outside the clone (scripts/haproxy-build.sh; rebuilt only when missing).
