@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 const SERVERS: [&str; 4] = ["127.0.0.11:9001", "127.0.0.12:9002", "127.0.0.13:9003", "127.0.0.14:9004"];
 const ECHO: &str = "127.0.0.15:9005";
+/// Per worker: a client and a server fd per session within the hard RLIMIT_NOFILE (20000 here).
+const MAXCONN: usize = 9000;
 
 /// Accepts and holds every connection, with a long accept queue.
 fn hold(addr: &str) -> mpsc::Receiver<TcpStream> {
@@ -103,23 +105,48 @@ fn worker_pid(dir: &std::path::Path) -> Option<u32> {
     ask(dir, "show info").lines().find_map(|l| l.strip_prefix("Pid: ")).and_then(|p| p.trim().parse().ok())
 }
 
-/// Connects `n` clients to the frontend and waits until the servers accepted as many.
-fn connect(n: usize, held: &[mpsc::Receiver<TcpStream>], keep: &mut Vec<TcpStream>) {
+/// HAProxy's established connections to s1-s4, from the kernel.
+fn to_servers() -> usize {
+    let filter = sockkill::Filter {
+        dport: vec!["9001-9004".parse().expect("range")],
+        states: sockkill::StateSet::parse_name("established").expect("state"),
+        ..sockkill::Filter::default()
+    };
+    sockkill::list(None, filter, false).map_or(0, |v| v.len())
+}
+
+/// Connects `n` more clients to the frontend and waits until HAProxy holds a
+/// connection to a server for each.
+fn connect(n: usize, keep: &mut Vec<TcpStream>) {
+    let before = to_servers();
     for _ in 0..n {
         keep.push(TcpStream::connect("127.0.0.10:8000").expect("connect to HAProxy"));
     }
-    let mut got = 0;
     let end = Instant::now() + Duration::from_secs(60);
-    while got < n && Instant::now() < end {
-        for rx in held {
-            while let Ok(s) = rx.try_recv() {
-                keep.push(s);
-                got += 1;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    while to_servers() < before + n {
+        assert!(Instant::now() < end, "HAProxy holds {} of {} server connections", to_servers(), before + n);
+        std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(got, n, "the servers accepted {got} of {n} connections");
+}
+
+/// The servers (s1-s4 hold, the echo server answers) in a process of their
+/// own: the hard RLIMIT_NOFILE (20000 here) cannot hold both ends of 10k
+/// connections in one. Runs until its stdin closes.
+fn serve() {
+    let held: Vec<_> = SERVERS.iter().map(|s| hold(s)).collect();
+    std::thread::spawn(move || {
+        let mut keep = Vec::new();
+        loop {
+            for rx in &held {
+                while let Ok(s) = rx.try_recv() {
+                    keep.push(s);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    echo(ECHO);
+    let _ = std::io::stdin().read(&mut [0u8; 1]);
 }
 
 /// Probes until `stop`: one line through HAProxy to the echo server every ms; RTTs in µs.
@@ -189,10 +216,19 @@ fn one_run(sessions: usize, run: usize) -> String {
     let dir = std::env::temp_dir().join(format!("sockkill-lingering-bench-{}-{run}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
-    let held: Vec<_> = SERVERS.iter().map(|s| hold(s)).collect();
-    echo(ECHO);
     let _ = std::fs::write("/proc/sys/net/core/somaxconn", "65535");
-    std::fs::write(dir.join("haproxy.cfg"), config(&dir, &SERVERS, sessions + 1000)).expect("config");
+    let servers = Command::new(std::env::current_exe().expect("own path"))
+        .arg("--serve")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start the servers");
+    let _servers = Running(servers);
+    let end = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(ECHO).is_err() {
+        assert!(Instant::now() < end, "the servers did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(dir.join("haproxy.cfg"), config(&dir, &SERVERS, MAXCONN)).expect("config");
     let bin = std::env::var("SOCKKILL_HAPROXY").unwrap_or_else(|_| "haproxy".into());
     let log = std::fs::File::create(dir.join("haproxy.log")).expect("log");
     let child = Command::new(bin)
@@ -215,9 +251,9 @@ fn one_run(sessions: usize, run: usize) -> String {
     // The master's signal handlers are set once its CLI answers.
     std::thread::sleep(Duration::from_millis(500));
     let mut keep = Vec::with_capacity(sessions * 2 + 16);
-    connect(sessions / 2, &held, &mut keep);
+    connect(sessions / 2, &mut keep);
     let old = worker_pid(&dir);
-    std::fs::write(dir.join("haproxy.cfg"), config(&dir, &SERVERS[..2], sessions + 1000)).expect("config");
+    std::fs::write(dir.join("haproxy.cfg"), config(&dir, &SERVERS[..2], MAXCONN)).expect("config");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(master as i32), nix::sys::signal::Signal::SIGUSR2)
         .expect("SIGUSR2");
     let end = Instant::now() + Duration::from_secs(20);
@@ -226,7 +262,7 @@ fn one_run(sessions: usize, run: usize) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_secs(1));
-    connect(sessions - sessions / 2, &held, &mut keep);
+    connect(sessions - sessions / 2, &mut keep);
 
     let (_, base50, base99, base_n) = probed(|| std::thread::sleep(Duration::from_secs(3)));
     let (dry_ms, dry) = sockkill(&dir, &["--dry-run"]);
@@ -254,10 +290,13 @@ fn main() {
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let sessions: usize = arg("--sessions").map_or(10_000, |p| p.parse().expect("--sessions"));
     let runs: usize = arg("--runs").map_or(3, |p| p.parse().expect("--runs"));
-    // Both ends of every client connection live in this process, and HAProxy inherits the limit.
-    let want = (sessions as u64) * 3 + 10_000;
-    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, want, want)
-        .expect("raise RLIMIT_NOFILE (run as root)");
+    if args.iter().any(|a| a == "--serve") {
+        return serve();
+    }
+    // The clients live in this process (the servers in a child): up to the hard limit.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("getrlimit");
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    assert!(sessions as u64 + 1000 < hard, "{sessions} clients need more than RLIMIT_NOFILE {hard}");
     for run in 0..runs {
         let line = std::thread::spawn(move || {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
