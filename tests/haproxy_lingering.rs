@@ -388,3 +388,32 @@ fn include_maint_where_shutdown_sessions_fails() {
         drop(streams);
     });
 }
+
+/// A reload removes backend `gone` whose server c held every session of the
+/// old worker: once the sweep ends them, the old worker has nothing left and
+/// exits by itself — the best outcome, and the report says so
+/// (`workers_exited`), as /proc does.
+#[test]
+fn the_old_worker_exits_once_its_last_session_ends() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _servers: Vec<_> = [(A, "a"), (C, "c")].iter().map(|(at, t)| tag_server(at, t)).collect();
+        let h = Haproxy::start(true, &[be("keep", 8000, &[("a", A)]), be("gone", 8001, &[("c", C)])]);
+        let mut gone: Vec<Client> = (0..3).map(|_| Client::connect("127.0.0.10:8001")).collect();
+        assert!(gone.iter().all(|c| c.server == "c"));
+        let (old, _new) = h.reload(&[be("keep", 8000, &[("a", A)])]);
+        let old_pid = h.host_pid(old);
+        let (rc, doc, err) = sweep(&h, &[]);
+        record("lingering: the old worker exits once its last session ends", true, &doc, rc);
+        assert_eq!(rc, 0, "{err}\n{doc}\n{}", h.log());
+        assert_eq!(found(&doc), vec![("gone".into(), "gone/c".into(), C.into(), 3)], "{doc}");
+        assert_ended(&h, C, &mut gone);
+        wait_until(Duration::from_secs(10), "the old worker to exit", || {
+            !sockkill::procfs::Process::open(old_pid).is_ok_and(|p| p.alive())
+        });
+        assert!(doc["workers_exited"].as_array().unwrap().iter().any(|p| *p == old_pid), "{doc}");
+        let mut fresh = Client::connect("127.0.0.10:8000");
+        assert_eq!(fresh.ask().unwrap(), "a");
+    });
+}
