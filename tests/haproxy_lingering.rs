@@ -59,6 +59,10 @@ fn clients_by_server(front: &str, n: usize) -> std::collections::BTreeMap<String
     by
 }
 
+fn counts(by: &std::collections::BTreeMap<String, Vec<Client>>) -> Vec<(&str, usize)> {
+    by.iter().map(|(k, v)| (k.as_str(), v.len())).collect()
+}
+
 /// No HAProxy socket to `addr` now and for 2 s, and its clients saw their connections end.
 fn assert_ended(h: &Haproxy, addr: &str, clients: &mut [Client]) {
     assert_none_for(Duration::from_secs(2), addr, h);
@@ -149,18 +153,26 @@ fn runtime_address_change_is_moved() {
         assert!(!answer.contains("rror"), "{answer}");
         let mut fresh = clients_by_server("127.0.0.10:8000", 4);
         assert!(fresh.contains_key("a-new"), "new connections go to a's new address: {:?}", fresh.keys());
+        // Where each client went is its server's greeting, not an assumption
+        // about round robin or about when HAProxy applies the new address
+        // (CI saw 3 sessions at the old address on 3.1, 3.2 and 3.4).
+        // Everything at the old address is moved, whenever it was opened.
+        eprintln!("first: {:?}, after set server addr: {:?}", counts(&by), counts(&fresh));
+        let mut old: Vec<Client> = by.remove("a").unwrap_or_default();
+        old.extend(fresh.remove("a").unwrap_or_default());
+        assert!(!old.is_empty(), "a has sessions at its old address");
 
         let (rc, doc, err) = sweep(&h, &["--dry-run"]);
         assert_eq!(rc, 1, "{err}\n{doc}");
-        assert_eq!(found(&doc), vec![("moved".into(), "be/a".into(), A.into(), 2)], "{doc}");
+        assert_eq!(found(&doc), vec![("moved".into(), "be/a".into(), A.into(), old.len() as u64)], "{doc}");
         let l = &doc["lingering"][0];
         assert_eq!(l["now_at"], C, "{l}");
 
         let (rc, doc, err) = sweep(&h, &[]);
         record("lingering: set server addr", true, &doc, rc);
         assert_eq!(rc, 0, "{err}\n{doc}\n{}", h.log());
-        assert_eq!(doc["summary"]["destroyed"], 2, "{doc}");
-        assert_ended(&h, A, by.get_mut("a").unwrap());
+        assert_eq!(doc["summary"]["destroyed"], old.len() as u64, "{doc}");
+        assert_ended(&h, A, &mut old);
         assert_served(by.get_mut("b").unwrap(), "b");
         assert_served(fresh.get_mut("a-new").unwrap(), "a-new");
         assert_served(fresh.get_mut("b").unwrap(), "b");
