@@ -16,12 +16,21 @@ pub enum Error {
     #[error("invalid filter: {0}")]
     InvalidFilter(String),
 
+    /// ss's filter words (`state ...`, `dst ... or ...`) could not be parsed.
+    #[error("invalid filter expression: {message}")]
+    FilterExpr {
+        /// What was expected, and the words read up to the one that failed.
+        message: String,
+        /// The word that failed (none at the end of the words).
+        word: Option<String>,
+    },
+
     /// A command-line value other than a filter is unusable.
     #[error("{0}")]
     Usage(String),
 
     /// A kill filter matches (nearly) everything and `--allow-catch-all` was not given.
-    #[error("refusing a catch-all kill filter: give --dst/--src prefixes that leave out part of every address family, a port range that leaves out some ports, --pid or --cgroup (or --allow-catch-all)")]
+    #[error("refusing a catch-all kill filter: give --dst/--src prefixes that leave out part of every address family, a port range that leaves out some ports, --pid or --cgroup, or an expression that narrows as they do (a `not` alone never does) (or --allow-catch-all)")]
     CatchAll,
 
     /// The first look matched more sockets than the `--max` guard allows.
@@ -376,7 +385,7 @@ impl Error {
     /// What kind of error this is, for scripts: the JSON's `error_kind`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::InvalidFilter(_) => "invalid_filter",
+            Error::InvalidFilter(_) | Error::FilterExpr { .. } => "invalid_filter",
             Error::Usage(_) => "usage",
             Error::CatchAll => "catch_all",
             Error::TooMany { .. } => "too_many",

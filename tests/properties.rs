@@ -15,7 +15,8 @@ use nix::sys::socket::{setsockopt, sockopt};
 use proptest::prelude::*;
 use sockkill::diag::{bytecode, wire, DumpSpec, SockDiag};
 use sockkill::engine::Query;
-use sockkill::filter::{parse_cidr, Cgroup, Family, Mark, PortRange, StateSet};
+use sockkill::filter::expr::{Cmp, Side, Term};
+use sockkill::filter::{parse_cidr, Cgroup, Expr, Family, Mark, PortRange, StateSet};
 use sockkill::haproxy::parse;
 use sockkill::testing::strategies::{arb_filter, arb_range, arb_states};
 use sockkill::Filter;
@@ -352,7 +353,63 @@ fn arb_near_filter() -> impl Strategy<Value = Filter> {
             devs,
             marks,
             cgroups,
+            expression: None,
         })
+}
+
+/// ss expressions over the same neighbourhood (`not` and `or` included).
+fn arb_near_expr() -> impl Strategy<Value = Expr> {
+    let net = prop_oneof![
+        (0u8..4, prop_oneof![Just(32u8), Just(24), Just(8), Just(0)]).prop_map(|(h, p)| ipnet::IpNet::new(
+            format!("127.0.{h}.2").parse().unwrap(),
+            p
+        )
+        .unwrap()
+        .trunc()),
+        (1u8..4, prop_oneof![Just(128u8), Just(64), Just(0)]).prop_map(|(h, p)| ipnet::IpNet::new(
+            format!("fd00::{h}").parse().unwrap(),
+            p
+        )
+        .unwrap()
+        .trunc()),
+        Just("::1/128".parse().unwrap()),
+        Just("::ffff:127.0.0.0/104".parse().unwrap()),
+    ];
+    let side = prop_oneof![Just(Side::Src), Just(Side::Dst)];
+    let port = prop_oneof![Just(0u16), Just(1024), Just(32768), Just(40000), Just(50000), Just(60999), Just(65535)];
+    let cmp = prop_oneof![Just(Cmp::Ge), Just(Cmp::Le), Just(Cmp::Gt), Just(Cmp::Lt)];
+    let term = prop_oneof![
+        4 => (side.clone(), proptest::option::of(net), proptest::option::of(port.clone()))
+            .prop_map(|(side, net, port)| Term::Host { side, net, port }),
+        3 => (side, cmp, port).prop_map(|(side, cmp, port)| Term::Port { side, cmp, port }),
+        1 => prop_oneof![Just(1u32), Just(7)].prop_map(|index| Term::Dev { name: index.to_string(), index }),
+        1 => prop_oneof![
+            Just(Mark { value: 0x10, mask: u32::MAX }),
+            Just(Mark { value: 0x10, mask: 0xf0 }),
+            Just(Mark { value: 0, mask: u32::MAX }),
+        ]
+        .prop_map(Term::Mark),
+        1 => (0u64..2).prop_map(|id| Term::Cgroup(Cgroup { path: id.to_string(), id, root: false })),
+        1 => Just(Term::Autobound { ephemeral: PortRange { lo: 0, hi: 0 } }),
+    ];
+    term.prop_map(Expr::Term).prop_recursive(4, 16, 2, |inner| {
+        prop_oneof![
+            inner.clone().prop_map(|e| Expr::Not(Box::new(e))),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| Expr::And(Box::new(a), Box::new(b))),
+            (inner.clone(), inner).prop_map(|(a, b)| Expr::Or(Box::new(a), Box::new(b))),
+        ]
+    })
+}
+
+fn ephemeral_range() -> PortRange {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let mut it = text.split_whitespace().map(|w| w.parse::<u16>().unwrap());
+    PortRange { lo: it.next().unwrap(), hi: it.next().unwrap() }
+}
+
+/// Near filters, half of them with an expression too.
+fn arb_near_filter_or_expr() -> impl Strategy<Value = Filter> {
+    (arb_near_filter(), proptest::option::of(arb_near_expr())).prop_map(|(f, expression)| Filter { expression, ..f })
 }
 
 fn compatible(family: Option<Family>, n: &ipnet::IpNet) -> bool {
@@ -389,7 +446,7 @@ proptest! {
     #[test]
     fn kernel_bytecode_equals_the_user_side_matcher(
         layout in arb_layout(),
-        filters in proptest::collection::vec(arb_near_filter(), 12),
+        filters in proptest::collection::vec(arb_near_filter_or_expr(), 12),
     ) {
         if !common::can(common::Need::Netns, "kernel_bytecode_equals_the_user_side_matcher") {
             return Ok(());
@@ -439,6 +496,16 @@ proptest! {
                 let mut f = f.clone();
                 for c in &mut f.cgroups {
                     c.id = if c.id == 0 { own } else { own + 1_000_003 };
+                }
+                if let Some(e) = f.expression.as_mut() {
+                    for t in e.terms_mut() {
+                        match t {
+                            Term::Cgroup(c) => c.id = if c.id == 0 { own } else { own + 1_000_003 },
+                            // The namespace's ephemeral range, as `autobound` resolves it.
+                            Term::Autobound { ephemeral } => *ephemeral = ephemeral_range(),
+                            _ => {}
+                        }
+                    }
                 }
                 let by_kernel = dump(&f, false, false);
                 let by_user = dump(&f, true, false);

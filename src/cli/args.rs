@@ -139,6 +139,12 @@ pub struct FilterArgs {
     /// Network namespace: NAME under /run/netns, a PATH (contains /), or a PID (its /proc/PID/ns/net).
     #[arg(long, value_name = "NS")]
     pub netns: Option<String>,
+    /// ss's filter words, ANDed with the flags: `[state STATE | exclude STATE]...
+    /// [EXPRESSION]`, e.g. `dst 10.0.0.7 and not dport = :22`,
+    /// `state established '(' dport = :443 or sport > :1024 ')'` (see ss(8) and
+    /// the man page's FILTER EXPRESSIONS).
+    #[arg(value_name = "FILTER", num_args = 0.., allow_hyphen_values = false)]
+    pub words: Vec<String>,
 }
 
 /// Options of `sockkill kill` beyond the filter.
@@ -324,15 +330,21 @@ fn unique<T: PartialEq + Clone>(values: &[T]) -> Vec<T> {
 }
 
 impl FilterArgs {
-    /// The library filter these flags describe.
-    pub fn to_filter(&self) -> Filter {
-        let states = if self.states.is_empty() {
-            StateSet::DEFAULT
-        } else {
-            self.states.iter().fold(StateSet::EMPTY, |acc, s| acc.union(*s))
+    /// The library filter these flags and words describe.
+    pub fn to_filter(&self) -> sockkill::Result<Filter> {
+        let parsed = sockkill::filter::parse_words(&self.words)?;
+        let states = match (parsed.states, self.states.is_empty()) {
+            (Some(_), false) => {
+                return Err(sockkill::Error::Usage(
+                    "give the states either as --state or as ss's `state`/`exclude` words, not both".into(),
+                ))
+            }
+            (Some(words), true) => words,
+            (None, true) => StateSet::DEFAULT,
+            (None, false) => self.states.iter().fold(StateSet::EMPTY, |acc, s| acc.union(*s)),
         };
         // A value given twice is one condition (the kernel's program has room for a few thousand).
-        Filter {
+        Ok(Filter {
             dst: unique(&self.dst),
             src: unique(&self.src),
             dport: unique(&self.dport),
@@ -349,7 +361,8 @@ impl FilterArgs {
             // namespace's interfaces) by `plan`.
             cgroups: Vec::new(),
             devs: Vec::new(),
-        }
+            expression: parsed.expr,
+        })
     }
 }
 
@@ -411,7 +424,26 @@ mod tests {
             let Command::List { filter, .. } = cli.command else { unreachable!() };
             // A value given twice is one condition.
             let once = Filter { dst: unique(&f.dst), src: unique(&f.src), dport: unique(&f.dport), sport: unique(&f.sport), ..f };
-            prop_assert_eq!(filter.to_filter(), once);
+            prop_assert_eq!(filter.to_filter().map_err(|e| TestCaseError::fail(e.to_string()))?, once);
+        }
+
+        /// An expression printed as words parses back, through the real
+        /// command line, to the same expression.
+        #[test]
+        fn expressions_round_trip_through_the_command_line(e in strategies::arb_expr()) {
+            let text = e.to_string();
+            let argv = vec!["sockkill".to_string(), "kill".to_string(), "--dry-run".to_string(), text.clone()];
+            let cli = Cli::try_parse_from(&argv).map_err(|err| TestCaseError::fail(format!("{argv:?}: {err}")))?;
+            let Command::Kill { filter, .. } = cli.command else { unreachable!() };
+            let parsed = filter.to_filter().map_err(|err| TestCaseError::fail(format!("{text}: {err}")))?;
+            prop_assert_eq!(parsed.expression.map(|p| p.to_string()), Some(text));
+            // The same words as separate arguments, as a shell passes them.
+            let mut argv = vec!["sockkill".to_string(), "list".to_string()];
+            argv.extend(e.to_string().split(' ').map(str::to_string));
+            let cli = Cli::try_parse_from(&argv).map_err(|err| TestCaseError::fail(format!("{argv:?}: {err}")))?;
+            let Command::List { filter, .. } = cli.command else { unreachable!() };
+            let parsed = filter.to_filter().map_err(|err| TestCaseError::fail(format!("{e}: {err}")))?;
+            prop_assert_eq!(parsed.expression.map(|p| p.to_string()), Some(e.to_string()));
         }
 
         /// Durations print and parse back (to the millisecond).

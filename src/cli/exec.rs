@@ -58,10 +58,10 @@ pub fn execute(plan: Plan) -> (Ran, Option<Arc<AuditLog>>) {
         Plan::List { netns, filter, processes } => {
             let started = Instant::now();
             let label = netns.as_ref().map(|n| n.label().to_string());
-            match sockkill::list(netns.as_ref(), filter.clone(), processes) {
+            match sockkill::list(netns.as_ref(), (*filter).clone(), processes) {
                 Ok(sockets) => {
                     let duration_ms = started.elapsed().as_millis() as u64;
-                    (Ran::List { netns: label, filter, sockets, duration_ms }, None)
+                    (Ran::List { netns: label, filter: *filter, sockets, duration_ms }, None)
                 }
                 Err(e) => (Ran::Failed(e), None),
             }

@@ -22,6 +22,13 @@ const HAPROXY_STATUS: &str = "0: no socket to the server for the settle period a
 2: an error or a signal before anything was changed or destroyed (HAProxy missing, silent or refusing, unknown server, --max exceeded).";
 const SIMPLE_STATUS: &str = "0: success.\n2: error.";
 
+/// ss(8)'s STATE-FILTER and EXPRESSION, as `list` and `kill` take them.
+const FILTER_EXPRESSIONS: &str = "After the flags, ss's own filter words: [state STATE | exclude STATE]... [EXPRESSION], ANDed with the flags. The first `state` starts from no state and adds; the first `exclude` starts from every state and removes; they cannot be combined with --state.\n\n\
+Conditions: dst PREFIX[:PORT], src PREFIX[:PORT] (an IPv6 address in brackets: [fd00::7]:443; * for any address: *:80), dport OP :PORT, sport OP :PORT with OP one of = == eq != ne neq > gt < lt >= ge geq <= le leq (none means =), dev NAME|INDEX, fwmark VALUE[/MASK], cgroup PATH, autobound (the kernel chose the local port). dev, fwmark and cgroup also take = or !=.\n\n\
+Operators: and (&, &&, or nothing between two conditions), or (|, ||), not (!), and parentheses, each a separate word (quote them from the shell). As in ss, and and or have equal precedence and group from the left: `dst A or dst B and dport = :80` is `(dst A or dst B) and dport = :80`.\n\n\
+Matching follows ss and the kernel: an IPv4 prefix matches IPv4 sockets and IPv4-mapped IPv6 ones; an IPv6 prefix (a mapped one too) matches IPv6 sockets' addresses only; ::/0 is every IPv6 socket. The whole expression goes into the kernel's bytecode (not and or included) and is re-checked in user space. Unlike ss, host names and service names are not looked up, and numbers with a leading zero (octal in ss) are refused.\n\n\
+A kill is refused as a catch-all unless the flags or the expression narrow it: a term narrows as the equivalent flag does, and narrows when either side does, or when both do, and not never does.";
+
 fn examples(name: &str) -> &'static [(&'static str, &'static str)] {
     match name {
         "sockkill" => &[
@@ -31,10 +38,13 @@ fn examples(name: &str) -> &'static [(&'static str, &'static str)] {
         ],
         "list" => &[
             ("Connections to a subnet, with their processes:", "sockkill list --dst 10.0.0.0/24 -p"),
+            ("In ss's words: established, to a subnet, not SSH:", "sockkill list state established dst 10.0.0.0/24 and not dport = :22"),
             ("Listeners inside namespace blue, as JSON:", "sockkill list --netns blue --state listening --json"),
         ],
         "kill" => &[
             ("Every connection to 10.0.0.7:", "sockkill kill --dst 10.0.0.7"),
+            ("The same in ss's words (what ss -K dst 10.0.0.7 takes):", "sockkill kill dst 10.0.0.7"),
+            ("To 10.0.0.7 or to port 8443 of its subnet, but not SSH:", "sockkill kill '(' dst 10.0.0.7 or dst 10.0.0.0/24:8443 ')' and not dport = :22"),
             ("To Postgres on a subnet, showing owners:", "sockkill kill --dst 10.0.0.0/24 --dport 5432 -p"),
             ("Only one process's:", "sockkill kill --dst 10.0.0.7 --pid 4242"),
             ("What would go (exit 1 if anything matches):", "sockkill kill --dst 10.0.0.7 --dry-run"),
@@ -86,6 +96,13 @@ pub fn render(page: &Page, w: &mut dyn Write) -> std::io::Result<()> {
     }
     if page.cmd.has_subcommands() {
         man.render_subcommands_section(w)?;
+    }
+    let short = page.cmd.get_name();
+    if short == "list" || short == "kill" || short.ends_with("-list") || short.ends_with("-kill") {
+        writeln!(w, ".SH \"FILTER EXPRESSIONS\"")?;
+        for para in FILTER_EXPRESSIONS.split("\n\n") {
+            writeln!(w, ".PP\n{}", escape(para))?;
+        }
     }
     writeln!(w, ".SH \"EXIT STATUS\"")?;
     for line in page.exit_status.lines() {

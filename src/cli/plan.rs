@@ -35,7 +35,7 @@ pub struct Records {
 /// A validated command, ready to run.
 #[derive(Debug)]
 pub enum Plan {
-    List { netns: Option<Netns>, filter: Filter, processes: bool },
+    List { netns: Option<Netns>, filter: Box<Filter>, processes: bool },
     Kill { netns: Option<Netns>, plan: Box<KillPlan>, records: Records },
     Haproxy { plan: Box<HaproxyPlan>, records: Records },
     Completions(clap_complete::Shell),
@@ -98,9 +98,12 @@ fn open_netns(spec: Option<&str>) -> Result<Option<Netns>> {
 /// The filter the flags describe, with what depends on the system resolved:
 /// cgroup paths to ids, interface names to indexes in the target namespace.
 fn filter_of(f: &FilterArgs, netns: Option<&Netns>) -> Result<Filter> {
-    let mut filter = f.to_filter();
+    let mut filter = f.to_filter()?;
     filter.cgroups = f.cgroup.iter().map(|p| sockkill::cgroup::resolve(p)).collect::<Result<_>>()?;
     filter.devs = f.dev.iter().map(|d| sockkill::netns::interface_index(netns, d)).collect::<Result<_>>()?;
+    if let Some(e) = filter.expression.as_mut() {
+        sockkill::filter::expr::resolve(e, netns)?;
+    }
     Ok(filter)
 }
 
@@ -122,7 +125,7 @@ pub fn plan(cli: Cli) -> Result<Plan> {
         // `list` changes nothing: the library checks the filter when it runs.
         Command::List { filter: f, processes } => {
             let netns = open_netns(f.netns.as_deref())?;
-            Plan::List { filter: filter_of(&f, netns.as_ref())?, netns, processes }
+            Plan::List { filter: Box::new(filter_of(&f, netns.as_ref())?), netns, processes }
         }
         Command::Kill { filter: f, kill } => kill_plan(&f, kill)?,
         Command::Haproxy(a) => haproxy_plan(a)?,

@@ -9,15 +9,19 @@
 //! (`inet_diag_bc_audit`) requires every `yes` to step to the next op and every
 //! `no` to land on an op boundary of that chain or at end+4.
 //!
-//! The program is an AND of groups (dst, src, dport, sport, family), each an
-//! OR of alternatives: every alternative but the last is followed by a JMP
-//! (always false, so it takes `no`) to the end of its group, and a failing
-//! condition jumps to the next alternative, or to reject after the last one.
+//! The flags' program is an AND of groups (dst, src, dport, sport, family),
+//! each an OR of alternatives: every alternative but the last is followed by
+//! a JMP (always false, so it takes `no`) to the end of its group, and a
+//! failing condition jumps to the next alternative, or to reject after the
+//! last one. ss's expression is compiled as ss compiles it
+//! (`ssfilter_bytecompile`), by composing programs that fall off their end
+//! on a match and jump 4 bytes past it otherwise, and ANDed after the flags.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::filter::expr::{Cmp, Expr, Side, Term};
 use crate::filter::{Family, Filter, PortRange};
 
 // enum in include/uapi/linux/inet_diag.h. D_COND is 8: 4 is D_GE, which the
@@ -27,6 +31,7 @@ const BC_S_GE: u8 = 2;
 const BC_S_LE: u8 = 3;
 const BC_D_GE: u8 = 4;
 const BC_D_LE: u8 = 5;
+const BC_AUTO: u8 = 6;
 const BC_S_COND: u8 = 7;
 const BC_D_COND: u8 = 8;
 const BC_DEV_COND: u8 = 9;
@@ -38,8 +43,9 @@ const OP_LEN: usize = 4;
 /// One condition of an alternative, before jump offsets are known.
 #[derive(Debug, Clone)]
 enum Cond {
-    /// Source (local) or destination (peer) address prefix (prefix 0: any address of that family).
-    Host { dst: bool, family: u8, prefix_len: u8, addr: Vec<u8> },
+    /// Source (local) or destination (peer) address prefix (prefix 0: any
+    /// address of that family; family 0: any address) and port (-1: any).
+    Host { dst: bool, family: u8, prefix_len: u8, addr: Vec<u8>, port: i32 },
     /// Port >= or <= a bound, on the source or destination side.
     Port { code: u8, port: u16 },
     /// The inner condition must not hold: `[cond] [JMP to reject]`, where a
@@ -52,6 +58,8 @@ enum Cond {
     Mark { value: u32, mask: u32 },
     /// Created in this cgroup v2: a u64 id after the op.
     Cgroup(u64),
+    /// The local port was chosen by the kernel (no `SOCK_BINDPORT_LOCK`).
+    Auto,
 }
 
 impl Cond {
@@ -62,6 +70,7 @@ impl Cond {
             Cond::Not(inner) => inner.len() + OP_LEN,
             Cond::Dev(_) => OP_LEN + 4,
             Cond::Mark { .. } | Cond::Cgroup(_) => OP_LEN + 8,
+            Cond::Auto => OP_LEN,
         }
     }
 }
@@ -76,7 +85,7 @@ fn host(dst: bool, net: &IpNet) -> Cond {
         IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
         IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
     };
-    Cond::Host { dst, family, prefix_len: net.prefix_len(), addr }
+    Cond::Host { dst, family, prefix_len: net.prefix_len(), addr, port: -1 }
 }
 
 fn port_range(dst: bool, r: PortRange) -> Alternative {
@@ -101,7 +110,8 @@ fn groups(filter: &Filter) -> Vec<Group> {
     // -4/-6 look at the local address (a listener's peer is unspecified): an
     // AF_INET /0 source condition holds for IPv4 sockets and for IPv4-mapped
     // ones in the AF_INET6 dump, and for nothing else.
-    let any_v4_local = Cond::Host { dst: false, family: libc::AF_INET as u8, prefix_len: 0, addr: vec![0; 4] };
+    let any_v4_local =
+        Cond::Host { dst: false, family: libc::AF_INET as u8, prefix_len: 0, addr: vec![0; 4], port: -1 };
     match filter.family {
         Some(Family::V4) if filter.src.is_empty() => groups.push(vec![vec![any_v4_local]]),
         Some(Family::V6) => groups.push(vec![vec![Cond::Not(Box::new(any_v4_local))]]),
@@ -120,8 +130,94 @@ fn groups(filter: &Filter) -> Vec<Group> {
 }
 
 /// The bytecode for `filter`, or an empty vector when the filter has no
-/// address or port condition (then no attribute is sent at all).
+/// condition the kernel evaluates (then no attribute is sent at all).
 pub fn compile(filter: &Filter) -> Vec<u8> {
+    let flags = compile_flags(filter);
+    match &filter.expression {
+        Some(e) => and(flags, expression(e)),
+        None => flags,
+    }
+}
+
+/// ss's composition: `a` then `b`, with `a`'s rejects moved past `b`.
+fn and(mut a: Vec<u8>, b: Vec<u8>) -> Vec<u8> {
+    let len = a.len();
+    let mut at = 0;
+    while at < len {
+        let yes = usize::from(a[at + 1]);
+        let no = usize::from(u16::from_ne_bytes([a[at + 2], a[at + 3]]));
+        if at + no == len + 4 {
+            a[at + 2..at + 4].copy_from_slice(&((no + b.len()) as u16).to_ne_bytes());
+        }
+        at += yes;
+    }
+    a.extend(b);
+    a
+}
+
+/// The program of an expression: falls off its end on a match, jumps 4
+/// bytes past it otherwise.
+fn expression(e: &Expr) -> Vec<u8> {
+    match e {
+        Expr::Term(t) => term(t),
+        Expr::Not(x) => not(expression(x)),
+        Expr::And(a, b) => and(expression(a), expression(b)),
+        Expr::Or(a, b) => {
+            // [a][JMP to our end][b]: a's reject (its end + 4) is b's start.
+            let mut p = expression(a);
+            let b = expression(b);
+            push_op(&mut p, BC_JMP, OP_LEN, b.len() + OP_LEN);
+            p.extend(b);
+            p
+        }
+    }
+}
+
+fn term(t: &Term) -> Vec<u8> {
+    let one = |cond: Cond| {
+        let mut p = Vec::with_capacity(cond.len());
+        emit(&mut p, &cond, cond.len() + 4);
+        p
+    };
+    match t {
+        Term::Host { side, net, port } => {
+            let dst = *side == Side::Dst;
+            let port = port.map_or(-1, i32::from);
+            let cond = match net {
+                Some(n) => match host(dst, n) {
+                    Cond::Host { dst, family, prefix_len, addr, .. } => {
+                        Cond::Host { dst, family, prefix_len, addr, port }
+                    }
+                    other => other,
+                },
+                None => Cond::Host { dst, family: libc::AF_UNSPEC as u8, prefix_len: 0, addr: vec![0; 4], port },
+            };
+            one(cond)
+        }
+        Term::Port { side, cmp, port } => {
+            let (ge, le) = if *side == Side::Dst { (BC_D_GE, BC_D_LE) } else { (BC_S_GE, BC_S_LE) };
+            match cmp {
+                Cmp::Ge => one(Cond::Port { code: ge, port: *port }),
+                Cmp::Le => one(Cond::Port { code: le, port: *port }),
+                // As ss: `> P` is `not <= P`, `< P` is `not >= P`.
+                Cmp::Gt => not(one(Cond::Port { code: le, port: *port })),
+                Cmp::Lt => not(one(Cond::Port { code: ge, port: *port })),
+            }
+        }
+        Term::Dev { index, .. } => one(Cond::Dev(*index)),
+        Term::Mark(m) => one(Cond::Mark { value: m.value, mask: m.mask }),
+        Term::Cgroup(c) => one(Cond::Cgroup(c.id)),
+        Term::Autobound { .. } => one(Cond::Auto),
+    }
+}
+
+/// [p][JMP to reject]: a match reaches the JMP; a mismatch jumps past it, to our end.
+fn not(mut p: Vec<u8>) -> Vec<u8> {
+    push_op(&mut p, BC_JMP, OP_LEN, 2 * OP_LEN);
+    p
+}
+
+fn compile_flags(filter: &Filter) -> Vec<u8> {
     let groups = groups(filter);
     let alt_len = |a: &Alternative| a.iter().map(Cond::len).sum::<usize>();
     let total: usize = groups.iter().map(|g| g.iter().map(alt_len).sum::<usize>() + OP_LEN * (g.len() - 1)).sum();
@@ -169,13 +265,13 @@ fn emit(out: &mut Vec<u8>, cond: &Cond, no: usize) {
             emit(out, inner, inner_len + OP_LEN);
             push_op(out, BC_JMP, OP_LEN, no - inner_len);
         }
-        Cond::Host { dst, family, prefix_len, addr } => {
+        Cond::Host { dst, family, prefix_len, addr, port } => {
             push_op(out, if *dst { BC_D_COND } else { BC_S_COND }, cond.len(), no);
             // struct inet_diag_hostcond { u8 family; u8 prefix_len; int port; __be32 addr[]; }
             out.push(*family);
             out.push(*prefix_len);
             out.extend_from_slice(&[0, 0]);
-            out.extend_from_slice(&(-1i32).to_ne_bytes()); // any port
+            out.extend_from_slice(&port.to_ne_bytes()); // -1: any port
             out.extend_from_slice(addr);
         }
         Cond::Port { code, port } => {
@@ -197,13 +293,51 @@ fn emit(out: &mut Vec<u8>, cond: &Cond, no: usize) {
             push_op(out, BC_CGROUP_COND, cond.len(), no);
             out.extend_from_slice(&id.to_ne_bytes());
         }
+        Cond::Auto => push_op(out, BC_AUTO, OP_LEN, no),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diag::bytecode_sim::{audit, run, Entry};
     use crate::filter::{parse_cidr, Family};
+    use crate::testing::strategies::{arb_expr, arb_expr_socket, arb_filter};
+    use proptest::prelude::*;
+
+    fn auto(sock: &crate::socket::TcpSocket) -> bool {
+        // The model's bind lock agrees with the user-space check's range.
+        (1024..=50000).contains(&sock.local().port())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        /// Every expression compiles to a program the kernel's verifier
+        /// accepts, and the kernel's interpreter selects exactly what the
+        /// user-space match selects.
+        #[test]
+        fn expressions_compile_to_what_they_match(e in arb_expr(), socks in proptest::collection::vec(arb_expr_socket(), 1..16)) {
+            let bc = expression(&e);
+            prop_assert!(audit(&bc).is_ok(), "{e}: {:?}", audit(&bc));
+            for s in &socks {
+                prop_assert_eq!(run(&bc, &Entry::of(s, auto(s))), e.matches(s), "{} on {} -> {}", e, s.local(), s.peer());
+            }
+        }
+
+        /// The flags and the expression together: the program is the AND of both.
+        #[test]
+        fn flags_and_expression_compose(f in arb_filter(), e in arb_expr(), socks in proptest::collection::vec(arb_expr_socket(), 1..8)) {
+            let flags = compile(&f);
+            let both = compile(&Filter { expression: Some(e.clone()), ..f });
+            prop_assert!(audit(&both).is_ok(), "{e}: {:?}", audit(&both));
+            for s in &socks {
+                let entry = Entry::of(s, auto(s));
+                let want = (flags.is_empty() || run(&flags, &entry)) && run(&expression(&e), &entry);
+                prop_assert_eq!(run(&both, &entry), want, "{}", e);
+            }
+        }
+    }
 
     #[test]
     fn empty_filter_has_no_program() {

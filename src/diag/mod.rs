@@ -1,6 +1,8 @@
 //! Everything that knows the kernel's sock_diag bytes, and nothing else.
 
 pub mod bytecode;
+#[cfg(test)]
+mod bytecode_sim;
 pub mod netlink;
 pub mod wire;
 

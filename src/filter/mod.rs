@@ -12,6 +12,12 @@ use crate::error::{Error, Result};
 use crate::socket::TcpSocket;
 pub use crate::socket::TcpState;
 
+pub mod expr;
+mod parse_expr;
+
+pub use expr::Expr;
+pub use parse_expr::{parse_words, Parsed};
+
 /// The `--state` names of single states (groups like `all` aside), in kernel order.
 pub fn state_flag_names() -> Vec<&'static str> {
     StateSet::ALL.flag_names_of_states()
@@ -51,6 +57,11 @@ impl StateSet {
     /// The union of two sets.
     pub fn union(self, other: StateSet) -> StateSet {
         StateSet(self.0 | other.0)
+    }
+
+    /// The states of `self` that are not in `other`.
+    pub fn minus(self, other: StateSet) -> StateSet {
+        StateSet(self.0 & !other.0)
     }
 
     /// The states in the set, in kernel order.
@@ -347,6 +358,8 @@ pub struct Filter {
     pub devs: Vec<u32>,
     /// Only sockets whose mark matches one of these.
     pub marks: Vec<Mark>,
+    /// ss's filter expression (positional words), ANDed with the flags.
+    pub expression: Option<Expr>,
 }
 
 impl Default for Filter {
@@ -362,6 +375,7 @@ impl Default for Filter {
             cgroups: Vec::new(),
             devs: Vec::new(),
             marks: Vec::new(),
+            expression: None,
         }
     }
 }
@@ -416,7 +430,8 @@ impl Filter {
             || ports_narrow(&self.sport, false)
             || !self.devs.is_empty()
             || (!self.cgroups.is_empty() && self.cgroups.iter().all(|c| !c.root))
-            || (!self.marks.is_empty() && self.marks.iter().all(|m| m.mask != 0));
+            || (!self.marks.is_empty() && self.marks.iter().all(|m| m.mask != 0))
+            || self.expression.as_ref().is_some_and(|e| e.narrows(self.states));
         !narrows && self.pids.is_empty()
     }
 
@@ -438,6 +453,7 @@ impl Filter {
             && (self.devs.is_empty() || self.devs.contains(&sock.interface()))
             && (self.cgroups.is_empty() || self.cgroups.iter().any(|c| c.id == sock.cgroup))
             && (self.marks.is_empty() || sock.mark.is_none_or(|m| self.marks.iter().any(|k| m & k.mask == k.value)))
+            && self.expression.as_ref().is_none_or(|e| e.matches(sock))
     }
 
     /// The command-line flags that select exactly this filter, e.g.
@@ -463,6 +479,10 @@ impl Filter {
             Some(Family::V4) => args.push("-4".into()),
             Some(Family::V6) => args.push("-6".into()),
             None => {}
+        }
+        if let Some(e) = &self.expression {
+            // Positional, last: the words ss would take.
+            args.push(e.to_string());
         }
         args
     }
