@@ -1,4 +1,4 @@
-//! One TCP socket as the kernel's sock_diag dump described it.
+//! One TCP (or UDP) socket as the kernel's sock_diag dump described it.
 
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 
@@ -117,6 +117,10 @@ impl Serialize for TcpState {
 pub struct TcpSocket {
     pub(crate) id: SocketId,
     pub(crate) af: u8,
+    /// `IPPROTO_TCP`, or `IPPROTO_UDP` for a socket of a UDP dump (the reply
+    /// does not say: the dump that returned it does). UDP sockets use the TCP
+    /// state numbers: ESTABLISHED when connected, CLOSE (UNCONN) when not.
+    pub(crate) protocol: u8,
     /// `None` for a state number this program does not know.
     pub state: Option<TcpState>,
     /// The socket's owning user id.
@@ -134,7 +138,17 @@ pub struct TcpSocket {
 
 impl TcpSocket {
     pub(crate) fn from_kernel(af: u8, state: u8, id: SocketId, uid: u32, inode: u32) -> TcpSocket {
-        TcpSocket { id, af, state: TcpState::from_kernel(state), uid, inode, owners: None, cgroup: 0, mark: None }
+        TcpSocket {
+            id,
+            af,
+            protocol: libc::IPPROTO_TCP as u8,
+            state: TcpState::from_kernel(state),
+            uid,
+            inode,
+            owners: None,
+            cgroup: 0,
+            mark: None,
+        }
     }
 
     fn addr(&self, ip: IpAddr, port: u16) -> SocketAddr {
@@ -179,6 +193,20 @@ impl TcpSocket {
         }
     }
 
+    /// `tcp` or `udp`.
+    pub fn protocol(&self) -> &'static str {
+        if self.protocol == libc::IPPROTO_UDP as u8 {
+            "udp"
+        } else {
+            "tcp"
+        }
+    }
+
+    /// Whether it came from a UDP dump.
+    pub fn is_udp(&self) -> bool {
+        self.protocol == libc::IPPROTO_UDP as u8
+    }
+
     /// The state as `ss` names it.
     pub fn state_name(&self) -> &'static str {
         self.state.map_or("UNKNOWN", TcpState::ss_name)
@@ -196,6 +224,7 @@ impl TcpSocket {
     /// Writes the socket's JSON fields into an open map (shared with records that extend it).
     pub(crate) fn serialize_fields<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
         map.serialize_entry("family", self.family())?;
+        map.serialize_entry("protocol", self.protocol())?;
         map.serialize_entry("state", self.state_name())?;
         map.serialize_entry("local", &self.local())?;
         map.serialize_entry("peer", &self.peer())?;

@@ -100,7 +100,7 @@ fn a_socket_returned_twice_is_collected_once() {
         vec![first, second]
     });
     let query = Query::new(Filter { dst: vec![parse_cidr("127.0.0.2").unwrap()], ..Filter::default() }).unwrap();
-    let got = dump_family(&mut diag, libc::AF_INET as u8, &query).unwrap();
+    let got = dump_family(&mut diag, libc::AF_INET as u8, &query, libc::IPPROTO_TCP as u8).unwrap();
     peer.join().unwrap();
     let cookies: Vec<u64> = got.iter().map(|s| s.cookie()).collect();
     assert_eq!(cookies, vec![7, 8]);

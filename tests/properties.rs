@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use sockkill::diag::{bytecode, wire, DumpSpec, SockDiag};
 use sockkill::engine::Query;
 use sockkill::filter::expr::{Cmp, Side, Term};
-use sockkill::filter::{parse_cidr, Cgroup, Expr, Family, Mark, PortRange, StateSet};
+use sockkill::filter::{parse_cidr, Cgroup, Expr, Family, Mark, PortRange, Protocols, StateSet};
 use sockkill::haproxy::parse;
 use sockkill::testing::strategies::{arb_filter, arb_range, arb_states};
 use sockkill::Filter;
@@ -354,6 +354,7 @@ fn arb_near_filter() -> impl Strategy<Value = Filter> {
             marks,
             cgroups,
             expression: None,
+            protocols: Protocols::TCP,
         })
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use ipnet::IpNet;
-use sockkill::filter::{parse_cidr, Family, Filter, PortRange, StateSet};
+use sockkill::filter::{parse_cidr, Family, Filter, PortRange, Protocols, StateSet};
 
 /// Default `--max`: see README (blast radius).
 pub const DEFAULT_MAX: usize = sockkill::defaults::MAX;
@@ -114,6 +114,15 @@ pub struct FilterArgs {
     /// groups (all, connected, synchronized, bucket, big); repeatable. Default: every state except listening and time-wait.
     #[arg(long = "state", value_name = "STATE", value_parser = state)]
     pub states: Vec<StateSet>,
+    /// TCP sockets (the default; with -u, both).
+    #[arg(short = 't', long)]
+    pub tcp: bool,
+    /// UDP sockets (connected ones are disconnected by a kill; see the README).
+    #[arg(short = 'u', long)]
+    pub udp: bool,
+    /// ss's socket tables: tcp, udp, inet (both); comma-separated.
+    #[arg(short = 'A', long = "query", value_name = "TABLES", value_delimiter = ',', value_parser = ["tcp", "udp", "inet", "all"])]
+    pub query: Vec<String>,
     /// IPv4 only, by local address (including IPv4-mapped IPv6 sockets).
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
     pub ipv4: bool,
@@ -362,6 +371,13 @@ impl FilterArgs {
             cgroups: Vec::new(),
             devs: Vec::new(),
             expression: parsed.expr,
+            protocols: match (self.tcp, self.udp, self.query.is_empty()) {
+                (false, false, true) => Protocols::TCP,
+                (t, u, _) => Protocols {
+                    tcp: t || self.query.iter().any(|q| matches!(q.as_str(), "tcp" | "inet" | "all")),
+                    udp: u || self.query.iter().any(|q| matches!(q.as_str(), "udp" | "inet" | "all")),
+                },
+            },
         })
     }
 }

@@ -45,6 +45,7 @@ fn examples(name: &str) -> &'static [(&'static str, &'static str)] {
             ("Every connection to 10.0.0.7:", "sockkill kill --dst 10.0.0.7"),
             ("The same in ss's words (what ss -K dst 10.0.0.7 takes):", "sockkill kill dst 10.0.0.7"),
             ("To 10.0.0.7 or to port 8443 of its subnet, but not SSH:", "sockkill kill '(' dst 10.0.0.7 or dst 10.0.0.0/24:8443 ')' and not dport = :22"),
+            ("Disconnect the UDP sockets connected to a removed DNS server:", "sockkill kill -u dst 10.0.0.53"),
             ("To Postgres on a subnet, showing owners:", "sockkill kill --dst 10.0.0.0/24 --dport 5432 -p"),
             ("Only one process's:", "sockkill kill --dst 10.0.0.7 --pid 4242"),
             ("What would go (exit 1 if anything matches):", "sockkill kill --dst 10.0.0.7 --dry-run"),

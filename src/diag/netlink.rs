@@ -141,10 +141,11 @@ impl SockDiag {
         let mut status = DumpStatus::Complete;
         let mut failed = 0;
         let received = self.receive(|reply| match reply {
-            Reply::Socket { seq: s, socket, interrupted } if s == seq => {
+            Reply::Socket { seq: s, mut socket, interrupted } if s == seq => {
                 if interrupted {
                     status = DumpStatus::Interrupted;
                 }
+                socket.protocol = spec.protocol;
                 each(socket);
                 ControlFlow::Continue(())
             }

@@ -75,27 +75,29 @@ pub struct DumpSpec<'a> {
     /// A peer port the kernel checks before running the bytecode (0 = any): it
     /// costs a compare where the bytecode costs several cache misses per socket.
     pub dport: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP` (the one-walk request is TCP's only).
+    pub protocol: u8,
 }
 
 #[cfg(any(test, feature = "testing"))]
 impl<'a> DumpSpec<'a> {
     /// A dump of `family` in `states` through `bytecode`, without port pre-filters.
     pub fn new(family: u8, states: StateSet, bytecode: &'a [u8]) -> DumpSpec<'a> {
-        DumpSpec { family, states, bytecode, sport: 0, dport: 0 }
+        DumpSpec { family, states, bytecode, sport: 0, dport: 0, protocol: IPPROTO_TCP }
     }
 }
 
 /// Appends a dump request for `spec`. Errors when the bytecode does not fit
 /// in one attribute.
 pub fn encode_dump(out: &mut Vec<u8>, spec: &DumpSpec<'_>, seq: u32) -> Result<()> {
-    let DumpSpec { family, states, bytecode, sport, dport } = *spec;
+    let DumpSpec { family, states, bytecode, sport, dport, protocol } = *spec;
     if bytecode.len() > MAX_BYTECODE {
         return Err(Error::InvalidFilter(format!(
             "the filter compiles to {} bytes of kernel bytecode, more than the {MAX_BYTECODE} one request carries: use fewer --dst/--src/--dport/--sport values",
             bytecode.len()
         )));
     }
-    if family == libc::AF_UNSPEC as u8 {
+    if family == libc::AF_UNSPEC as u8 && protocol == IPPROTO_TCP {
         encode_dump_both(out, spec, seq);
         return Ok(());
     }
@@ -105,7 +107,7 @@ pub fn encode_dump(out: &mut Vec<u8>, spec: &DumpSpec<'_>, seq: u32) -> Result<(
     socket_id.destination_port = dport;
     let req = InetRequest {
         family,
-        protocol: IPPROTO_TCP,
+        protocol,
         extensions: ExtensionFlags::empty(),
         states: StateFlags::from_bits_retain(states.bits()),
         socket_id,
@@ -160,7 +162,7 @@ fn encode_dump_both(out: &mut Vec<u8>, spec: &DumpSpec<'_>, seq: u32) {
 pub fn encode_destroy(out: &mut Vec<u8>, sock: &TcpSocket, seq: u32) {
     let req = InetRequest {
         family: sock.af,
-        protocol: IPPROTO_TCP,
+        protocol: sock.protocol,
         extensions: ExtensionFlags::empty(),
         states: StateFlags::from_bits_retain(StateSet::ALL.bits()),
         socket_id: sock.id.clone(),

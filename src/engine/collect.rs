@@ -37,13 +37,27 @@ impl Engine {
     /// dump per family (both in parallel). The `--pid` condition is not
     /// applied here (see [`super::owners`]).
     pub fn collect(&mut self, query: &Query) -> Result<Vec<TcpSocket>> {
+        let protocols = query.filter.protocols;
+        let mut out = if protocols.tcp { self.collect_tcp(query)? } else { Vec::new() };
+        if protocols.udp {
+            // The UDP handler has no one-walk request: one dump per family.
+            for &af in &query.families {
+                let udp =
+                    dump_family(&mut self.diag[0], af, query, libc::IPPROTO_UDP as u8).map_err(|e| query.explain(e))?;
+                out.extend(udp);
+            }
+        }
+        Ok(out)
+    }
+
+    fn collect_tcp(&mut self, query: &Query) -> Result<Vec<TcpSocket>> {
         let started = Instant::now();
         let families = self.families_to_dump(query);
         let both = families.len() > 1;
         let out = match families.as_slice() {
             [] => Vec::new(),
-            [af] => dump_family(&mut self.diag[0], *af, query).map_err(|e| query.explain(e))?,
-            [_, _, ..] if self.one_walk => match dump_family(&mut self.diag[0], libc::AF_UNSPEC as u8, query) {
+            [af] => dump_family(&mut self.diag[0], *af, query, TCP).map_err(|e| query.explain(e))?,
+            [_, _, ..] if self.one_walk => match dump_family(&mut self.diag[0], libc::AF_UNSPEC as u8, query, TCP) {
                 Ok(v) => v,
                 Err(e) if refused_one_walk(&e) && query.filter().cgroups.is_empty() => {
                     debug!(%e, "the kernel refuses the one-walk dump: one dump per family from now on");
@@ -69,12 +83,12 @@ impl Engine {
         let [d0, d1] = &mut self.diag;
         let (af0, af1) = match families {
             [a, b, ..] => (*a, *b),
-            [a] => return dump_family(d0, *a, query),
+            [a] => return dump_family(d0, *a, query, TCP),
             [] => return Ok(Vec::new()),
         };
         std::thread::scope(|scope| {
-            let other = scope.spawn(|| dump_family(d1, af1, query));
-            let mut first = dump_family(d0, af0, query)?;
+            let other = scope.spawn(|| dump_family(d1, af1, query, TCP));
+            let mut first = dump_family(d0, af0, query, TCP)?;
             let second = other.join().map_err(|_| Error::Internal("a dump thread panicked".into()))??;
             // A socket is in one family's table only: no duplicates across the two.
             first.extend(second);
@@ -90,15 +104,17 @@ fn refused_one_walk(e: &Error) -> bool {
         if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOENT)))
 }
 
-/// One family's dump through `diag`, redone when the kernel flags it
+const TCP: u8 = libc::IPPROTO_TCP as u8;
+
+/// One family's dump of `protocol`'s sockets through `diag`, redone when the kernel flags it
 /// inconsistent, re-checked in user space, and de-duplicated by cookie (a dump
 /// under churn can return a socket twice: sorted and deduplicated in place,
 /// with no second copy of the set).
-pub fn dump_family(diag: &mut SockDiag, family: u8, query: &Query) -> Result<Vec<TcpSocket>> {
+pub fn dump_family(diag: &mut SockDiag, family: u8, query: &Query, protocol: u8) -> Result<Vec<TcpSocket>> {
     let f = &query.filter;
     let mut out = Vec::new();
     for tries in 1..=MAX_DUMP_RETRIES {
-        let status = diag.dump(&query.spec(family), |s| {
+        let status = diag.dump(&query.spec_for(family, protocol), |s| {
             if f.matches(&s) {
                 out.push(s);
             }

@@ -74,9 +74,22 @@ impl Query {
         Ok(Query { filter, bytecode, families, sport, dport })
     }
 
-    /// The dump request for `family`.
+    /// The TCP dump request for `family`.
+    #[cfg(any(test, feature = "testing"))]
     pub fn spec(&self, family: u8) -> DumpSpec<'_> {
-        DumpSpec { family, states: self.filter.states, bytecode: &self.bytecode, sport: self.sport, dport: self.dport }
+        self.spec_for(family, libc::IPPROTO_TCP as u8)
+    }
+
+    /// The dump request for `family` and `protocol` (`IPPROTO_TCP` or `IPPROTO_UDP`).
+    pub fn spec_for(&self, family: u8, protocol: u8) -> DumpSpec<'_> {
+        DumpSpec {
+            family,
+            states: self.filter.states_for(protocol == libc::IPPROTO_UDP as u8),
+            bytecode: &self.bytecode,
+            sport: self.sport,
+            dport: self.dport,
+            protocol,
+        }
     }
 
     /// The filter this query was built from.

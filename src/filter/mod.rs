@@ -236,6 +236,49 @@ pub fn parse_cidr(s: &str) -> Result<IpNet> {
     })
 }
 
+/// Which transport protocols a command acts on (`-t`, `-u`, `-A`): TCP unless said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Protocols {
+    /// TCP sockets.
+    pub tcp: bool,
+    /// UDP sockets (through the UDP sock_diag handler).
+    pub udp: bool,
+}
+
+impl Protocols {
+    /// TCP only, the default.
+    pub const TCP: Protocols = Protocols { tcp: true, udp: false };
+
+    /// The `IPPROTO_*` numbers to dump, TCP first.
+    pub fn ids(self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.tcp {
+            out.push(libc::IPPROTO_TCP as u8);
+        }
+        if self.udp {
+            out.push(libc::IPPROTO_UDP as u8);
+        }
+        out
+    }
+
+    /// `tcp`, `udp`.
+    pub fn names(self) -> Vec<&'static str> {
+        self.ids().into_iter().map(|p| if p == libc::IPPROTO_UDP as u8 { "udp" } else { "tcp" }).collect()
+    }
+}
+
+impl Default for Protocols {
+    fn default() -> Self {
+        Protocols::TCP
+    }
+}
+
+impl Serialize for Protocols {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.names())
+    }
+}
+
 /// Address family selection (`-4` / `-6`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -360,6 +403,8 @@ pub struct Filter {
     pub marks: Vec<Mark>,
     /// ss's filter expression (positional words), ANDed with the flags.
     pub expression: Option<Expr>,
+    /// TCP, UDP or both.
+    pub protocols: Protocols,
 }
 
 impl Default for Filter {
@@ -376,6 +421,7 @@ impl Default for Filter {
             devs: Vec::new(),
             marks: Vec::new(),
             expression: None,
+            protocols: Protocols::TCP,
         }
     }
 }
@@ -385,6 +431,9 @@ impl Filter {
     pub fn validate(&self) -> Result<()> {
         if self.states == StateSet::EMPTY {
             return Err(Error::InvalidFilter("no TCP state selected".into()));
+        }
+        if self.protocols.ids().is_empty() {
+            return Err(Error::InvalidFilter("no protocol selected (tcp, udp)".into()));
         }
         for (flag, nets) in [("--dst", &self.dst), ("--src", &self.src)] {
             for net in nets {
@@ -411,6 +460,18 @@ impl Filter {
             return Err(Error::InvalidFilter(format!("mark {m}: the value has bits outside the mask")));
         }
         Ok(())
+    }
+
+    /// The states asked of `udp`'s table or TCP's. UDP sockets are ESTAB
+    /// (connected) or UNCONN; the default set means connected ones only, as
+    /// `ss -u` lists them: an unconnected socket is a server's or a client's
+    /// before it connects, and a destroy cannot end one bound to its port.
+    pub fn states_for(&self, udp: bool) -> StateSet {
+        if udp && self.states == StateSet::DEFAULT {
+            StateSet::EMPTY.with(TcpState::Established)
+        } else {
+            self.states
+        }
     }
 
     /// True when the filter does not narrow what it matches: the union of the
@@ -444,8 +505,9 @@ impl Filter {
         let any_port = |ranges: &[PortRange], p| ranges.is_empty() || ranges.iter().any(|r| r.contains(p));
         let local = sock.local();
         let peer = sock.peer();
-        self.family.is_none_or(|f| family_of(local.ip()) == f)
-            && sock.state.is_some_and(|s| self.states.contains(s))
+        (if sock.is_udp() { self.protocols.udp } else { self.protocols.tcp })
+            && self.family.is_none_or(|f| family_of(local.ip()) == f)
+            && sock.state.is_some_and(|s| self.states_for(sock.is_udp()).contains(s))
             && any_net(&self.dst, peer.ip())
             && any_net(&self.src, local.ip())
             && any_port(&self.dport, peer.port())
@@ -475,6 +537,12 @@ impl Filter {
         self.cgroups.iter().for_each(|c| push("--cgroup", c.path.clone()));
         self.devs.iter().for_each(|d| push("--dev", d.to_string()));
         self.marks.iter().for_each(|m| push("--mark", m.to_string()));
+        if self.protocols.udp {
+            if self.protocols.tcp {
+                args.push("-t".into());
+            }
+            args.push("-u".into());
+        }
         match self.family {
             Some(Family::V4) => args.push("-4".into()),
             Some(Family::V6) => args.push("-6".into()),

@@ -4,7 +4,7 @@
 
 use std::net::Ipv6Addr;
 
-use crate::filter::{parse_cidr, Family, Mark, PortRange, StateSet};
+use crate::filter::{parse_cidr, Family, Mark, PortRange, Protocols, StateSet};
 use crate::Filter;
 use proptest::prelude::*;
 
@@ -50,9 +50,16 @@ pub fn arb_filter() -> impl Strategy<Value = Filter> {
         proptest::collection::vec(arb_range(), 0..3),
         arb_states(),
         prop_oneof![Just(None), Just(Some(Family::V4)), Just(Some(Family::V6))],
-        proptest::collection::vec(arb_mark(), 0..2),
+        (
+            proptest::collection::vec(arb_mark(), 0..2),
+            prop_oneof![
+                4 => Just(Protocols::TCP),
+                1 => Just(Protocols { tcp: false, udp: true }),
+                1 => Just(Protocols { tcp: true, udp: true }),
+            ],
+        ),
     )
-        .prop_map(|(dst, src, dport, sport, states, family, marks)| Filter {
+        .prop_map(|(dst, src, dport, sport, states, family, (marks, protocols))| Filter {
             dst,
             src,
             dport,
@@ -60,6 +67,7 @@ pub fn arb_filter() -> impl Strategy<Value = Filter> {
             states,
             family,
             marks,
+            protocols,
             ..Filter::default()
         })
 }

@@ -51,25 +51,30 @@ fn write_table<'a>(
     rows: impl Iterator<Item = (Option<&'a str>, &'a TcpSocket)> + Clone,
 ) -> io::Result<()> {
     use std::fmt::Write as _;
-    const HEADER: [&str; 8] =
-        ["Action", "State", "Local Address:Port", "Peer Address:Port", "UID", "Inode", "Cookie", "Process"];
+    const HEADER: [&str; 9] =
+        ["Action", "Netid", "State", "Local Address:Port", "Peer Address:Port", "UID", "Inode", "Cookie", "Process"];
     // Column widths from the first rows only: a table of 100k sockets is then
     // formatted once, not twice (a later, wider cell just pushes its row on).
     const WIDTH_SAMPLE: usize = 4096;
     let with_process = rows.clone().any(|(_, s)| s.owners.is_some());
-    let first = if tagged { 0 } else { 1 };
-    let last = if with_process { 8 } else { 7 };
+    // The protocol column only when UDP is in the table (as ss's -A shows it).
+    let with_netid = rows.clone().any(|(_, s)| s.is_udp());
+    let cols: Vec<usize> = (0..HEADER.len())
+        .filter(|&i| (i != 0 || tagged) && (i != 1 || with_netid) && (i != 8 || with_process))
+        .collect();
+    let last = cols.last().copied().unwrap_or(0);
     let mut buf = String::new();
     let cell = |i: usize, tag: Option<&str>, s: &TcpSocket, buf: &mut String| {
         buf.clear();
         let _ = match i {
             0 => write!(buf, "{}", tag.unwrap_or("")),
-            1 => write!(buf, "{}", s.state_name()),
-            2 => write!(buf, "{}", s.local()),
-            3 => write!(buf, "{}", s.peer()),
-            4 => write!(buf, "{}", s.uid),
-            5 => write!(buf, "{}", s.inode),
-            6 => write!(buf, "{}", s.cookie()),
+            1 => write!(buf, "{}", s.protocol()),
+            2 => write!(buf, "{}", s.state_name()),
+            3 => write!(buf, "{}", s.local()),
+            4 => write!(buf, "{}", s.peer()),
+            5 => write!(buf, "{}", s.uid),
+            6 => write!(buf, "{}", s.inode),
+            7 => write!(buf, "{}", s.cookie()),
             _ => write!(buf, "{}", s.owners_text()),
         };
     };
@@ -77,29 +82,31 @@ fn write_table<'a>(
     let mut any = false;
     for (tag, s) in rows.clone().take(WIDTH_SAMPLE) {
         any = true;
-        for (i, w) in widths.iter_mut().enumerate().take(last).skip(first) {
+        for &i in &cols {
             cell(i, tag, s, &mut buf);
-            *w = (*w).max(buf.len());
+            widths[i] = widths[i].max(buf.len());
         }
     }
     if !any {
         return Ok(());
     }
-    for (i, h) in HEADER.iter().enumerate().take(last).skip(first) {
-        if i + 1 == last {
+    for &i in &cols {
+        let h = HEADER[i];
+        if i == last {
             writeln!(out, "{h}")?;
         } else {
             write!(out, "{h:<w$}  ", w = widths[i])?;
         }
     }
     for (tag, s) in rows {
-        for (i, w) in widths.iter().enumerate().take(last).skip(first) {
+        for &i in &cols {
+            let w = widths[i];
             cell(i, tag, s, &mut buf);
             let color = if i == 0 { color_of(&buf) } else { None };
             if let Some(c) = color {
                 write!(out, "{c}")?;
             }
-            if i + 1 == last {
+            if i == last {
                 write!(out, "{buf}")?;
             } else {
                 write!(out, "{buf:<w$}")?;
@@ -107,7 +114,7 @@ fn write_table<'a>(
             if color.is_some() {
                 write!(out, "\x1b[0m")?;
             }
-            if i + 1 == last {
+            if i == last {
                 writeln!(out)?;
             } else {
                 write!(out, "  ")?;

@@ -337,7 +337,8 @@ impl Machine {
             return Step::LookAfter(self.wait(now, None));
         }
         if self.look.targets > 0 {
-            // Only sockets the kernel refused remain: nothing of ours will change them.
+            // Only sockets the kernel refused (or bound UDP sockets already
+            // destroyed once) remain: nothing of ours will change them.
             if settle.is_zero() {
                 return self.finish(End::OutOfPasses);
             }

@@ -240,8 +240,24 @@ impl RunReport {
         self.verdict_reason = self.explain();
     }
 
-    /// Why the verdict is not clean, in plain words.
+    /// Why the verdict is not clean, in plain words; says when destroyed UDP
+    /// sockets are among what remains (a destroy disconnects a UDP socket,
+    /// and one bound to its port stays there).
     fn explain(&self) -> Option<String> {
+        let udp_left = self
+            .remaining
+            .as_ref()
+            .map_or(0, |r| r.iter().filter(|s| s.is_udp() && self.sockets.contains(s.cookie())).count());
+        let why = self.explain_verdict();
+        match why {
+            Some(w) if udp_left > 0 => Some(format!(
+                "{w}; {udp_left} of them UDP sockets a destroy disconnected (their owner got ECONNABORTED) but that stay bound to their port: only their owner can close them"
+            )),
+            other => other,
+        }
+    }
+
+    fn explain_verdict(&self) -> Option<String> {
         let s = &self.summary;
         let remaining = s.remaining.unwrap_or(0);
         let when = |ms: Option<u64>| ms.map_or(String::new(), |t| format!(", the last seen at {t} ms"));
@@ -299,7 +315,10 @@ pub struct Run<'a, K: Kernel, C: Clock, J: Classifier> {
     later: HashSet<u64>,
     appeared_after_first_destroy: usize,
     ledger: Ledger,
-    /// Sockets the kernel refused for good: not retried.
+    /// Sockets not to try again: the kernel refused them for good, or a
+    /// destroy succeeded and could not end them (a UDP socket bound to its
+    /// port stays, disconnected: another destroy only hands its owner another
+    /// ECONNABORTED).
     refused: HashSet<u64>,
     error: Option<Error>,
     /// Destroys since the last look: what remains is not known.
@@ -489,8 +508,14 @@ impl<'a, K: Kernel, C: Clock, J: Classifier> Run<'a, K, C, J> {
             if let Some(slot) = outcomes.get_mut(i) {
                 *slot = Some(o);
             }
-            if let (Outcome::Failed(_), Some(s)) = (o, batch.get(i)) {
-                self.refused.insert(s.cookie());
+            match (o, batch.get(i)) {
+                (Outcome::Failed(_), Some(s)) => {
+                    self.refused.insert(s.cookie());
+                }
+                (Outcome::Destroyed, Some(s)) if s.is_udp() => {
+                    self.refused.insert(s.cookie());
+                }
+                _ => {}
             }
         }
         let recorded = self.ledger.record(batch, outcomes, self.machine.passes(), at_ms);
