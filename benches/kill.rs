@@ -9,7 +9,10 @@
 //! the targets' port, as the HAProxy mode always does), `:v6` (a v6 listener
 //! and 1000 IPv6 connections in the namespace, so no family walk can be
 //! skipped), `:1cpu` (both tools pinned to core 0 with taskset); they combine
-//! (`1k/199k:v6:1cpu`: an IPv6 socket present, one CPU). Per run and
+//! (`1k/199k:v6:1cpu`: an IPv6 socket present, one CPU); `:expr` (both tools
+//! take ss's words `dst T and not dport = :22`, where the others say `dst T`);
+//! `:udp` (connected UDP sockets instead of TCP connections: `-u` for both).
+//! Per run and
 //! tool: a fresh farm, the tool run once, wall time and peak RSS (through GNU
 //! time), then the kernel's view: target connections left alive and whether
 //! every background connection survived. Tools alternate order per run. Before
@@ -23,6 +26,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sockkill::filter::Protocols;
 use sockkill::{Filter, StateSet};
 
 const SOCKKILL: &str = env!("CARGO_BIN_EXE_sockkill");
@@ -45,12 +49,16 @@ struct Case {
     port: bool,
     v6: bool,
     one_cpu: bool,
+    expr: bool,
+    udp: bool,
 }
 
 impl Case {
     fn name(&self) -> String {
         let mut n = format!("{}/{}", self.targets, self.background);
-        for (on, m) in [(self.port, ":port"), (self.v6, ":v6"), (self.one_cpu, ":1cpu")] {
+        for (on, m) in
+            [(self.port, ":port"), (self.v6, ":v6"), (self.one_cpu, ":1cpu"), (self.expr, ":expr"), (self.udp, ":udp")]
+        {
             if on {
                 n += m;
             }
@@ -117,10 +125,11 @@ fn wait_quiet() {
     }
 }
 
-fn count(dst: &str) -> usize {
+fn count(dst: &str, udp: bool) -> usize {
     let f = Filter {
         dst: vec![sockkill::filter::parse_cidr(dst).unwrap()],
         states: StateSet::parse_name("established").unwrap(),
+        protocols: Protocols { tcp: !udp, udp },
         ..Filter::default()
     };
     sockkill::list(None, f, false).unwrap().len()
@@ -146,10 +155,17 @@ fn one(tool: Tool, case: &Case) -> (Run, [f64; 2]) {
         if case.v6 {
             groups.push(farm::Group::new(V6, 1000));
         }
-        let f = farm::Farm::build(&groups).expect("farm");
+        let f = if case.udp { farm::Farm::build_udp(&groups) } else { farm::Farm::build(&groups) }.expect("farm");
         let port = f.ports[0][0].to_string();
         let mut sk_filter = vec!["--dst", TARGET];
         let mut ss_filter = vec!["dst", TARGET];
+        if case.expr {
+            // ss's words for both: the expression goes into the kernel's bytecode.
+            sk_filter = vec!["dst", TARGET, "and", "not", "dport", "=", ":22"];
+            ss_filter = sk_filter.clone();
+        }
+        let table = if case.udp { "-u" } else { "-t" };
+        sk_filter.insert(0, table);
         let ss_port = format!(":{port}");
         if case.port {
             sk_filter.extend(["--dport", port.as_str()]);
@@ -159,7 +175,7 @@ fn one(tool: Tool, case: &Case) -> (Run, [f64; 2]) {
         // list timings (read-only), alternating order
         let mut list = [0.0; 2];
         let list_sk = || timed(SOCKKILL, &[&["list"][..], &sk_filter].concat(), case.one_cpu).0;
-        let list_ss = || timed("ss", &[&["-tn"][..], &ss_filter].concat(), case.one_cpu).0;
+        let list_ss = || timed("ss", &[&[table, "-n"][..], &ss_filter].concat(), case.one_cpu).0;
         if tool == Tool::Sockkill {
             list[0] = list_sk();
             list[1] = list_ss();
@@ -175,10 +191,10 @@ fn one(tool: Tool, case: &Case) -> (Run, [f64; 2]) {
         let (ms, rss_kib) = match tool {
             Tool::Sockkill => timed(SOCKKILL, &kill, case.one_cpu),
             Tool::NoVerify => timed(SOCKKILL, &[&kill[..], &["--no-verify"]].concat(), case.one_cpu),
-            Tool::Ss => timed("ss", &[&["-K", "-t"][..], &ss_filter].concat(), case.one_cpu),
+            Tool::Ss => timed("ss", &[&["-K", table][..], &ss_filter].concat(), case.one_cpu),
         };
-        let left = count(TARGET);
-        let background_ok = case.background == 0 || count(BACKGROUND) == case.background;
+        let left = count(TARGET, case.udp);
+        let background_ok = case.background == 0 || count(BACKGROUND, case.udp) == case.background;
         drop(f);
         (Run { ms, rss_kib, left, background_ok }, list)
     })
@@ -211,12 +227,15 @@ fn parse_case(s: &str) -> Case {
         Some(k) => k.parse::<usize>().expect("count") * 1000,
         None => s.parse().expect("count"),
     };
-    let mut c = Case { targets: n(t), background: n(b), port: false, v6: false, one_cpu: false };
+    let mut c =
+        Case { targets: n(t), background: n(b), port: false, v6: false, one_cpu: false, expr: false, udp: false };
     for m in parts {
         match m {
             "port" => c.port = true,
             "v6" => c.v6 = true,
             "1cpu" => c.one_cpu = true,
+            "expr" => c.expr = true,
+            "udp" => c.udp = true,
             other => panic!("unknown case modifier {other}"),
         }
     }

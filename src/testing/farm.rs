@@ -118,6 +118,43 @@ impl Farm {
         Ok(farm)
     }
 
+    /// A farm of connected UDP sockets: per group, `n` sockets bound to
+    /// their own source ports and connected to `connect_ip` (a destination
+    /// port per 50k, so every 4-tuple is unique; nothing needs to listen).
+    pub fn build_udp(groups: &[Group]) -> io::Result<Farm> {
+        use nix::sys::socket::{
+            bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
+        };
+        sysctl("/proc/sys/net/ipv4/ip_local_port_range", "60001 65000");
+        let mut farm = Farm { parks: Vec::new(), ports: Vec::new(), groups: groups.to_vec() };
+        for (gi, g) in groups.iter().enumerate() {
+            let mut ports = Vec::new();
+            let mut batch: Vec<RawFd> = Vec::with_capacity(2 * PAIRS_PER_MSG);
+            for i in 0..g.n {
+                let chunk = i / PER_LISTENER;
+                let port = 20_000 + (gi * 100 + chunk) as u16;
+                if ports.last() != Some(&port) {
+                    ports.push(port);
+                }
+                let family = if g.connect_ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+                let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+                setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+                let from = SocketAddr::new(source_ip(g.connect_ip), FIRST_SOURCE_PORT + (i % PER_LISTENER) as u16);
+                bind(fd.as_raw_fd(), &SockaddrStorage::from(from))?;
+                connect(fd.as_raw_fd(), &SockaddrStorage::from(SocketAddr::new(g.connect_ip, port)))?;
+                batch.push(fd.into_raw_fd());
+                if batch.len() == 2 * PAIRS_PER_MSG {
+                    farm.park(gi as u8, &mut batch)?;
+                }
+            }
+            if !batch.is_empty() {
+                farm.park(gi as u8, &mut batch)?;
+            }
+            farm.ports.push(ports);
+        }
+        Ok(farm)
+    }
+
     /// Sends `fds` into a parking socket and closes our copies.
     fn park(&mut self, group: u8, fds: &mut Vec<RawFd>) -> io::Result<()> {
         loop {
