@@ -170,7 +170,11 @@ fn write_kill(out: &mut dyn Write, k: &KillReport) -> io::Result<()> {
     if !k.processes_exited.is_empty() {
         writeln!(out, "processes that exited during the run: {:?}", k.processes_exited)?;
     }
-    writeln!(out, "{}", summary_line(k))
+    writeln!(out, "{}", summary_line(k))?;
+    match &r.verdict_reason {
+        Some(why) if !r.dry_run => writeln!(out, "not clean: {why}"),
+        _ => Ok(()),
+    }
 }
 
 /// The one-line summary of a kill.
