@@ -199,6 +199,10 @@ pub struct TcpCounts {
     pub inuse6: u64,
     /// TIME-WAIT sockets of both families.
     pub tw: u64,
+    /// Hashed (bound) IPv4 UDP sockets, when the kernel says.
+    pub udp4: Option<u64>,
+    /// Hashed IPv6 UDP sockets (IPv4-mapped ones included), when the kernel says.
+    pub udp6: Option<u64>,
 }
 
 impl SockStat {
@@ -223,7 +227,7 @@ impl SockStat {
     }
 }
 
-/// Parses `TCP: inuse N orphan N tw N ...` and `TCP6: inuse N`.
+/// Parses `TCP: inuse N orphan N tw N ...`, `TCP6: inuse N`, and the `UDP:`/`UDP6:` lines.
 pub fn parse_sockstat(v4: &str, v6: &str) -> Option<TcpCounts> {
     let field = |text: &str, line: &str, name: &str| -> Option<u64> {
         let rest = text.lines().find_map(|l| l.strip_prefix(line))?;
@@ -240,6 +244,8 @@ pub fn parse_sockstat(v4: &str, v6: &str) -> Option<TcpCounts> {
         inuse4: field(v4, "TCP:", "inuse")?,
         tw: field(v4, "TCP:", "tw")?,
         inuse6: field(v6, "TCP6:", "inuse")?,
+        udp4: field(v4, "UDP:", "inuse"),
+        udp6: field(v6, "UDP6:", "inuse"),
     })
 }
 
@@ -259,7 +265,10 @@ mod tests {
     fn parses_sockstat() {
         let v4 = "sockets: used 5\nTCP: inuse 3 orphan 0 tw 2 alloc 4 mem 1\nUDP: inuse 0 mem 0\n";
         let v6 = "TCP6: inuse 7\nUDP6: inuse 0\n";
-        assert_eq!(parse_sockstat(v4, v6), Some(TcpCounts { inuse4: 3, inuse6: 7, tw: 2 }));
+        assert_eq!(
+            parse_sockstat(v4, v6),
+            Some(TcpCounts { inuse4: 3, inuse6: 7, tw: 2, udp4: Some(0), udp6: v6.contains("UDP6").then_some(0) })
+        );
         assert_eq!(parse_sockstat("TCP: inuse x", v6), None);
         assert_eq!(parse_sockstat("", ""), None);
     }

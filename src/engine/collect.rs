@@ -40,8 +40,12 @@ impl Engine {
         let protocols = query.filter.protocols;
         let mut out = if protocols.tcp { self.collect_tcp(query)? } else { Vec::new() };
         if protocols.udp {
-            // The UDP handler has no one-walk request: one dump per family.
-            for &af in &query.families {
+            // The UDP handler has no one-walk request: one dump per family,
+            // each walking the whole UDP table; a family with no UDP socket is skipped.
+            let counts = self.stat.as_ref().and_then(|s| s.read());
+            let empty =
+                |af: u8| counts.and_then(|c| if af == libc::AF_INET as u8 { c.udp4 } else { c.udp6 }) == Some(0);
+            for &af in query.families.iter().filter(|&&af| !empty(af)) {
                 let udp =
                     dump_family(&mut self.diag[0], af, query, libc::IPPROTO_UDP as u8).map_err(|e| query.explain(e))?;
                 out.extend(udp);
