@@ -120,8 +120,8 @@ pub struct FilterArgs {
     /// UDP sockets (connected ones are disconnected by a kill; see the README).
     #[arg(short = 'u', long)]
     pub udp: bool,
-    /// ss's socket tables: tcp, udp, inet (both); comma-separated.
-    #[arg(short = 'A', long = "query", value_name = "TABLES", value_delimiter = ',', value_parser = ["tcp", "udp", "inet", "all"])]
+    /// ss's socket tables: tcp, udp, inet (both); comma-separated; instead of -t/-u.
+    #[arg(short = 'A', long = "query", value_name = "TABLES", value_delimiter = ',', value_parser = ["tcp", "udp", "inet", "all"], conflicts_with_all = ["tcp", "udp"])]
     pub query: Vec<String>,
     /// IPv4 only, by local address (including IPv4-mapped IPv6 sockets).
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]

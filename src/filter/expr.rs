@@ -12,8 +12,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{as_ipv4, nets_narrow, ports_narrow, Cgroup, Mark, PortRange, StateSet};
-use crate::socket::{TcpSocket, TcpState};
+use super::{as_ipv4, nets_narrow, ports_narrow, Cgroup, Mark, PortRange};
+use crate::socket::TcpSocket;
 
 /// Which end of the connection a condition looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -139,16 +139,44 @@ impl Expr {
     }
 
     /// Whether the expression by itself narrows what a kill reaches (see
-    /// [`crate::filter::Filter::is_catch_all`]): a term narrows as the
-    /// equivalent flag does, `and` narrows when either side does, `or` when
-    /// both do, and a negation never does (`not dst 10.0.0.7` is nearly
-    /// everything).
-    pub fn narrows(&self, states: StateSet) -> bool {
+    /// [`crate::filter::Filter::is_catch_all`]); `unspecified`: sockets with an
+    /// unspecified address and port 0 can match (listeners' peers, unconnected
+    /// UDP sockets). A term narrows as the equivalent flag does; `and` narrows
+    /// when either side does; a negation never does (`not dst 10.0.0.7` is
+    /// nearly everything); `or` narrows when every alternative is covered by
+    /// one narrowing term and the union of those terms, field by field,
+    /// still leaves something out (`dport < :1024 or dport >= :1024` does not).
+    pub fn narrows(&self, unspecified: bool) -> bool {
         match self {
-            Expr::Term(t) => t.narrows(states),
+            Expr::Term(t) => t.narrows(unspecified),
             Expr::Not(_) => false,
-            Expr::And(a, b) => a.narrows(states) || b.narrows(states),
-            Expr::Or(a, b) => a.narrows(states) && b.narrows(states),
+            Expr::And(a, b) => a.narrows(unspecified) || b.narrows(unspecified),
+            Expr::Or(..) => {
+                let mut alternatives = Vec::new();
+                self.alternatives(&mut alternatives);
+                let covers: Option<Vec<&Term>> = alternatives.iter().map(|e| e.cover(unspecified)).collect();
+                covers.is_some_and(|terms| union_narrows(&terms, unspecified))
+            }
+        }
+    }
+
+    /// The alternatives of an `or` chain.
+    fn alternatives<'a>(&'a self, out: &mut Vec<&'a Expr>) {
+        match self {
+            Expr::Or(a, b) => {
+                a.alternatives(out);
+                b.alternatives(out);
+            }
+            other => out.push(other),
+        }
+    }
+
+    /// One narrowing term that holds wherever the expression holds.
+    fn cover(&self, unspecified: bool) -> Option<&Term> {
+        match self {
+            Expr::Term(t) => t.narrows(unspecified).then_some(t),
+            Expr::And(a, b) => a.cover(unspecified).or_else(|| b.cover(unspecified)),
+            Expr::Not(_) | Expr::Or(..) => None,
         }
     }
 
@@ -211,26 +239,68 @@ impl Term {
         }
     }
 
-    fn narrows(&self, states: StateSet) -> bool {
-        let listeners = states.contains(TcpState::Listen);
-        // A listener's peer port is 0: a condition holding 0 matches every listener.
-        let zero_possible = |side: &Side| listeners && *side == Side::Dst;
-        match self {
-            Term::Host { side, net, port } => {
-                net.is_some_and(|n| nets_narrow(&[n], listeners))
-                    || port.is_some_and(|p| ports_narrow(&[PortRange::one(p)], zero_possible(side)))
+    fn narrows(&self, unspecified: bool) -> bool {
+        union_narrows(&[self], unspecified)
+    }
+}
+
+/// A prefix as the catch-all rule sees it: an IPv4-mapped IPv6 prefix is the
+/// IPv4 prefix it stands for, and an IPv6 prefix holding every mapped address
+/// (`::/64`, `::ffff:0:0/96`) is every IPv4 address too.
+fn for_coverage(net: IpNet) -> IpNet {
+    const MAPPED: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0);
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, n.prefix_len() - 96).map_or(net, |v| IpNet::V4(v.trunc())),
+            None => net,
+        },
+        IpNet::V6(n) if n.contains(&MAPPED) => IpNet::V4(ipnet::Ipv4Net::default()),
+        other => other,
+    }
+}
+
+/// Whether the union of `terms` leaves something out: per field (each
+/// side's addresses, each side's ports, marks, cgroups) the union must
+/// narrow; fields are independent, so a socket outside every field's union
+/// exists. `dst *` and `autobound` never narrow.
+fn union_narrows(terms: &[&Term], unspecified: bool) -> bool {
+    let mut nets: [Vec<IpNet>; 2] = [Vec::new(), Vec::new()];
+    let mut ports: [Vec<PortRange>; 2] = [Vec::new(), Vec::new()];
+    let idx = |side: &Side| usize::from(*side == Side::Dst);
+    for t in terms {
+        let ok = match t {
+            Term::Host { side, net: Some(n), .. } => {
+                nets[idx(side)].push(for_coverage(*n));
+                true
             }
-            Term::Port { side, cmp, port } => match cmp.range(*port) {
-                Some(r) => ports_narrow(&[r], zero_possible(side)),
-                None => true,
-            },
-            Term::Dev { .. } => true,
-            Term::Mark(m) => m.mask != 0,
+            Term::Host { side, net: None, port: Some(p) } => {
+                ports[idx(side)].push(PortRange::one(*p));
+                true
+            }
+            Term::Host { net: None, port: None, .. } | Term::Autobound { .. } => false,
+            Term::Port { side, cmp, port } => {
+                if let Some(r) = cmp.range(*port) {
+                    ports[idx(side)].push(r);
+                }
+                true
+            }
+            // An unbound socket (most) is on no interface.
+            Term::Dev { index, .. } => *index != 0,
+            // An unmarked socket (most) has mark 0: a term asking for a set bit leaves it out.
+            Term::Mark(m) => m.value != 0,
             Term::Cgroup(c) => !c.root,
-            // Every client connection: as broad as no condition.
-            Term::Autobound { .. } => false,
+        };
+        if !ok {
+            return false;
         }
     }
+    // Listeners and unconnected UDP sockets: unspecified addresses, peer port 0.
+    let nets_ok = nets.iter().all(|n| n.is_empty() || nets_narrow(n, unspecified));
+    let ports_ok = ports.iter().enumerate().all(|(i, r)| {
+        let zero = unspecified && i == 1;
+        r.is_empty() || ports_narrow(r, zero)
+    });
+    nets_ok && ports_ok
 }
 
 /// ss's and the kernel's host match: an IPv4 prefix holds IPv4 addresses and

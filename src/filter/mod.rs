@@ -477,22 +477,24 @@ impl Filter {
     /// True when the filter does not narrow what it matches: the union of the
     /// `--dst` (or `--src`) prefixes covers a whole address family, the union of
     /// the port ranges covers every port a socket in the chosen states can have,
-    /// no `--pid` or `--dev` is given, every `--cgroup` is a hierarchy's root
-    /// and some `--mark` has an empty mask. A kill with such a filter is
+    /// no `--pid` or `--dev` is given, every `--cgroup` is a hierarchy's root,
+    /// some `--mark` asks for no set bit (mark 0 is every unmarked socket),
+    /// and the expression does not narrow either. A kill with such a filter is
     /// refused unless explicitly allowed.
     pub fn is_catch_all(&self) -> bool {
         // A listener's peer is unspecified (address and port 0), and so is the
         // local address of one bound to the wildcard: a condition holding those
-        // matches every such listener.
-        let listeners = self.states.contains(TcpState::Listen);
-        let narrows = nets_narrow(&self.dst, listeners)
-            || nets_narrow(&self.src, listeners)
-            || ports_narrow(&self.dport, listeners)
+        // matches every such listener. Unconnected UDP sockets likewise.
+        let unspecified = self.states.contains(TcpState::Listen)
+            || (self.protocols.udp && self.states_for(true).contains(TcpState::Close));
+        let narrows = nets_narrow(&self.dst, unspecified)
+            || nets_narrow(&self.src, unspecified)
+            || ports_narrow(&self.dport, unspecified)
             || ports_narrow(&self.sport, false)
             || !self.devs.is_empty()
             || (!self.cgroups.is_empty() && self.cgroups.iter().all(|c| !c.root))
-            || (!self.marks.is_empty() && self.marks.iter().all(|m| m.mask != 0))
-            || self.expression.as_ref().is_some_and(|e| e.narrows(self.states));
+            || (!self.marks.is_empty() && self.marks.iter().all(|m| m.value != 0))
+            || self.expression.as_ref().is_some_and(|e| e.narrows(unspecified));
         !narrows && self.pids.is_empty()
     }
 

@@ -37,6 +37,12 @@ pub struct Parsed {
 /// `exclude` word from every state; later words add or remove.
 pub fn parse_words<S: AsRef<str>>(args: &[S]) -> Result<Parsed> {
     let words = split(args);
+    if words.len() > MAX_WORDS {
+        return Err(Error::FilterExpr {
+            message: format!("the expression has {} words; at most {MAX_WORDS} are taken (split the run)", words.len()),
+            word: None,
+        });
+    }
     let mut p = Parser { words: &words, at: 0 };
     let mut states: Option<StateSet> = None;
     while let Some(w) = p.peek() {
@@ -95,6 +101,10 @@ struct Parser<'a> {
     words: &'a [String],
     at: usize,
 }
+
+/// Longer expressions are refused: the kernel's program has room for about
+/// 2,000 conditions, and the tree is walked recursively.
+const MAX_WORDS: usize = 4096;
 
 /// Nesting deeper than this is refused (the recursion stays bounded).
 const MAX_DEPTH: usize = 64;
@@ -473,6 +483,60 @@ mod tests {
         assert!(err("state bogus").contains("unknown TCP state at `state bogus`"));
     }
 
+    /// Expressions that match (nearly) everything are catch-alls, however
+    /// they are spelled (the escapes a hostile review found).
+    #[test]
+    fn catch_all_expressions_are_recognised() {
+        use crate::filter::{Filter, Protocols};
+        use crate::socket::TcpState;
+        let catch_all = |words: &str, udp: bool, states: StateSet| {
+            let p = parse_words(&[words]).unwrap();
+            let f = Filter {
+                expression: p.expr,
+                states: p.states.unwrap_or(states),
+                protocols: Protocols { tcp: !udp, udp },
+                ..Filter::default()
+            };
+            f.is_catch_all()
+        };
+        let d = StateSet::DEFAULT;
+        for (words, udp) in [
+            ("dport < :1024 or dport >= :1024", false),
+            ("dst 0.0.0.0/1 or dst 128.0.0.0/1", false),
+            ("sport <= :32767 or sport > :32767", false),
+            ("dport < :1024 or ( dport >= :1024 and dport >= :1024 )", false),
+            ("src [::ffff:0.0.0.0/96]", false),
+            ("dst [::/64]", false),
+            ("state unconn dport = :0", true),
+            ("state unconn dst 0.0.0.0", true),
+            ("state unconn dport < :1", true),
+            ("exclude listening src 0.0.0.0", true),
+            ("fwmark 0", false),
+            ("fwmark 1/1 or fwmark 0/1", false),
+            ("not dst 10.0.0.7", false),
+            ("dst * and autobound", false),
+            ("dst 10.0.0.7 or not dport = :22", false),
+        ] {
+            assert!(catch_all(words, udp, d), "{words} (udp {udp}) must be a catch-all");
+        }
+        for (words, udp) in [
+            ("dst 10.0.0.7", false),
+            ("dst 10.0.0.7 and not dport = :22", false),
+            ("( dst 10.0.0.7 and dport = :80 ) or ( dst 10.0.0.8 and dport = :443 )", false),
+            ("dst 10.0.0.0/8 or dport = :80", false),
+            ("dport < :1024", false),
+            ("dst 10.0.0.53", true),
+            ("fwmark 1/1 or fwmark 2/2", false),
+            ("src [::ffff:10.0.0.0/104]", false),
+        ] {
+            assert!(!catch_all(words, udp, d), "{words} (udp {udp}) narrows");
+        }
+        // A listener's peer port is 0: `dport = :0` over listeners is every listener.
+        assert!(catch_all("state listening dport = :0", false, d));
+        assert!(!catch_all("state established dport = :0", false, d));
+        let _ = TcpState::Listen;
+    }
+
     #[test]
     fn errors_point_at_the_word() {
         assert_eq!(err("dport >"), "invalid filter expression: expected a port, like :80 after `dport >`");
@@ -494,5 +558,7 @@ mod tests {
         assert!(err(&deep).contains("too deeply"));
         let nots = format!("{}dst 10.0.0.1", "not ".repeat(100));
         assert!(err(&nots).contains("too deeply"));
+        let long = vec!["autobound"; 5000].join(" or ");
+        assert!(err(&long).contains("at most 4096"), "{}", err(&long));
     }
 }
