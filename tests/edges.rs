@@ -145,6 +145,7 @@ fn link_local_sockets_show_their_interface() {
         ip("link set sk1 up");
         ip("-6 addr add fe80::5/64 dev sk0 nodad");
         let ifindex = nix::net::if_::if_nametoindex("sk0").unwrap();
+        common::wait_local_address("fe80::5".parse().unwrap(), ifindex);
         let l = std::net::TcpListener::bind(format!("[fe80::5%{ifindex}]:0")).unwrap();
         let to: SocketAddr = l.local_addr().unwrap();
         let _c = TcpStream::connect(to).unwrap();

@@ -122,6 +122,8 @@ fn add_to_lo(addrs: &[&str]) {
     for a in addrs {
         let st = Command::new("ip").args(["-6", "addr", "add", a, "dev", "lo", "nodad"]).status().unwrap();
         assert!(st.success(), "ip -6 addr add {a} dev lo");
+        let ip = a.split('/').next().unwrap_or(a);
+        common::wait_local_address(ip.parse().expect("an IPv6 address"), 0);
     }
 }
 

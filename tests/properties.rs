@@ -461,6 +461,7 @@ proptest! {
                 if !st.success() {
                     return Err(format!("ip addr add {addr}"));
                 }
+                common::wait_local_address(addr.parse().map_err(|_| format!("bad address {addr}"))?, 0);
             }
             let mut listeners = Vec::new();
             let mut keep = Vec::new();

@@ -38,6 +38,7 @@ fn add_v6(addr: &str) {
     let st =
         Command::new("ip").args(["-6", "addr", "add", &format!("{addr}/128"), "dev", "lo", "nodad"]).status().unwrap();
     assert!(st.success(), "ip -6 addr add {addr}");
+    common::wait_local_address(addr.parse().expect("an IPv6 address"), 0);
 }
 
 struct Layout {

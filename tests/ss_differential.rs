@@ -491,6 +491,12 @@ fn build(plan: &Plan) -> Population {
     ip_batch(&plan.net.setup());
     // A veth pair's peer is made first: sk0 is 2 (its scope id in the plan's link-local addresses).
     assert_eq!(nix::net::if_::if_nametoindex(IFACE).expect("sk0"), IFACE_INDEX, "{IFACE}'s index");
+    for v6 in plan.net.v6().iter().take(3) {
+        common::wait_local_address(IpAddr::V6(*v6), 0);
+    }
+    for ll in plan.net.link_local() {
+        common::wait_local_address(IpAddr::V6(ll), IFACE_INDEX);
+    }
     let mut fds = Vec::new();
     let mut listeners = Vec::new();
     for l in &plan.listeners {

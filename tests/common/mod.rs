@@ -154,6 +154,36 @@ fn wait_for_ipv6_loopback() {
     }
 }
 
+/// Waits until a TCP connection to `ip` (an address just added in this
+/// namespace) completes. The kernel inserts an IPv6 address's local route from
+/// a work queue after `ip addr add` returns, `nodad` or not: a bind succeeds
+/// while a connect still gets ENETUNREACH (seen in CI), or, with an on-link
+/// prefix, sends its SYN out of the interface. The probe connection is reset
+/// (SO_LINGER 0), so it leaves no socket behind.
+pub fn wait_local_address(ip: std::net::IpAddr, scope_id: u32) {
+    let at = match ip {
+        std::net::IpAddr::V6(v6) => SocketAddr::V6(std::net::SocketAddrV6::new(v6, 0, 0, scope_id)),
+        std::net::IpAddr::V4(v4) => SocketAddr::new(v4.into(), 0),
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match TcpListener::bind(at).and_then(|l| {
+            let to = l.local_addr()?;
+            let c = TcpStream::connect_timeout(&to, Duration::from_millis(200))?;
+            let linger = nix::sys::socket::sockopt::Linger;
+            let zero = libc::linger { l_onoff: 1, l_linger: 0 };
+            nix::sys::socket::setsockopt(&c, linger, &zero).map_err(io::Error::from)?;
+            Ok(())
+        }) {
+            Ok(()) => return,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{ip} never became reachable in this namespace: {last}");
+}
+
 /// An echo server: every accepted connection gets its bytes back.
 pub struct Echo {
     pub addr: SocketAddr,
