@@ -404,8 +404,7 @@ fn arb_near_expr() -> impl Strategy<Value = Expr> {
 
 fn ephemeral_range() -> PortRange {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
-    let mut it = text.split_whitespace().map(|w| w.parse::<u16>().unwrap());
-    PortRange { lo: it.next().unwrap(), hi: it.next().unwrap() }
+    sockkill::filter::expr::parse_port_range(&text).expect("ip_local_port_range")
 }
 
 /// Near filters, half of them with an expression too.

@@ -1063,6 +1063,7 @@ fn population_text(plan: &Plan) -> String {
 #[test]
 fn list_selects_what_ss_selects() {
     require!(Netns);
+    require!(SocketPortRange);
     let seed = seed();
     let rounds = env_u64("SOCKKILL_DIFF_ROUNDS").unwrap_or(8);
     let cases = env_u64("SOCKKILL_DIFF_CASES").unwrap_or(40);
@@ -1133,6 +1134,7 @@ struct Killed {
 #[test]
 fn kill_leaves_what_ss_k_leaves() {
     require!(Netns);
+    require!(SocketPortRange);
     let seed = seed();
     let trials = env_u64("SOCKKILL_DIFF_KILLS").unwrap_or(24);
     let mut failures = Vec::new();

@@ -80,12 +80,13 @@ type Alternative = Vec<Cond>;
 /// One of the alternatives of a group must hold.
 type Group = Vec<Alternative>;
 
-fn host(dst: bool, net: &IpNet) -> Cond {
+/// `port` -1 is any port.
+fn host(dst: bool, net: &IpNet, port: i32) -> Cond {
     let (family, addr) = match net.addr() {
         IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
         IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
     };
-    Cond::Host { dst, family, prefix_len: net.prefix_len(), addr, port: -1 }
+    Cond::Host { dst, family, prefix_len: net.prefix_len(), addr, port }
 }
 
 fn port_range(dst: bool, r: PortRange) -> Alternative {
@@ -96,10 +97,10 @@ fn port_range(dst: bool, r: PortRange) -> Alternative {
 fn groups(filter: &Filter) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     if !filter.dst.is_empty() {
-        groups.push(filter.dst.iter().map(|n| vec![host(true, n)]).collect());
+        groups.push(filter.dst.iter().map(|n| vec![host(true, n, -1)]).collect());
     }
     if !filter.src.is_empty() {
-        groups.push(filter.src.iter().map(|n| vec![host(false, n)]).collect());
+        groups.push(filter.src.iter().map(|n| vec![host(false, n, -1)]).collect());
     }
     if !filter.dport.is_empty() {
         groups.push(filter.dport.iter().map(|r| port_range(true, *r)).collect());
@@ -184,12 +185,7 @@ fn term(t: &Term) -> Vec<u8> {
             let dst = *side == Side::Dst;
             let port = port.map_or(-1, i32::from);
             let cond = match net {
-                Some(n) => match host(dst, n) {
-                    Cond::Host { dst, family, prefix_len, addr, .. } => {
-                        Cond::Host { dst, family, prefix_len, addr, port }
-                    }
-                    other => other,
-                },
+                Some(n) => host(dst, n, port),
                 None => Cond::Host { dst, family: libc::AF_UNSPEC as u8, prefix_len: 0, addr: vec![0; 4], port },
             };
             one(cond)

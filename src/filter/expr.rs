@@ -405,7 +405,7 @@ pub fn resolve(expr: &mut Expr, netns: Option<&crate::netns::Netns>) -> crate::e
 }
 
 /// `ip_local_port_range`'s "LOW\tHIGH".
-fn parse_port_range(text: &str) -> Option<PortRange> {
+pub fn parse_port_range(text: &str) -> Option<PortRange> {
     let mut it = text.split_whitespace().map(|w| w.parse::<u16>().ok());
     match (it.next()??, it.next()??) {
         (lo, hi) if lo <= hi => Some(PortRange { lo, hi }),

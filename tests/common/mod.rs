@@ -61,6 +61,27 @@ pub enum Need {
     /// Real root: `ip netns add` (mounts under /run/netns), other users' processes,
     /// fds in flight beyond RLIMIT_NOFILE (the connection farm), mounts.
     Root,
+    /// The per-socket `IP_LOCAL_PORT_RANGE` option (Linux 6.3).
+    SocketPortRange,
+}
+
+fn has_socket_port_range() -> bool {
+    let Ok(s) = TcpListener::bind("127.0.0.1:0").or_else(|_| TcpListener::bind("[::1]:0")) else {
+        return false;
+    };
+    // IP_LOCAL_PORT_RANGE = 51; the value is (high << 16) | low, 0 = the namespace's range.
+    let value: u32 = 0;
+    // SAFETY: a valid fd and a u32 of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            51,
+            &value as *const u32 as *const libc::c_void,
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    rc == 0
 }
 
 fn can_unshare_netns() -> bool {
@@ -84,11 +105,13 @@ pub fn can(need: Need, test: &str) -> bool {
     let ok = match need {
         Need::Netns => can_unshare_netns(),
         Need::Root => is_real_root() && can_unshare_netns(),
+        Need::SocketPortRange => has_socket_port_range(),
     };
     if !ok {
         let why = match need {
             Need::Netns => "cannot create a network namespace (run as root, or `unshare -Ur cargo test`)",
             Need::Root => "needs real root (named namespaces, the connection farm's fds in flight, mounts)",
+            Need::SocketPortRange => "needs IP_LOCAL_PORT_RANGE (Linux 6.3 or later)",
         };
         assert!(std::env::var("CI").map_or(true, |v| v != "true"), "{test}: {why}, and CI=true forbids skipping");
         // Straight to stderr: the test harness captures eprintln!, and a skip must be seen.
