@@ -154,3 +154,108 @@ fn a_bound_udp_socket_stays_and_the_run_says_so() {
         assert_eq!(ss_udp_inodes(&["sport", "=", ":5353"]).len(), 1);
     });
 }
+
+/// Inodes of the UDP sockets connected to 127.0.0.2, as ss sees them.
+fn connected_to_target() -> BTreeSet<u64> {
+    ss_udp_inodes(&["state", "established", "dst", "127.0.0.2"])
+}
+
+/// The inodes a JSON report lists as destroyed.
+fn destroyed_inodes(doc: &serde_json::Value) -> BTreeSet<u64> {
+    doc["sockets"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no sockets in {doc}"))
+        .iter()
+        .filter(|s| s["outcome"] == "destroyed")
+        .map(|s| s["inode"].as_u64().expect("inode"))
+        .collect()
+}
+
+/// The failure paths through `-u` and an expression tell the same story as
+/// for TCP: an audit log that fills up after the first destroys (exit 1, the
+/// report names exactly the sockets the kernel disconnected); stdout on
+/// /dev/full after the destroys (exit 1, `failed` in the metrics and the
+/// audit `end`); SIGTERM in a `--for` window (exit 1, interrupted).
+#[test]
+fn udp_failures_tell_one_story() {
+    require!(Root);
+    in_private_netns(|| {
+        let _server = UdpSocket::bind("127.0.0.2:5353").unwrap();
+        let dir = std::env::temp_dir().join(format!("sockkill-udp-fail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("mnt")).unwrap();
+        assert_not_root_netns();
+
+        // A 16 KiB audit log: the start event fits, a batch of destroyed lines does not.
+        let clients: Vec<UdpSocket> = (0..1200).map(|_| connected("127.0.0.1:0", "127.0.0.2:5353")).collect();
+        let before = connected_to_target();
+        assert_eq!(before.len(), 1200);
+        let prom = dir.join("full.prom");
+        let script = format!(
+            "mount -t tmpfs -o size=16k sockkill-test {mnt} && exec \"$0\" kill --json -u --max 0 dst 127.0.0.2 \
+             --audit-log {mnt}/audit.log --metrics-file {prom}",
+            mnt = dir.join("mnt").display(),
+            prom = prom.display()
+        );
+        let out = Command::new("unshare")
+            .args(["-m", "sh", "-c", &script, BIN])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 1, "{}", stderr(&out));
+        let doc = json(&out);
+        assert!(doc["error"].as_str().is_some_and(|e| e.contains("audit log")), "{doc}");
+        let destroyed = destroyed_inodes(&doc);
+        assert!(!destroyed.is_empty() && destroyed.len() < 1200, "stopped part-way: {}", destroyed.len());
+        let gone: BTreeSet<u64> = before.difference(&connected_to_target()).copied().collect();
+        assert_eq!(gone, destroyed, "the kernel disconnected exactly the reported sockets");
+        let metrics = std::fs::read_to_string(&prom).unwrap();
+        assert!(metrics.contains("sockkill_exit_code{command=\"kill\",verdict=\"failed\"} 1"), "{metrics}");
+        assert!(metrics.contains(&format!("sockkill_sockets_destroyed{{command=\"kill\"}} {}", destroyed.len())));
+        drop(clients);
+
+        // Stdout on /dev/full, after the destroys.
+        let clients: Vec<UdpSocket> = (0..10).map(|_| connected("127.0.0.1:0", "127.0.0.2:5353")).collect();
+        let (audit, prom) = (dir.join("a.log"), dir.join("m.prom"));
+        let (a, p) = (audit.to_string_lossy().into_owned(), prom.to_string_lossy().into_owned());
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let out = Command::new(BIN)
+            .args(["kill", "-u", "dst", "127.0.0.2", "--audit-log", &a, "--metrics-file", &p])
+            .stdin(std::process::Stdio::null())
+            .stdout(full)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 1, "destroyed, then the report failed: {}", stderr(&out));
+        assert!(connected_to_target().is_empty(), "the kernel: every client was disconnected");
+        let metrics = std::fs::read_to_string(&prom).unwrap();
+        assert!(metrics.contains("sockkill_exit_code{command=\"kill\",verdict=\"failed\"} 1"), "{metrics}");
+        let log = std::fs::read_to_string(&audit).unwrap();
+        let end: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        assert_eq!((end["event"].as_str(), end["exit_code"].as_i64()), (Some("end"), Some(1)), "{log}");
+        assert!(end["error"].as_str().is_some_and(|e| e.contains("writing output")), "{end}");
+        drop(clients);
+
+        // SIGTERM in a --for window, after the first pass disconnected everything.
+        let clients: Vec<UdpSocket> = (0..5).map(|_| connected("127.0.0.1:0", "127.0.0.2:5353")).collect();
+        let child = Command::new(BIN)
+            .args(["kill", "--json", "-u", "dst", "127.0.0.2", "--for", "5s"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until(std::time::Duration::from_secs(5), "the first pass", || connected_to_target().is_empty());
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(code(&out), 1, "{}", stderr(&out));
+        let doc = json(&out);
+        assert_eq!(doc["summary"]["interrupted"], true, "{doc}");
+        assert_eq!(doc["summary"]["destroyed"], 5, "{doc}");
+        assert_eq!(doc["exit_code"], 1, "{doc}");
+        for c in &clients {
+            assert_eq!(c.send(b"x").unwrap_err().raw_os_error(), Some(libc::EDESTADDRREQ));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
