@@ -95,7 +95,8 @@ impl StateSet {
             "fin-wait-1" => one(&[FinWait1]),
             "fin-wait-2" => one(&[FinWait2]),
             "time-wait" => one(&[TimeWait]),
-            "closed" | "close" | "unconn" => one(&[Close]),
+            // ss names CLOSE `unconnected` (a UDP socket's state when it is not connected).
+            "closed" | "close" | "unconnected" | "unconn" => one(&[Close]),
             "close-wait" => one(&[CloseWait]),
             "last-ack" => one(&[LastAck]),
             "listening" | "listen" => one(&[Listen]),
@@ -112,7 +113,7 @@ impl StateSet {
             "big" => without(&[SynRecv, NewSynRecv, TimeWait]),
             _ => {
                 return Err(Error::InvalidFilter(format!(
-                    "unknown TCP state {name:?} (expected one of: all, connected, synchronized, bucket, big, established, syn-sent, syn-recv, fin-wait-1, fin-wait-2, time-wait, closed, close-wait, last-ack, listening, closing)"
+                    "unknown TCP state {name:?} (expected one of: all, connected, synchronized, bucket, big, established, syn-sent, syn-recv, fin-wait-1, fin-wait-2, time-wait, closed, unconnected, close-wait, last-ack, listening, closing)"
                 )))
             }
         };
@@ -659,6 +660,10 @@ mod tests {
         assert!(!s.contains(TcpState::FinWait1));
         assert_eq!(StateSet::parse_name("all").unwrap().bits(), 0x1FFE);
         assert!(StateSet::parse_name("establshed").is_err());
+        // ss's own spellings, any case.
+        for (alias, name) in [("unconnected", "closed"), ("syn-rcv", "syn-recv"), ("LISTENING", "listening")] {
+            assert_eq!(StateSet::parse_name(alias).unwrap(), StateSet::parse_name(name).unwrap(), "{alias}");
+        }
         // SYN-RECV is two kernel states but one name, listed once.
         let names = StateSet::ALL.names();
         assert_eq!(names.iter().filter(|n| **n == "SYN-RECV").count(), 1, "{names:?}");
