@@ -226,6 +226,82 @@ fn a_healthy_load_balancer_never_alarms() {
     });
 }
 
+/// Connections a still-configured server makes away from the address `show
+/// servers state` prints are healthy, not moved: a `tcp-check connect port`
+/// check (the port is not printed), a transparent server's (`0.0.0.0`: the
+/// client's destination), a port offset behind `set-dst-port`. A sweep ends
+/// none of them (a hostile review saw all three taken for `moved`).
+#[test]
+fn connections_off_the_printed_address_are_not_moved() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _servers: Vec<_> = [("127.0.0.12:9002", "t1"), ("127.0.0.13:1500", "p1"), ("127.0.0.11:9001", "s1")]
+            .iter()
+            .map(|(at, t)| tag_server(at, t))
+            .collect();
+        // The check port accepts and never answers: the check's connection stays open.
+        let silent = std::net::TcpListener::bind("127.0.0.11:9101").unwrap();
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = held.clone();
+        let accepting = silent.try_clone().unwrap();
+        std::thread::spawn(move || {
+            while let Ok((c, _)) = accepting.accept() {
+                keep.lock().unwrap().push(c);
+            }
+        });
+        let cfg = "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n    timeout check 30s\n\
+                   frontend fe\n    bind 127.0.0.10:8000\n    default_backend be\n\
+                   backend be\n    option tcp-check\n    tcp-check connect port 9101\n    tcp-check expect string foo\n\
+                   \x20   server s1 127.0.0.11:9001 check inter 1s\n\
+                   frontend ft\n    bind 127.0.0.12:8002\n    default_backend bt\n\
+                   backend bt\n    server t1 0.0.0.0:9002\n\
+                   frontend fp\n    bind 127.0.0.10:8003\n    tcp-request connection set-dst-port int(500)\n    default_backend bp\n\
+                   backend bp\n    server p1 127.0.0.13:+1000\n";
+        let h = Haproxy::start(true, cfg);
+        let mut transparent: Vec<Client> = (0..2).map(|_| Client::connect("127.0.0.12:8002")).collect();
+        let mut offset: Vec<Client> = (0..2).map(|_| Client::connect("127.0.0.10:8003")).collect();
+        assert!(transparent.iter().all(|c| c.server == "t1") && offset.iter().all(|c| c.server == "p1"));
+        wait_until(Duration::from_secs(10), "the health check's connection to 127.0.0.11:9101", || {
+            !haproxy_sockets_to("127.0.0.11:9101", &h.pids()).is_empty()
+        });
+        for i in 0..3 {
+            let (rc, doc, err) = sweep(&h, &["--dry-run"]);
+            assert_eq!(rc, 0, "dry run {i}: {err}\n{doc}");
+            assert!(found(&doc).is_empty(), "dry run {i}: {doc}");
+        }
+        let (rc, doc, err) = sweep(&h, &[]);
+        assert_eq!(rc, 0, "{err}\n{doc}");
+        assert_eq!(doc["summary"]["destroyed"], 0, "{doc}");
+        assert!(!haproxy_sockets_to("127.0.0.11:9101", &h.pids()).is_empty(), "the check's connection stays");
+        assert_served(&mut transparent, "t1");
+        assert_served(&mut offset, "p1");
+        drop(silent);
+    });
+}
+
+/// A reload that swaps two servers' addresses (server-template or DNS slots
+/// resolved in another order): the old worker's connections to A, named
+/// `a` there, go to an address that is still the backend's (now `b`'s).
+/// Nothing is moved, nothing ended.
+#[test]
+fn swapped_addresses_are_not_moved() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _servers: Vec<_> = [(A, "x"), (B, "y")].iter().map(|(at, t)| tag_server(at, t)).collect();
+        let h = Haproxy::start(true, &[be("be", 8000, &[("a", A), ("b", B)])]);
+        let mut by = clients_by_server("127.0.0.10:8000", 4);
+        h.reload(&[be("be", 8000, &[("a", B), ("b", A)])]);
+        let (rc, doc, err) = sweep(&h, &[]);
+        assert_eq!(rc, 0, "{err}\n{doc}");
+        assert!(found(&doc).is_empty(), "{doc}");
+        assert_eq!(doc["summary"]["destroyed"], 0, "{doc}");
+        assert_served(by.get_mut("x").unwrap(), "x");
+        assert_served(by.get_mut("y").unwrap(), "y");
+    });
+}
+
 /// Without a master CLI the old worker cannot be asked: the sweep says so
 /// and does not call the run clean.
 #[test]

@@ -21,7 +21,7 @@ use super::places::{server_at, At};
 use crate::engine::owners::Holders;
 use crate::engine::{Class, Engine, Query};
 use crate::error::Result;
-use crate::filter::{Filter, StateSet};
+use crate::filter::{canonical_ip, Filter, StateSet};
 use crate::socket::TcpState;
 
 /// Why a connection lingers.
@@ -85,25 +85,38 @@ fn is_at(s: &ServerState, peer: SocketAddr, listening: &[u16]) -> bool {
     server_at(s, peer, listening).is_some() || s.checks.contains(&peer)
 }
 
-/// The class of a connection to `peer` whose holder names `(be, srv)`, under
-/// the holder's own configuration and the current worker's; `None`: healthy
+/// How the holder's tables named a connection's server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamedBy {
+    /// A stream's server-side connection (`show sess`): traffic, never a health check.
+    Stream,
+    /// Only `show fd`'s `sv=`: an idle or pooled connection, or a health check.
+    Fd,
+    /// No table: the one server of an old worker's configuration at the peer.
+    OnlyServerThere,
+}
+
+/// The class of a connection to `peer` whose holder names `(be, srv)` (`by`),
+/// under the holder's own configuration and the current worker's
+/// (`old_worker`: the holder is not the current worker); `None`: healthy
 /// (or not a server's connection at all).
 pub fn judge(
     (be, srv): (&str, &str),
+    by: NamedBy,
     peer: SocketAddr,
-    holder: &[ServerState],
+    (holder, old_worker): (&[ServerState], bool),
     current: &[ServerState],
     listening: &[u16],
 ) -> Option<Lingers> {
     let named = |s: &&ServerState| s.backend == be && s.name == srv;
     // Not a server of the holder's configuration: peers, a ring, the httpclient...
-    holder.iter().find(named)?;
+    let was = holder.iter().find(named)?;
     match current.iter().find(named) {
         // Still configured: at its own address (or a check's) it is healthy, or in
-        // maintenance; anywhere else it is a connection to where it was.
+        // maintenance; anywhere else it may be a connection to where it was.
         Some(s) if server_at(s, peer, listening).is_some() => s.maint.then_some(Lingers::Maint),
         Some(s) if s.checks.contains(&peer) => None,
-        Some(_) => Some(Lingers::Moved),
+        Some(s) => moved(s, was, by, peer, old_worker, current, listening),
         // Gone by this name: renamed, if a current server of the same backend or
         // with the same name is at the address (the reload kept it there);
         // another backend's server there does not make it its own.
@@ -114,6 +127,37 @@ pub fn judge(
     }
 }
 
+/// Whether a connection of still-configured server `now` (`was` in the
+/// holder's configuration) to `peer`, away from its current address, is one
+/// to where it was. Many healthy connections are not at a server's printed
+/// address: `tcp-check connect port|addr` checks (`show servers state` prints
+/// neither), a transparent server's (`0.0.0.0`: the client's destination), a
+/// port offset behind a rewritten destination port. So only what shows the
+/// old place counts: an old worker's configuration having the server exactly
+/// there, or, in the current worker (a runtime `set server addr`), a stream
+/// going to another host than the server's.
+fn moved(
+    now: &ServerState,
+    was: &ServerState,
+    by: NamedBy,
+    peer: SocketAddr,
+    old_worker: bool,
+    current: &[ServerState],
+    listening: &[u16],
+) -> Option<Lingers> {
+    // Another server of the same backend is there now (server-template or DNS
+    // slots reordered by the reload): that address is still the backend's.
+    if current.iter().any(|c| c.backend == now.backend && server_at(c, peer, listening).is_some()) {
+        return None;
+    }
+    let here = now.addr.filter(|ip| !ip.is_unspecified())?;
+    if old_worker {
+        let there = server_at(was, peer, listening) == Some(At::Exactly);
+        return there.then_some(Lingers::Moved);
+    }
+    let other_host = canonical_ip(here) != canonical_ip(peer.ip());
+    (by == NamedBy::Stream && other_host).then_some(Lingers::Moved)
+}
 /// The sweep's rule for every socket a run sees: the same judgement as the
 /// sweep's, by the server the holder's tables name under the holder's own
 /// configuration.
@@ -124,6 +168,11 @@ pub struct SweepRule {
     listening: Vec<u16>,
     answering: u32,
     include_maint: bool,
+    /// What the sweep judged, per socket (cookie) it found lingering.
+    judged: HashMap<u64, Lingers>,
+    /// The sockets a stream (`show sess`) named at the sweep: a run reading
+    /// only `show fd` later still knows they carried traffic.
+    by_stream: HashSet<u64>,
 }
 
 impl SweepRule {
@@ -137,14 +186,32 @@ impl SweepRule {
 
     /// The verdict on a socket to `peer` held by `pid`, which a table
     /// (`named`: the server and the table's name) names or not (`why`).
-    pub fn decide(&self, pid: u32, named: Option<((&str, &str), &str)>, why: &str, peer: SocketAddr) -> Class {
+    pub fn decide(
+        &self,
+        (pid, cookie): (u32, u64),
+        named: Option<((&str, &str), &str)>,
+        why: &str,
+        peer: SocketAddr,
+    ) -> Class {
         let Some(config) = self.configs.get(&pid) else {
             return Class::Ambiguous(format!("{why}; HAProxy pid {pid} could not be asked for its configuration"));
         };
-        let ((be, srv), table) = match named {
-            Some(n) => n,
+        let ((be, srv), table, by) = match named {
+            // `show fd`'s pair, oriented by the holder's own configuration (its
+            // version may print SERVER/BACKEND where the current one does not).
+            Some(((a, b), table)) if table == "show fd" => {
+                let listed = |x: &str, y: &str| config.iter().any(|s| s.backend == x && s.name == y);
+                let pair = if !listed(a, b) && listed(b, a) { (b, a) } else { (a, b) };
+                let by = if self.by_stream.contains(&cookie) { NamedBy::Stream } else { NamedBy::Fd };
+                (pair, table, by)
+            }
+            Some((pair, table)) => (pair, table, NamedBy::Stream),
             None if pid != self.answering => match only_server_at(config, peer, &self.listening) {
-                Some(s) => ((s.backend.as_str(), s.name.as_str()), "its configuration: the one server there"),
+                Some(s) => (
+                    (s.backend.as_str(), s.name.as_str()),
+                    "its configuration: the one server there",
+                    NamedBy::OnlyServerThere,
+                ),
                 None => {
                     return Class::Ambiguous(format!(
                         "{why}, and pid {pid}'s configuration has no one server at {peer}"
@@ -153,13 +220,27 @@ impl SweepRule {
             },
             None => return Class::Ambiguous(format!("{why} (the current worker)")),
         };
-        match judge((be, srv), peer, config, &self.current, &self.listening) {
+        let old_worker = pid != self.answering;
+        let class = judge((be, srv), by, peer, (config, old_worker), &self.current, &self.listening);
+        // The sweep read every table; the run may have read fewer (`show fd <fd>`).
+        // Where they disagree about a socket the sweep found lingering, say so.
+        let ends = |c: Option<Lingers>| matches!(c, Some(Lingers::Gone | Lingers::Moved));
+        if let Some(was) = self.judged.get(&cookie).filter(|w| ends(Some(**w)) && !ends(class)) {
+            return Class::Ambiguous(format!(
+                "the sweep found it {} ({be}/{srv}), the run's `{table}` does not",
+                was.name()
+            ));
+        }
+        match class {
             Some(Lingers::Gone | Lingers::Moved) => Class::Target,
             Some(Lingers::Maint) if self.include_maint => Class::Target,
             Some(Lingers::Maint) => {
                 Class::OtherServer(format!("{be}/{srv} (`{table}`) is in maintenance: --include-maint ends it"))
             }
-            None => Class::OtherServer(format!("{be}/{srv} (`{table}`) is configured at {peer}, or is no server")),
+            None => Class::OtherServer(format!(
+                "{be}/{srv} (`{table}`) is configured at {peer}, is no server, or is not shown to have been there \
+                 (a check, a transparent or port-rewritten connection)"
+            )),
         }
     }
 }
@@ -173,8 +254,8 @@ fn only_server_at<'a>(config: &'a [ServerState], peer: SocketAddr, listening: &[
     (at.next().is_none() && sure).then_some(first)
 }
 
-/// fd -> `(backend, server)`.
-type ServerOf = HashMap<u32, (String, String)>;
+/// fd -> `(backend, server)` and which table named it.
+type ServerOf = HashMap<u32, ((String, String), NamedBy)>;
 
 /// Per process: fd -> the server its tables name, streams first.
 fn named_fds(att: &mut Attributor, pid: u32, config: &[ServerState]) -> Result<std::result::Result<ServerOf, Unavailable>> {
@@ -185,7 +266,7 @@ fn named_fds(att: &mut Attributor, pid: u32, config: &[ServerState]) -> Result<s
     };
     for st in streams {
         if let (Some(fd), Some(be), Some(srv)) = (st.fd, st.backend, st.server) {
-            named.insert(fd, (be, srv));
+            named.insert(fd, ((be, srv), NamedBy::Stream));
         }
     }
     let conns = match att.connections(pid)? {
@@ -197,7 +278,7 @@ fn named_fds(att: &mut Attributor, pid: u32, config: &[ServerState]) -> Result<s
         if let Some((a, b)) = c.server {
             // `show fd` printed SERVER/BACKEND before 2.5: the pair the configuration has.
             let pair = if !listed(&a, &b) && listed(&b, &a) { (b, a) } else { (a, b) };
-            named.entry(c.fd).or_insert(pair);
+            named.entry(c.fd).or_insert((pair, NamedBy::Fd));
         }
     }
     Ok(Ok(named))
@@ -258,6 +339,7 @@ pub fn sweep(
     let everything = Query::new(Filter { states: StateSet::DEFAULT, ..Filter::default() })?;
     type Key = (Lingers, String, SocketAddr);
     let mut groups: BTreeMap<Key, (Option<String>, HashSet<u32>, usize)> = BTreeMap::new();
+    let (mut judged, mut by_stream) = (HashMap::new(), HashSet::new());
     for s in engine.collect(&everything)? {
         let Some(h) = holders.holder(&s) else { continue };
         let (Some(config), Some(named)) = (configs.get(&h.pid), tables.get(&h.pid)) else { continue };
@@ -266,15 +348,20 @@ pub fn sweep(
             continue;
         }
         let peer = s.peer();
-        let server = match named.get(&h.fd) {
-            Some((be, srv)) => (be.clone(), srv.clone()),
+        let (server, by) = match named.get(&h.fd) {
+            Some(((be, srv), by)) => ((be.clone(), srv.clone()), *by),
             None if h.pid != answering => match only_server_at(config, peer, listening) {
-                Some(st) => (st.backend.clone(), st.name.clone()),
+                Some(st) => ((st.backend.clone(), st.name.clone()), NamedBy::OnlyServerThere),
                 None => continue,
             },
             None => continue,
         };
-        let Some(class) = judge((&server.0, &server.1), peer, config, current, listening) else { continue };
+        let holder = (config.as_slice(), h.pid != answering);
+        if by == NamedBy::Stream {
+            by_stream.insert(s.cookie());
+        }
+        let Some(class) = judge((&server.0, &server.1), by, peer, holder, current, listening) else { continue };
+        judged.insert(s.cookie(), class);
         debug!(cookie = s.cookie(), pid = h.pid, ?class, server = ?server, %peer, "lingers");
         let now_at = current
             .iter()
@@ -307,6 +394,8 @@ pub fn sweep(
         listening: listening.to_vec(),
         answering,
         include_maint,
+        judged,
+        by_stream,
     });
     Ok(out)
 }
@@ -323,8 +412,10 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A stream's connection; held by the current worker when `holder` is `current` itself.
     fn class(named: (&str, &str), p: &str, holder: &[ServerState], current: &[ServerState]) -> Option<Lingers> {
-        judge(named, peer(p), holder, current, &[8080])
+        let old_worker = !std::ptr::eq(holder, current);
+        judge(named, NamedBy::Stream, peer(p), (holder, old_worker), current, &[8080])
     }
 
     #[test]
@@ -400,17 +491,19 @@ mod tests {
             listening: vec![8080],
             answering: 1,
             include_maint,
+            judged: HashMap::new(),
+            by_stream: HashSet::new(),
         };
         let r = rule(false);
         let at = |a: &str| peer(a);
-        assert_eq!(r.decide(2, Some((("be", "s2"), "show sess")), "", at("10.0.0.2:80")), Class::Target);
-        assert!(matches!(r.decide(1, Some((("be", "s1"), "show fd")), "", at("10.0.0.1:80")), Class::OtherServer(_)));
-        assert_eq!(rule(true).decide(1, Some((("be", "s1"), "show fd")), "", at("10.0.0.1:80")), Class::Target);
+        assert_eq!(r.decide((2, 7), Some((("be", "s2"), "show sess")), "", at("10.0.0.2:80")), Class::Target);
+        assert!(matches!(r.decide((1, 7), Some((("be", "s1"), "show fd")), "", at("10.0.0.1:80")), Class::OtherServer(_)));
+        assert_eq!(rule(true).decide((1, 7), Some((("be", "s1"), "show fd")), "", at("10.0.0.1:80")), Class::Target);
         // Unnamed in the old worker: its one server there; in the current worker: ambiguous.
-        assert_eq!(r.decide(2, None, "no table", at("10.0.0.2:80")), Class::Target);
-        assert!(matches!(r.decide(1, None, "no table", at("10.0.0.2:80")), Class::Ambiguous(_)));
+        assert_eq!(r.decide((2, 7), None, "no table", at("10.0.0.2:80")), Class::Target);
+        assert!(matches!(r.decide((1, 7), None, "no table", at("10.0.0.2:80")), Class::Ambiguous(_)));
         // A process never asked: ambiguous.
-        assert!(matches!(r.decide(3, Some((("be", "s2"), "show sess")), "", at("10.0.0.2:80")), Class::Ambiguous(_)));
+        assert!(matches!(r.decide((3, 7), Some((("be", "s2"), "show sess")), "", at("10.0.0.2:80")), Class::Ambiguous(_)));
     }
 
     #[test]
@@ -421,5 +514,90 @@ mod tests {
         // Maybe there (an offset): not sure, not taken.
         let offset = vec![server("be", "s1", "10.0.0.1", 1000)];
         assert!(only_server_at(&offset, peer("10.0.0.1:9080"), &[8080]).is_none());
+    }
+
+    /// What a hostile review found taken for `moved` on a healthy load balancer.
+    #[test]
+    fn healthy_connections_away_from_the_printed_address_are_not_moved() {
+        let cur_by = |named, by, p: &str, current: &[ServerState]| {
+            judge(named, by, peer(p), (current, false), current, &[8080])
+        };
+        // server-template / DNS slots reordered by a reload: A is still be's server (srv2).
+        let old = vec![server("be", "srv1", "10.0.0.1", 80), server("be", "srv2", "10.0.0.2", 80)];
+        let cur = vec![server("be", "srv1", "10.0.0.2", 80), server("be", "srv2", "10.0.0.1", 80)];
+        assert_eq!(class(("be", "srv1"), "10.0.0.1:80", &old, &cur), None);
+        // A transparent server (0.0.0.0: the client's destination).
+        let t = vec![server("bt", "t1", "0.0.0.0", 9002)];
+        assert_eq!(class(("bt", "t1"), "127.0.0.12:9002", &t, &t), None);
+        assert_eq!(class(("bt", "t1"), "127.0.0.12:9002", &t.clone(), &t), None);
+        // `tcp-check connect port 9101` (not printed): same host, named by show fd.
+        let c = vec![server("be", "s1", "127.0.0.11", 9001)];
+        assert_eq!(cur_by(("be", "s1"), NamedBy::Fd, "127.0.0.11:9101", &c), None);
+        assert_eq!(class(("be", "s1"), "127.0.0.11:9101", &c.clone(), &c), None, "an old worker's check");
+        // `tcp-check connect addr 10.9.9.9`: another host, but no stream.
+        assert_eq!(cur_by(("be", "s1"), NamedBy::Fd, "10.9.9.9:9001", &c), None);
+        // A port offset behind a rewritten destination port: same host.
+        let o = vec![server("bp", "p1", "127.0.0.13", 1000)];
+        assert_eq!(class(("bp", "p1"), "127.0.0.13:1500", &o, &o), None);
+        assert_eq!(class(("bp", "p1"), "127.0.0.13:1500", &o.clone(), &o), None);
+        // What does move: a runtime `set server addr` (a stream to the old host)...
+        let now = vec![server("be", "s1", "10.0.0.9", 9001)];
+        assert_eq!(cur_by(("be", "s1"), NamedBy::Stream, "127.0.0.11:9001", &now), Some(Lingers::Moved));
+        // ... and a reload that changed only the port (the old worker's configuration says where).
+        let port_changed = vec![server("be", "s1", "127.0.0.11", 9002)];
+        assert_eq!(class(("be", "s1"), "127.0.0.11:9001", &c, &port_changed), Some(Lingers::Moved));
+        // The run judges alike: a check in the current worker is no target.
+        let rule = SweepRule {
+            configs: HashMap::from([(1, c.clone())]),
+            current: c.clone(),
+            listening: vec![8080],
+            answering: 1,
+            include_maint: false,
+            judged: HashMap::new(),
+            by_stream: HashSet::new(),
+        };
+        assert!(matches!(rule.decide((1, 7), Some((("be", "s1"), "show fd")), "", peer("127.0.0.11:9101")), Class::OtherServer(_)));
+    }
+
+    /// An old worker of a version printing SERVER/BACKEND in `show fd`: the
+    /// run orients the pair by that worker's configuration, as the sweep does.
+    #[test]
+    fn an_old_workers_fd_pair_is_oriented_by_its_configuration() {
+        let old = vec![server("be", "s1", "10.0.0.1", 80), server("be", "s2", "10.0.0.2", 80)];
+        let current = vec![server("be", "s1", "10.0.0.1", 80)];
+        let rule = SweepRule {
+            configs: HashMap::from([(1, current.clone()), (2, old)]),
+            current,
+            listening: vec![8080],
+            answering: 1,
+            include_maint: false,
+            judged: HashMap::new(),
+            by_stream: HashSet::new(),
+        };
+        assert_eq!(rule.decide((2, 7), Some((("s2", "be"), "show fd")), "", peer("10.0.0.2:80")), Class::Target);
+        assert_eq!(rule.decide((2, 7), Some((("be", "s2"), "show fd")), "", peer("10.0.0.2:80")), Class::Target);
+    }
+
+    /// The run re-reads fewer tables than the sweep (`show fd <fd>` for a few
+    /// sockets): a socket a stream named at the sweep is still a stream's, and
+    /// one the sweep found lingering that the run would leave is ambiguous.
+    #[test]
+    fn the_run_keeps_what_the_sweep_learnt() {
+        let current = vec![server("be", "a", "10.0.0.9", 80)];
+        let rule = SweepRule {
+            configs: HashMap::from([(1, current.clone())]),
+            current,
+            listening: vec![8080],
+            answering: 1,
+            include_maint: false,
+            judged: HashMap::from([(7, Lingers::Moved), (8, Lingers::Moved)]),
+            by_stream: HashSet::from([7, 8]),
+        };
+        let at = peer("10.0.0.1:80");
+        assert_eq!(rule.decide((1, 7), Some((("be", "a"), "show fd")), "", at), Class::Target);
+        assert!(matches!(rule.decide((1, 9), Some((("be", "a"), "show fd")), "", at), Class::OtherServer(_)));
+        assert!(
+            matches!(rule.decide((1, 8), Some((("be", "zz"), "show fd")), "", at), Class::Ambiguous(w) if w.contains("sweep found it moved"))
+        );
     }
 }

@@ -541,7 +541,7 @@ impl Classifier for HaproxyClassifier {
                 let s = &sockets[a.index];
                 let why = a.unlisted.to_string();
                 let class = match &self.swept {
-                    Some(sweep) => sweep.decide(pid, a.named.as_ref().map(|n| (n.server(), n.table())), &why, s.peer()),
+                    Some(sweep) => sweep.decide((pid, s.cookie()), a.named.as_ref().map(|n| (n.server(), n.table())), &why, s.peer()),
                     None => self.rule.decide(a.named.as_ref(), holder, &why, s.peer()),
                 };
                 debug!(cookie = s.cookie(), pid, source = ?a.named, ?class, "attributed");
