@@ -280,6 +280,72 @@ fn connections_off_the_printed_address_are_not_moved() {
     });
 }
 
+/// A daemon-mode reload (`haproxy -f CFG -sf OLD`, no master): the old
+/// process keeps the removed server's sessions and nothing lists it. Found by
+/// its configuration file, it is an old worker without a master CLI: the sweep
+/// says it was not asked and does not call the run clean, and `--addr` at the
+/// removed server's address ends its sessions there (before a hostile review,
+/// both ignored it and called the run clean).
+#[test]
+fn a_daemon_mode_old_process_is_not_missed() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _servers: Vec<_> = [(A, "a"), (B, "b")].iter().map(|(at, t)| tag_server(at, t)).collect();
+        let dir = scratch_dir();
+        let cfg = dir.join("haproxy.cfg");
+        let start = |layout: &[Backend], sf: Option<u32>| {
+            std::fs::write(&cfg, config(&dir, layout)).unwrap();
+            let mut cmd = std::process::Command::new(haproxy_bin());
+            cmd.arg("-db").arg("-f").arg(&cfg);
+            if let Some(pid) = sf {
+                cmd.arg("-sf").arg(pid.to_string());
+            }
+            let log = std::fs::File::create(dir.join(format!("haproxy-{}.log", sf.unwrap_or(0)))).unwrap();
+            cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap()
+        };
+        let answers = |pid: u32| {
+            let admin = sockkill::haproxy::api::Endpoint::parse(&dir.join("admin.sock").to_string_lossy());
+            sockkill::haproxy::api::Api::new(admin, Duration::from_secs(2), None)
+                .and_then(|a| a.command("show info"))
+                .is_ok_and(|t| t.contains(&format!("Pid: {pid}")))
+        };
+        let mut old = start(&[be("be", 8000, &[("a", A), ("b", B)])], None);
+        wait_until(Duration::from_secs(10), "the first process", || answers(old.id()));
+        let mut by = clients_by_server("127.0.0.10:8000", 4);
+        let mut new = start(&[be("be", 8000, &[("a", A)])], Some(old.id()));
+        wait_until(Duration::from_secs(10), "the new process", || answers(new.id()));
+        assert!(old.try_wait().unwrap().is_none(), "the old process keeps its sessions");
+
+        let admin = dir.join("admin.sock").to_string_lossy().into_owned();
+        let (rc, doc, err) = run_json(&["haproxy", "--json", "--socket", &admin, "--lingering", "--dry-run"]);
+        assert_eq!(rc, 1, "{err}\n{doc}");
+        let not_asked = doc["not_asked"].as_array().cloned().unwrap_or_default();
+        assert!(
+            not_asked.iter().any(|w| w.as_str().is_some_and(|w| w.contains(&format!("pid {}", old.id())))),
+            "{doc}"
+        );
+        assert_eq!(doc["clean"], false, "{doc}");
+        assert_served(by.get_mut("b").unwrap(), "b");
+        // `--addr` at the removed server's address (no current server is there):
+        // the old process's sessions to it are ended too (they were ignored, and
+        // the run called clean, before).
+        let (rc, doc, err) = run_json(&["haproxy", "--json", "--socket", &admin, "--addr", B]);
+        assert_eq!(rc, 0, "{err}\n{doc}");
+        let b = by.get_mut("b").unwrap();
+        assert_eq!(doc["summary"]["destroyed"], b.len() as u64, "{doc}");
+        for c in b.iter_mut() {
+            wait_until(Duration::from_secs(10), "b's client to see its connection end", || c.ended());
+        }
+        assert_served(by.get_mut("a").unwrap(), "a");
+        for c in [&mut new, &mut old] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
 /// A reload that swaps two servers' addresses (server-template or DNS slots
 /// resolved in another order): the old worker's connections to A, named
 /// `a` there, go to an address that is still the backend's (now `b`'s).

@@ -265,7 +265,53 @@ pub fn discover(
     if pids.is_empty() && !workers.iter().any(|w| w.pid == answering.pid) {
         workers.push(answering);
     }
-    Ok(Topology { answering, master, master_cli, workers })
+    let mut topo = Topology { answering, master, master_cli, workers };
+    if pids.is_empty() && topo.master.is_none() {
+        // No master lists a daemon-mode reload's old processes: taken as old
+        // workers without a master CLI (their connections are never judged clean).
+        let strays = strays(&topo);
+        if !strays.is_empty() {
+            warn!(?strays, "HAProxy processes of the same configuration that no master lists (a daemon-mode -sf reload's old processes?)");
+        }
+        topo.workers.extend(strays.into_iter().map(|pid| Worker { pid, inner_pid: inner_pid(pid) }));
+    }
+    Ok(topo)
+}
+
+/// The configuration files a command line loads (`-f FILE`, `-fFILE`).
+fn config_files(args: &[String]) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "-f" {
+            files.extend(it.next().cloned());
+        } else if let Some(f) = a.strip_prefix("-f") {
+            files.push(f.to_string());
+        }
+    }
+    files
+}
+
+/// HAProxy processes of the same instance that the topology does not list:
+/// in the answering worker's network and pid namespaces, loading the same
+/// configuration files, neither a worker nor the master. A daemon-mode reload
+/// (`haproxy -D -sf OLD`) leaves the old process there with no master to list
+/// it, still holding its sessions.
+fn strays(topo: &Topology) -> Vec<u32> {
+    let me = topo.answering.pid;
+    let (Ok(net), Ok(pid_ns)) = (procfs::namespace_inode(me, "net"), procfs::namespace_inode(me, "pid")) else {
+        return Vec::new();
+    };
+    let files = config_files(&procfs::cmdline(me));
+    let mut out: Vec<u32> = haproxy_processes()
+        .into_iter()
+        .filter(|&p| p != me && Some(p) != topo.master && !topo.workers.iter().any(|w| w.pid == p))
+        .filter(|&p| procfs::namespace_inode(p, "net").is_ok_and(|n| n == net))
+        .filter(|&p| procfs::namespace_inode(p, "pid").is_ok_and(|n| n == pid_ns))
+        .filter(|&p| config_files(&procfs::cmdline(p)) == files)
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 /// The one network namespace the workers live in (or `--netns`); `None` = ours.
@@ -289,4 +335,16 @@ pub fn namespace_of(pids: &[u32], explicit: Option<&str>) -> Result<Option<Netns
     }
     let Some((ino, (_, ns))) = seen.into_iter().next() else { return Ok(None) };
     Ok((ino != netns::current_netns_inode()?).then_some(ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_files_of_a_command_line() {
+        let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert_eq!(config_files(&args("haproxy -D -f /etc/h.cfg -f/etc/more.d -sf 12")), vec!["/etc/h.cfg", "/etc/more.d"]);
+        assert!(config_files(&args("haproxy -W -S /run/m.sock")).is_empty());
+    }
 }

@@ -584,7 +584,7 @@ impl HaproxyClassifier {
     fn ask_doubt(&mut self) -> Result<Option<String>> {
         if !self.unasked.is_empty() {
             return Ok(Some(format!(
-                "the lingering sweep could not judge every HAProxy process, so it cannot say nothing lingers: {} (give --master-socket)",
+                "the lingering sweep could not judge every HAProxy process, so it cannot say nothing lingers: {} (a master CLI, --master-socket, lets it ask old workers)",
                 self.unasked.join("; ")
             )));
         }

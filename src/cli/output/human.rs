@@ -262,7 +262,7 @@ fn write_lingering(out: &mut dyn Write, found: &[haproxy::LingeringReport], not_
         )?;
     }
     for n in not_asked {
-        writeln!(out, "not asked: {n} (give --master-socket to judge old workers)")?;
+        writeln!(out, "not asked: {n} (a master CLI, --master-socket, lets sockkill judge old workers)")?;
     }
     Ok(())
 }
