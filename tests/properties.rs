@@ -163,6 +163,7 @@ proptest! {
             let row: Vec<&str> = perm.iter().map(|&i| values[i]).collect();
             text += &format!("{}\n", row.join(" "));
         }
+        text.push('\n');
         let parsed = parse::parse_servers_state(&text).unwrap();
         prop_assert_eq!(parsed.len(), servers.len());
         for (p, (be, srv, ip, port)) in parsed.iter().zip(&servers) {

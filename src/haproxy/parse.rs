@@ -70,7 +70,8 @@ pub struct Stream {
     /// `srv=` (`None` for `<none>`).
     pub server: Option<String>,
     /// The server-side connection's fd: `scb=[..,fd=N,..]` (2.6+) or
-    /// `s1=[..,fd=N,..]` (2.4); `None` when it has none.
+    /// `s1=[..,fd=N,..]` (2.4); `None` when it has none (also in a state
+    /// without a connection, whatever fd is printed).
     pub fd: Option<u32>,
     /// The server side's state, the first number in `scb=[` / `s1=[`
     /// (`SC_ST_*`, `SI_ST_*` before 2.6: the same numbers on 2.2–3.4).
@@ -204,6 +205,12 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>> {
     if version.trim() != "1" {
         return Err(bad(&format!("unknown format version {:?}", shown(version))));
     }
+    // Every branch (2.4 to 3.4, direct and through the master CLI) ends an
+    // answer with an empty line. One cut short lacks servers, whose
+    // connections would look gone: refused, not guessed at.
+    if !text.ends_with("\n\n") {
+        return Err(bad(&format!("truncated: the connection closed after {} bytes, before the answer's end", text.len())));
+    }
     let header = lines.next().and_then(|h| h.strip_prefix('#')).ok_or_else(|| bad("no `#` header line"))?;
     let names: Vec<&str> = header.split_whitespace().collect();
     let col = |name: &str| names.iter().position(|n| *n == name).ok_or_else(|| bad(&format!("no {name} field")));
@@ -317,6 +324,13 @@ pub fn parse_sess(text: &str) -> Vec<Stream> {
             }
             s.fd = s.fd.or(legacy.0);
             s.state = s.state.or(legacy.1);
+            // Only connecting (5), ready (7) and established (8) are sure to hold
+            // their connection: 2.4 prints the failed attempt's fd for a stream
+            // waiting to retry (3), a number another connection may hold by now,
+            // and a failed attempt's (6) is being released.
+            if s.state.is_some_and(|st| !matches!(st, 5 | 7 | 8)) {
+                s.fd = None;
+            }
             s
         })
         .collect()
@@ -480,6 +494,9 @@ mod tests {
         // A stream in turn-around before its next connect attempt: live, no socket.
         let retrying = parse_sess("0x1: proto=tcpv4 be=be srv=s1 scf=[8,0h,fd=14] scb=[3,1h,fd=-1]\n");
         assert_eq!((retrying[0].state, retrying[0].fd, retrying[0].server_side_live()), (Some(3), None, true));
+        // 2.4 keeps the failed attempt's fd in a stream waiting to retry: no socket of its own.
+        let stale = "0x1: proto=tcpv4 be=be srv=b s0=[8,200008h,fd=14,ex=] s1=[3,18h,fd=6,ex=0s] exp=0s\n";
+        assert_eq!((parse_sess(stale)[0].fd, parse_sess(stale)[0].server_side_live()), (None, true));
         // Closed on the server side, or before a server was chosen: not the server's any more.
         for state in [0, 1, 9, 10] {
             assert!(!parse_sess(&format!("0x1: be=be srv=s1 scb=[{state},1h,fd=-1]\n"))[0].server_side_live());
@@ -525,13 +542,13 @@ mod tests {
             assert_eq!((b1.addr, b1.port), (s1.addr, s1.port), "{v}");
         }
         // Fields in another order are still found by name.
-        let swapped = "1\n# srv_port be_name srv_name srv_addr\n80 web a 10.0.0.1\n";
+        let swapped = "1\n# srv_port be_name srv_name srv_addr\n80 web a 10.0.0.1\n\n";
         let s = parse_servers_state(swapped).unwrap();
         assert_eq!((s[0].port, s[0].addr), (80, Some("10.0.0.1".parse().unwrap())));
         // Maintenance (srv_admin_state & 0x23) and check/agent addresses.
         let header = "1\n# be_name srv_name srv_addr srv_admin_state srv_port srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n";
         let s = parse_servers_state(&format!(
-            "{header}be a 10.0.0.1 1 80 8080 - 10.0.0.9 5555\nbe b 10.0.0.2 8 80 0 - - 0\nbe c 10.0.0.3 32 80 81 10.0.0.7 - 0\n"
+            "{header}be a 10.0.0.1 1 80 8080 - 10.0.0.9 5555\nbe b 10.0.0.2 8 80 0 - - 0\nbe c 10.0.0.3 32 80 81 10.0.0.7 - 0\n\n"
         ))
         .unwrap();
         assert!(s[0].maint && !s[1].maint && s[2].maint, "{s:?}");
@@ -542,6 +559,11 @@ mod tests {
         assert!(parse_servers_state("Can't find backend.\n").is_err());
         assert!(parse_servers_state("1\n# be_name srv_name\n").is_err());
         assert!(parse_servers_state("1\n# be_name srv_name srv_addr srv_port\nbe s1\n").is_err());
+        // Cut short at a line's end (HAProxy gone mid-answer): refused, every branch.
+        for (v, text) in fixtures!("servers_state") {
+            let cut = &text[..text.trim_end().rfind('\n').unwrap_or(0) + 1];
+            assert!(parse_servers_state(cut).unwrap_err().to_string().contains("truncated"), "{v}");
+        }
     }
 
     #[test]
