@@ -310,21 +310,30 @@ fn a_daemon_mode_old_process_is_not_missed() {
                 .and_then(|a| a.command("show info"))
                 .is_ok_and(|t| t.contains(&format!("Pid: {pid}")))
         };
-        let mut old = start(&[be("be", 8000, &[("a", A), ("b", B)])], None);
-        wait_until(Duration::from_secs(10), "the first process", || answers(old.id()));
+        // Both processes are ended by pid, also when an assertion fails.
+        struct Ends(Vec<std::process::Child>);
+        impl Drop for Ends {
+            fn drop(&mut self) {
+                for c in &mut self.0 {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        let mut procs = Ends(vec![start(&[be("be", 8000, &[("a", A), ("b", B)])], None)]);
+        let old_pid = procs.0[0].id();
+        wait_until(Duration::from_secs(10), "the first process", || answers(old_pid));
         let mut by = clients_by_server("127.0.0.10:8000", 4);
-        let mut new = start(&[be("be", 8000, &[("a", A)])], Some(old.id()));
-        wait_until(Duration::from_secs(10), "the new process", || answers(new.id()));
-        assert!(old.try_wait().unwrap().is_none(), "the old process keeps its sessions");
+        procs.0.push(start(&[be("be", 8000, &[("a", A)])], Some(old_pid)));
+        let new_pid = procs.0[1].id();
+        wait_until(Duration::from_secs(10), "the new process", || answers(new_pid));
+        assert!(procs.0[0].try_wait().unwrap().is_none(), "the old process keeps its sessions");
 
         let admin = dir.join("admin.sock").to_string_lossy().into_owned();
         let (rc, doc, err) = run_json(&["haproxy", "--json", "--socket", &admin, "--lingering", "--dry-run"]);
         assert_eq!(rc, 1, "{err}\n{doc}");
         let not_asked = doc["not_asked"].as_array().cloned().unwrap_or_default();
-        assert!(
-            not_asked.iter().any(|w| w.as_str().is_some_and(|w| w.contains(&format!("pid {}", old.id())))),
-            "{doc}"
-        );
+        assert!(not_asked.iter().any(|w| w.as_str().is_some_and(|w| w.contains(&format!("pid {old_pid}")))), "{doc}");
         assert_eq!(doc["clean"], false, "{doc}");
         assert_served(by.get_mut("b").unwrap(), "b");
         // `--addr` at the removed server's address (no current server is there):
@@ -338,11 +347,43 @@ fn a_daemon_mode_old_process_is_not_missed() {
             wait_until(Duration::from_secs(10), "b's client to see its connection end", || c.ended());
         }
         assert_served(by.get_mut("a").unwrap(), "a");
-        for c in [&mut new, &mut old] {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        drop(procs);
         let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// An old worker's streams of a removed server that hold no socket at the
+/// sweep: the server refuses, and HAProxy waits a second between retries.
+/// They connect again, so the sweep watches where they go and the run is not
+/// clean while HAProxy lists them (before a hostile review it said clean).
+#[test]
+fn a_removed_servers_retrying_streams_are_not_missed() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _a = tag_server(A, "a");
+        // Nothing listens at B: every attempt is refused, and retried 1 s later.
+        let cfg = |servers: &str| {
+            format!(
+                "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n    retries 60\n\
+                 frontend fe\n    bind 127.0.0.10:8000\n    default_backend be\n\
+                 backend be\n    balance roundrobin\n{servers}"
+            )
+        };
+        let h = Haproxy::start(true, cfg(&format!("    server a {A}\n    server b {B}\n")).as_str());
+        let clients: Vec<std::net::TcpStream> =
+            (0..4).map(|_| std::net::TcpStream::connect("127.0.0.10:8000").unwrap()).collect();
+        wait_until(Duration::from_secs(5), "b's streams retrying", || streams_of(&h, "b").len() == 2);
+        h.reload(cfg(&format!("    server a {A}\n")).as_str());
+        let (rc, doc, err) = sweep(&h, &["--dry-run"]);
+        assert_eq!(rc, 1, "{err}\n{doc}");
+        assert!(doc["unexplained"].as_str().is_some_and(|u| u.contains("be/b (gone)")), "{doc}");
+        assert!(doc["places"].as_array().unwrap().iter().any(|p| p == B), "B is watched: {doc}");
+        // A run within the retries: every attempt it sees is ended, and it still is not clean.
+        let (rc, doc, err) = sweep(&h, &["--settle", "500ms", "--deadline", "3s"]);
+        assert_eq!(rc, 1, "{err}\n{doc}");
+        assert_eq!(doc["clean"], false, "{doc}");
+        drop(clients);
     });
 }
 

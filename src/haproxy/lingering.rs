@@ -77,6 +77,47 @@ pub struct Sweep {
     /// Processes whose tables or configuration could not be read (their
     /// connections were not judged), and why.
     pub unasked: Vec<String>,
+    /// Old workers' live streams of gone or moved servers that held no socket
+    /// at the sweep (queued, between retries): HAProxy may connect them again.
+    pub socketless: Vec<Socketless>,
+}
+
+/// An old worker's streams of a gone or moved server, without a socket at the sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Socketless {
+    /// The old worker (our pid).
+    pub pid: u32,
+    /// `(backend, server)`.
+    pub server: (String, String),
+    /// Why the server's connections linger.
+    pub class: Lingers,
+    /// Where that worker's configuration has the server: where it reconnects.
+    pub address: SocketAddr,
+}
+
+/// The old workers' socketless streams whose server is gone or moved.
+fn socketless(
+    tables: &HashMap<u32, Tables>,
+    configs: &HashMap<u32, Vec<ServerState>>,
+    current: &[ServerState],
+    listening: &[u16],
+    answering: u32,
+) -> Vec<Socketless> {
+    let mut out = Vec::new();
+    for (&pid, t) in tables.iter().filter(|(pid, _)| **pid != answering) {
+        let Some(config) = configs.get(&pid) else { continue };
+        for (be, srv) in &t.socketless {
+            let Some(was) = config.iter().find(|s| &s.backend == be && &s.name == srv) else { continue };
+            let Some(ip) = was.addr.filter(|ip| !ip.is_unspecified() && was.port != 0) else { continue };
+            let address = SocketAddr::new(ip, was.port);
+            let class = judge((be, srv), NamedBy::Stream, address, (config, true), current, listening);
+            if let Some(class @ (Lingers::Gone | Lingers::Moved)) = class {
+                out.push(Socketless { pid, server: (be.clone(), srv.clone()), class, address });
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.pid, &a.server).cmp(&(b.pid, &b.server)));
+    out
 }
 
 /// Whether `s` is at `peer`: its own address (a port offset or port 0 understood)
@@ -250,25 +291,44 @@ impl SweepRule {
 fn only_server_at<'a>(config: &'a [ServerState], peer: SocketAddr, listening: &[u16]) -> Option<&'a ServerState> {
     let mut at = config.iter().filter(|s| server_at(s, peer, listening).is_some() || s.checks.contains(&peer));
     let first = at.next()?;
-    let sure = server_at(first, peer, listening) == Some(At::Exactly);
+    // Port 0 ("any port") is no proof: an old worker's client connection in,
+    // on a frontend port the reload removed, comes from a port like any other.
+    let sure = server_at(first, peer, listening) == Some(At::Exactly) && first.port != 0;
     (at.next().is_none() && sure).then_some(first)
 }
 
 /// fd -> `(backend, server)` and which table named it.
 type ServerOf = HashMap<u32, ((String, String), NamedBy)>;
 
-/// Per process: fd -> the server its tables name, streams first.
-fn named_fds(att: &mut Attributor, pid: u32, config: &[ServerState]) -> Result<std::result::Result<ServerOf, Unavailable>> {
-    let mut named = HashMap::new();
+/// What one process's tables say: fd -> the server they name (streams
+/// first), and the servers of live streams holding no socket (queued,
+/// between retries, connecting).
+#[derive(Default)]
+struct Tables {
+    named: ServerOf,
+    socketless: HashSet<(String, String)>,
+}
+
+/// Per process: what its tables name.
+fn named_fds(att: &mut Attributor, pid: u32, config: &[ServerState]) -> Result<std::result::Result<Tables, Unavailable>> {
+    let mut out = Tables::default();
     let streams = match att.streams(pid, None)? {
         Ok(s) => s,
         Err(why) => return Ok(Err(why)),
     };
     for st in streams {
-        if let (Some(fd), Some(be), Some(srv)) = (st.fd, st.backend, st.server) {
-            named.insert(fd, ((be, srv), NamedBy::Stream));
+        let live = st.server_side_live();
+        match (st.fd, st.backend, st.server) {
+            (Some(fd), Some(be), Some(srv)) => {
+                out.named.insert(fd, ((be, srv), NamedBy::Stream));
+            }
+            (None, Some(be), Some(srv)) if live => {
+                out.socketless.insert((be, srv));
+            }
+            _ => {}
         }
     }
+    let named = &mut out.named;
     let conns = match att.connections(pid)? {
         Ok(c) => c,
         Err(why) => return Ok(Err(why)),
@@ -281,13 +341,13 @@ fn named_fds(att: &mut Attributor, pid: u32, config: &[ServerState]) -> Result<s
             named.entry(c.fd).or_insert((pair, NamedBy::Fd));
         }
     }
-    Ok(Ok(named))
+    Ok(Ok(out))
 }
 
 /// Per process (our pid): its configuration and what its tables name.
 struct Asked {
     configs: HashMap<u32, Vec<ServerState>>,
-    tables: HashMap<u32, ServerOf>,
+    tables: HashMap<u32, Tables>,
 }
 
 /// Every process's configuration and tables (`known` and `unasked` filled in `out`).
@@ -299,7 +359,7 @@ fn ask_every_process(
     out: &mut Sweep,
 ) -> Result<Asked> {
     let mut configs: HashMap<u32, Vec<ServerState>> = HashMap::new();
-    let mut tables: HashMap<u32, ServerOf> = HashMap::new();
+    let mut tables: HashMap<u32, Tables> = HashMap::new();
     for pid in holders.pids() {
         let config = if pid == answering {
             current.to_vec()
@@ -348,7 +408,7 @@ pub fn sweep(
             continue;
         }
         let peer = s.peer();
-        let (server, by) = match named.get(&h.fd) {
+        let (server, by) = match named.named.get(&h.fd) {
             Some(((be, srv), by)) => ((be.clone(), srv.clone()), *by),
             None if h.pid != answering => match only_server_at(config, peer, listening) {
                 Some(st) => ((st.backend.clone(), st.name.clone()), NamedBy::OnlyServerThere),
@@ -371,6 +431,7 @@ pub fn sweep(
         e.1.insert(h.pid);
         e.2 += 1;
     }
+    out.socketless = socketless(&tables, &configs, current, listening, answering);
     out.lingering = groups
         .into_iter()
         .map(|((class, server, address), (now_at, pids, sockets))| {
@@ -514,6 +575,9 @@ mod tests {
         // Maybe there (an offset): not sure, not taken.
         let offset = vec![server("be", "s1", "10.0.0.1", 1000)];
         assert!(only_server_at(&offset, peer("10.0.0.1:9080"), &[8080]).is_none());
+        // Any port (0): not sure either.
+        let any = vec![server("be", "s1", "10.0.0.1", 0)];
+        assert!(only_server_at(&any, peer("10.0.0.1:43210"), &[8080]).is_none());
     }
 
     /// What a hostile review found taken for `moved` on a healthy load balancer.

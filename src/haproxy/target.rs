@@ -227,6 +227,8 @@ pub struct HaproxyClassifier {
     /// the run cannot say nothing lingers).
     swept: Option<SweepRule>,
     unasked: Vec<String>,
+    /// The sweep's old-worker streams of gone or moved servers without a socket.
+    socketless: Vec<lingering::Socketless>,
     /// Sockets HAProxy closed by itself.
     pub closed: Vec<Closed>,
 }
@@ -306,6 +308,7 @@ impl HaproxyClassifier {
             last_doubt: None,
             swept: None,
             unasked: Vec::new(),
+            socketless: Vec::new(),
             closed: Vec::new(),
         }
     }
@@ -351,6 +354,11 @@ impl HaproxyClassifier {
         for l in found.lingering.iter().filter(|l| l.enforced) {
             self.places.borrow_mut().add(Place::of(l.address));
         }
+        // Where a socketless stream would connect again: watched, and doubted below.
+        for s in &found.socketless {
+            self.places.borrow_mut().add(Place::of(s.address));
+        }
+        self.socketless = found.socketless.clone();
         Ok(found)
     }
 
@@ -588,9 +596,44 @@ impl HaproxyClassifier {
                 self.unasked.join("; ")
             )));
         }
+        if let Some(why) = self.socketless_doubt()? {
+            return Ok(Some(why));
+        }
         for server in self.doubted() {
             if let Some(why) = self.doubt_of(&server)? {
                 return Ok(Some(why));
+            }
+        }
+        Ok(None)
+    }
+
+    /// While an old worker still lists live streams of a gone or moved server
+    /// that held no socket at the sweep (queued, between retries), HAProxy may
+    /// connect them again: the run is not quiet. Every stream of such a server
+    /// in that worker lingers, so any live one counts.
+    fn socketless_doubt(&mut self) -> Result<Option<String>> {
+        for s in self.socketless.clone() {
+            if !std::path::Path::new(&format!("/proc/{}", s.pid)).exists() {
+                continue; // the old worker exited, and its streams with it
+            }
+            let (be, srv) = (s.server.0.as_str(), s.server.1.as_str());
+            let live = match self.attributor.streams(s.pid, Some((be, srv)))? {
+                Ok(streams) => streams
+                    .iter()
+                    .filter(|st| st.backend.as_deref() == Some(be) && st.server.as_deref() == Some(srv))
+                    .filter(|st| st.server_side_live())
+                    .count(),
+                Err(why) => {
+                    return Ok(Some(format!("{be}/{srv} ({}) had streams without a socket in pid {}: {why}", s.class.name(), s.pid)))
+                }
+            };
+            if live > 0 {
+                return Ok(Some(format!(
+                    "pid {} still lists {live} live streams of {be}/{srv} ({}), which may connect to {} again",
+                    s.pid,
+                    s.class.name(),
+                    s.address
+                )));
             }
         }
         Ok(None)
