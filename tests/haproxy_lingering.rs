@@ -612,3 +612,93 @@ fn the_old_worker_exits_once_its_last_session_ends() {
         assert_eq!(fresh.ask().unwrap(), "a");
     });
 }
+
+/// `set server addr` moves a away (A -> C) and the run ends a's sessions at
+/// A; then, while the run still watches A, the server is set back to A (DNS
+/// flapping) and new clients reach it there. They are a's healthy sessions
+/// at its address now: the run must not end them (a third review found it
+/// judged them by the sweep's snapshot, where a was at C).
+#[test]
+fn a_server_moved_back_during_the_run_keeps_its_new_sessions() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _servers: Vec<_> = [(A, "a"), (B, "b"), (C, "a-new")].iter().map(|(at, t)| tag_server(at, t)).collect();
+        let h = Haproxy::start(true, &[be("be", 8000, &[("a", A), ("b", B)])]);
+        let mut by = clients_by_server("127.0.0.10:8000", 4);
+        let set = |to: &str| {
+            let answer = h.api().command(&format!("set server be/a addr {to} port 9000")).unwrap();
+            assert!(!answer.contains("rror"), "{answer}");
+        };
+        set("127.0.0.33");
+        let mut old = by.remove("a").unwrap_or_default();
+        assert!(!old.is_empty(), "a has sessions at its old address");
+        let admin = h.sock("admin.sock");
+        let args: Vec<String> =
+            ["haproxy", "--json", "--socket", &admin, "--lingering", "--for", "6s", "--settle", "500ms"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let run = std::thread::spawn(move || run_json(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+        wait_until(Duration::from_secs(10), "the run to end a's sessions at A", || {
+            haproxy_sockets_to(A, &h.pids()).is_empty()
+        });
+        for c in old.iter_mut() {
+            wait_until(Duration::from_secs(10), "a's old client to see its connection end", || c.ended());
+        }
+        set("127.0.0.31");
+        // Enough new sessions at A in one look that the run reads the stream table.
+        let mut back = clients_by_server("127.0.0.10:8000", 40);
+        let mut back_a = back.remove("a").unwrap_or_default();
+        assert!(back_a.len() >= 17, "new sessions at A: {:?}", counts(&back));
+        let (rc, doc, err) = run.join().unwrap();
+        assert_eq!(rc, 0, "{err}\n{doc}");
+        assert_served(&mut back_a, "a");
+        assert_eq!(haproxy_sockets_to(A, &h.pids()).len(), back_a.len(), "a's new sessions at A are all there");
+        assert_served(by.get_mut("b").unwrap(), "b");
+        assert_served(back.get_mut("b").unwrap(), "b");
+    });
+}
+
+/// A runtime `set server addr` while a's streams are stuck connecting to its
+/// old address (a server that never accepts; `retries 3`): each attempt the
+/// run ends is retried there, to the address the stream was given. Each
+/// retry is a's too and is ended; the run is clean only once HAProxy lists
+/// no stream of a waiting to retry, and no socket comes back to A (a third
+/// review found retries after the sweep, named by `show fd` alone, left and
+/// the run called clean).
+#[test]
+fn a_moved_servers_retries_are_ended_too() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _hole = never_accepting(A);
+        let _new = tag_server(C, "a-new");
+        let cfg = "defaults\n    mode tcp\n    timeout connect 3s\n    timeout client 1h\n    timeout server 1h\n    retries 3\n\
+                   frontend fe\n    bind 127.0.0.10:8000\n    default_backend be\n\
+                   backend be\n    server a 127.0.0.31:9000\n";
+        let h = Haproxy::start(true, cfg);
+        let streams = stuck_streams(&h, "127.0.0.10:8000", A, 4);
+        let answer = h.api().command("set server be/a addr 127.0.0.33 port 9000").unwrap();
+        assert!(!answer.contains("rror"), "{answer}");
+        let at_a = haproxy_sockets_to(A, &h.pids()).len();
+        let (rc, doc, err) = sweep(&h, &["--dry-run"]);
+        if at_a == 0 {
+            // This version ended them on the address change: nothing to find.
+            eprintln!("no socket at A after set server addr: nothing lingers");
+            assert!(found(&doc).is_empty(), "{doc}");
+            return;
+        }
+        assert_eq!(rc, 1, "{err}\n{doc}");
+        assert_eq!(
+            found(&doc).iter().map(|f| (f.0.as_str(), f.1.as_str())).collect::<Vec<_>>(),
+            vec![("moved", "be/a")]
+        );
+        let (rc, doc, err) = sweep(&h, &["--settle", "500ms", "--deadline", "20s"]);
+        eprintln!("rc {rc}, destroyed {}, verdict {}", doc["summary"]["destroyed"], doc["verdict"]);
+        record("lingering: set server addr, retries", true, &doc, rc);
+        assert!(doc["summary"]["destroyed"].as_u64().unwrap_or(0) >= 4, "{err}\n{doc}");
+        assert_gone_and_truthful(&h, rc, &doc, "a", A);
+        drop(streams);
+    });
+}

@@ -82,39 +82,59 @@ pub struct Sweep {
     pub socketless: Vec<Socketless>,
 }
 
-/// An old worker's streams of a gone or moved server, without a socket at the sweep.
+/// Streams of a gone or moved server that may connect again: an old
+/// worker's without a socket at the sweep (queued, between retries), or the
+/// current worker's of a server it moved at runtime (a stream retries the
+/// address it was given, the old one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Socketless {
-    /// The old worker (our pid).
+    /// The process (our pid).
     pub pid: u32,
     /// `(backend, server)`.
     pub server: (String, String),
     /// Why the server's connections linger.
     pub class: Lingers,
-    /// Where that worker's configuration has the server: where it reconnects.
-    pub address: SocketAddr,
+    /// Where the stream reconnects (watched); `None` when no address says
+    /// (a port-0 or transparent server's): then only doubted.
+    pub address: Option<SocketAddr>,
+    /// The current worker's: only its streams waiting to retry (turn-around,
+    /// failed attempt) count; its others go to the server's new address.
+    pub retrying_only: bool,
 }
 
-/// The old workers' socketless streams whose server is gone or moved.
+/// The old workers' socketless streams whose server is gone or moved, and
+/// the current worker's servers the sweep found moved (`moved_here`).
 fn socketless(
     tables: &HashMap<u32, Tables>,
     configs: &HashMap<u32, Vec<ServerState>>,
-    current: &[ServerState],
-    listening: &[u16],
+    (current, listening): (&[ServerState], &[u16]),
     answering: u32,
+    moved_here: &BTreeMap<(String, String), SocketAddr>,
 ) -> Vec<Socketless> {
     let mut out = Vec::new();
     for (&pid, t) in tables.iter().filter(|(pid, _)| **pid != answering) {
         let Some(config) = configs.get(&pid) else { continue };
         for (be, srv) in &t.socketless {
             let Some(was) = config.iter().find(|s| &s.backend == be && &s.name == srv) else { continue };
-            let Some(ip) = was.addr.filter(|ip| !ip.is_unspecified() && was.port != 0) else { continue };
+            let server = (be.clone(), srv.clone());
+            let Some(ip) = was.addr.filter(|ip| !ip.is_unspecified() && was.port != 0) else {
+                // No address to judge or watch (port 0, transparent): a server
+                // no longer configured by that name is still doubted.
+                if !current.iter().any(|s| &s.backend == be && &s.name == srv) {
+                    out.push(Socketless { pid, server, class: Lingers::Gone, address: None, retrying_only: false });
+                }
+                continue;
+            };
             let address = SocketAddr::new(ip, was.port);
             let class = judge((be, srv), NamedBy::Stream, address, (config, true), current, listening);
             if let Some(class @ (Lingers::Gone | Lingers::Moved)) = class {
-                out.push(Socketless { pid, server: (be.clone(), srv.clone()), class, address });
+                out.push(Socketless { pid, server, class, address: Some(address), retrying_only: false });
             }
         }
+    }
+    for (server, &address) in moved_here {
+        let (pid, class) = (answering, Lingers::Moved);
+        out.push(Socketless { pid, server: server.clone(), class, address: Some(address), retrying_only: true });
     }
     out.sort_by(|a, b| (a.pid, &a.server).cmp(&(b.pid, &b.server)));
     out
@@ -214,9 +234,33 @@ pub struct SweepRule {
     /// The sockets a stream (`show sess`) named at the sweep: a run reading
     /// only `show fd` later still knows they carried traffic.
     by_stream: HashSet<u64>,
+    /// Why the current configuration could not be read again, if it could not.
+    stale: Option<String>,
 }
 
 impl SweepRule {
+    /// Whether the sweep judged this socket.
+    pub fn judged(&self, cookie: u64) -> bool {
+        self.judged.contains_key(&cookie)
+    }
+
+    /// The current worker's configuration, read again for sockets the sweep
+    /// did not see: a server may have moved since, even back to an address
+    /// the sweep took for its old one. `Err`: it could not be read; then
+    /// only what the sweep judged is decided.
+    pub fn refresh(&mut self, current: std::result::Result<Vec<ServerState>, String>) {
+        match current {
+            Ok(c) => {
+                if let Some(config) = self.configs.get_mut(&self.answering) {
+                    config.clone_from(&c);
+                }
+                self.current = c;
+                self.stale = None;
+            }
+            Err(why) => self.stale = Some(why),
+        }
+    }
+
     /// The servers in maintenance whose connections the run ends (`--include-maint`).
     pub fn enforced_maint(&self) -> Vec<(String, String)> {
         if !self.include_maint {
@@ -234,6 +278,9 @@ impl SweepRule {
         why: &str,
         peer: SocketAddr,
     ) -> Class {
+        if let Some(e) = self.stale.as_ref().filter(|_| !self.judged(cookie)) {
+            return Class::Ambiguous(format!("{why}; the current configuration could not be read again to judge it: {e}"));
+        }
         let Some(config) = self.configs.get(&pid) else {
             return Class::Ambiguous(format!("{why}; HAProxy pid {pid} could not be asked for its configuration"));
         };
@@ -400,6 +447,8 @@ pub fn sweep(
     type Key = (Lingers, String, SocketAddr);
     let mut groups: BTreeMap<Key, (Option<String>, HashSet<u32>, usize)> = BTreeMap::new();
     let (mut judged, mut by_stream) = (HashMap::new(), HashSet::new());
+    // The current worker's servers found moved, and one old address of each.
+    let mut moved_here: BTreeMap<(String, String), SocketAddr> = BTreeMap::new();
     for s in engine.collect(&everything)? {
         let Some(h) = holders.holder(&s) else { continue };
         let (Some(config), Some(named)) = (configs.get(&h.pid), tables.get(&h.pid)) else { continue };
@@ -422,6 +471,9 @@ pub fn sweep(
         }
         let Some(class) = judge((&server.0, &server.1), by, peer, holder, current, listening) else { continue };
         judged.insert(s.cookie(), class);
+        if class == Lingers::Moved && h.pid == answering {
+            moved_here.entry(server.clone()).or_insert(peer);
+        }
         debug!(cookie = s.cookie(), pid = h.pid, ?class, server = ?server, %peer, "lingers");
         let now_at = current
             .iter()
@@ -431,7 +483,7 @@ pub fn sweep(
         e.1.insert(h.pid);
         e.2 += 1;
     }
-    out.socketless = socketless(&tables, &configs, current, listening, answering);
+    out.socketless = socketless(&tables, &configs, (current, listening), answering, &moved_here);
     out.lingering = groups
         .into_iter()
         .map(|((class, server, address), (now_at, pids, sockets))| {
@@ -457,6 +509,7 @@ pub fn sweep(
         include_maint,
         judged,
         by_stream,
+        stale: None,
     });
     Ok(out)
 }
@@ -554,6 +607,7 @@ mod tests {
             include_maint,
             judged: HashMap::new(),
             by_stream: HashSet::new(),
+            stale: None,
         };
         let r = rule(false);
         let at = |a: &str| peer(a);
@@ -619,6 +673,7 @@ mod tests {
             include_maint: false,
             judged: HashMap::new(),
             by_stream: HashSet::new(),
+            stale: None,
         };
         assert!(matches!(rule.decide((1, 7), Some((("be", "s1"), "show fd")), "", peer("127.0.0.11:9101")), Class::OtherServer(_)));
     }
@@ -637,6 +692,7 @@ mod tests {
             include_maint: false,
             judged: HashMap::new(),
             by_stream: HashSet::new(),
+            stale: None,
         };
         assert_eq!(rule.decide((2, 7), Some((("s2", "be"), "show fd")), "", peer("10.0.0.2:80")), Class::Target);
         assert_eq!(rule.decide((2, 7), Some((("be", "s2"), "show fd")), "", peer("10.0.0.2:80")), Class::Target);
@@ -656,12 +712,66 @@ mod tests {
             include_maint: false,
             judged: HashMap::from([(7, Lingers::Moved), (8, Lingers::Moved)]),
             by_stream: HashSet::from([7, 8]),
+            stale: None,
         };
         let at = peer("10.0.0.1:80");
         assert_eq!(rule.decide((1, 7), Some((("be", "a"), "show fd")), "", at), Class::Target);
         assert!(matches!(rule.decide((1, 9), Some((("be", "a"), "show fd")), "", at), Class::OtherServer(_)));
         assert!(
             matches!(rule.decide((1, 8), Some((("be", "zz"), "show fd")), "", at), Class::Ambiguous(w) if w.contains("sweep found it moved"))
+        );
+    }
+
+    /// A server moved back during the run to the address the sweep took for
+    /// its old one: a new stream there is judged by the configuration now,
+    /// never by the sweep's (a wrong kill before a third review). What cannot
+    /// be read again leaves only what the sweep judged decidable.
+    #[test]
+    fn the_run_judges_new_sockets_by_the_configuration_now() {
+        let swept = vec![server("be", "a", "10.0.0.9", 80)];
+        let mut rule = SweepRule {
+            configs: HashMap::from([(1, swept.clone())]),
+            current: swept,
+            listening: vec![8080],
+            answering: 1,
+            include_maint: false,
+            judged: HashMap::from([(7, Lingers::Moved)]),
+            by_stream: HashSet::from([7]),
+            stale: None,
+        };
+        let at = peer("10.0.0.1:80");
+        assert_eq!(rule.decide((1, 9), Some((("be", "a"), "show sess")), "", at), Class::Target);
+        rule.refresh(Ok(vec![server("be", "a", "10.0.0.1", 80)]));
+        assert!(matches!(rule.decide((1, 9), Some((("be", "a"), "show sess")), "", at), Class::OtherServer(_)));
+        // The sweep's socket there: it was to the old address, now it is not: said.
+        assert!(matches!(rule.decide((1, 7), Some((("be", "a"), "show sess")), "", at), Class::Ambiguous(_)));
+        rule.refresh(Err("no answer".into()));
+        assert!(matches!(rule.decide((1, 9), Some((("be", "a"), "show sess")), "", at), Class::Ambiguous(w) if w.contains("no answer")));
+    }
+
+    /// Streams that may connect again: an old worker's of a removed server
+    /// (also a port-0 one: doubted, nowhere to watch), and the current
+    /// worker's retries of a server it moved.
+    #[test]
+    fn socketless_streams_are_doubted() {
+        let old = vec![server("be", "a", "10.0.0.1", 80), server("be", "p0", "10.0.0.2", 0)];
+        let current = vec![server("be", "x", "10.0.0.5", 80)];
+        let mut t = Tables::default();
+        t.socketless.insert(("be".into(), "a".into()));
+        t.socketless.insert(("be".into(), "p0".into()));
+        let tables = HashMap::from([(2, t), (1, Tables::default())]);
+        let configs = HashMap::from([(1, current.clone()), (2, old)]);
+        let moved = BTreeMap::from([(("be".to_string(), "x".to_string()), peer("10.0.0.7:80"))]);
+        let got = socketless(&tables, &configs, (&current, &[8080]), 1, &moved);
+        let got: Vec<_> =
+            got.iter().map(|s| (s.pid, s.server.1.as_str(), s.class, s.address, s.retrying_only)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, "x", Lingers::Moved, Some(peer("10.0.0.7:80")), true),
+                (2, "a", Lingers::Gone, Some(peer("10.0.0.1:80")), false),
+                (2, "p0", Lingers::Gone, None, false),
+            ]
         );
     }
 }

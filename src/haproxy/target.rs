@@ -355,8 +355,8 @@ impl HaproxyClassifier {
             self.places.borrow_mut().add(Place::of(l.address));
         }
         // Where a socketless stream would connect again: watched, and doubted below.
-        for s in &found.socketless {
-            self.places.borrow_mut().add(Place::of(s.address));
+        for a in found.socketless.iter().filter_map(|s| s.address) {
+            self.places.borrow_mut().add(Place::of(a));
         }
         self.socketless = found.socketless.clone();
         Ok(found)
@@ -464,7 +464,11 @@ impl HaproxyClassifier {
         let mut why = Unlisted::NotNamed { pid };
         // Streams first, when many are unattributed: one read (narrowed to the
         // named server where the version can); a few cost one `show fd` line each.
-        let streams = if candidates.len() > super::attribution::FEW {
+        // In a sweep's run the current worker's streams are always read: only a
+        // stream shows that a connection away from its server's address is
+        // traffic to where it was (a retry after `set server addr`), not a check.
+        let current_swept = self.swept.is_some() && pid == self.answering && !candidates.is_empty();
+        let streams = if candidates.len() > super::attribution::FEW || current_swept {
             let named_server = self.named();
             Some(self.attributor.streams(pid, named_server.as_ref().map(|(b, s)| (b.as_str(), s.as_str())))?)
         } else {
@@ -543,6 +547,18 @@ impl Classifier for HaproxyClassifier {
                 pending.entry(holding.pid).or_default().push(i);
             }
         }
+        // A server may have moved since the sweep (DNS, `set server addr`, even
+        // back to where the sweep saw it): what the sweep did not judge is
+        // judged by the configuration now.
+        if let Some(sweep) = &self.swept {
+            let unseen = pending.values().flatten().any(|&i| !sweep.judged(sockets[i].cookie()));
+            if unseen {
+                let now = self.attributor.servers_state(self.answering)?.map_err(|u| u.to_string());
+                if let Some(sweep) = self.swept.as_mut() {
+                    sweep.refresh(now);
+                }
+            }
+        }
         for (pid, idx) in pending {
             let holder = if pid == self.answering { Holder::Current } else { Holder::Other };
             for a in self.attribute(pid, sockets, &idx)? {
@@ -613,26 +629,33 @@ impl HaproxyClassifier {
     /// in that worker lingers, so any live one counts.
     fn socketless_doubt(&mut self) -> Result<Option<String>> {
         for s in self.socketless.clone() {
-            if !std::path::Path::new(&format!("/proc/{}", s.pid)).exists() {
-                continue; // the old worker exited, and its streams with it
+            if self.holders.exited().contains(&s.pid) {
+                continue; // the worker exited (not a zombie, not a reused pid), and its streams with it
             }
             let (be, srv) = (s.server.0.as_str(), s.server.1.as_str());
+            // A current worker's stream of a server it moved retries the old
+            // address only from a turn-around (3) or a failed attempt (6).
+            let counts = |st: &Stream| match s.retrying_only {
+                true => matches!(st.state, Some(3 | 6)),
+                false => st.server_side_live(),
+            };
             let live = match self.attributor.streams(s.pid, Some((be, srv)))? {
                 Ok(streams) => streams
                     .iter()
                     .filter(|st| st.backend.as_deref() == Some(be) && st.server.as_deref() == Some(srv))
-                    .filter(|st| st.server_side_live())
+                    .filter(|st| counts(st))
                     .count(),
                 Err(why) => {
                     return Ok(Some(format!("{be}/{srv} ({}) had streams without a socket in pid {}: {why}", s.class.name(), s.pid)))
                 }
             };
             if live > 0 {
+                let kind = if s.retrying_only { "streams waiting to retry" } else { "live streams" };
+                let place = s.address.map_or("wherever they connect".to_string(), |a| format!("{a}"));
                 return Ok(Some(format!(
-                    "pid {} still lists {live} live streams of {be}/{srv} ({}), which may connect to {} again",
+                    "pid {} still lists {live} {kind} of {be}/{srv} ({}), which may connect to {place} again",
                     s.pid,
                     s.class.name(),
-                    s.address
                 )));
             }
         }
