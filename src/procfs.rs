@@ -64,6 +64,11 @@ impl Process {
         Ok(Process { pid, start })
     }
 
+    /// When it started, in clock ticks since boot (`starttime` of /proc/PID/stat).
+    pub fn start_ticks(&self) -> u64 {
+        self.start
+    }
+
     /// Whether this very process (not a later one with its pid) still runs
     /// (a zombie, exited but not yet reaped, does not).
     pub fn alive(&self) -> bool {

@@ -352,6 +352,88 @@ fn a_daemon_mode_old_process_is_not_missed() {
     });
 }
 
+/// Daemon mode, two instances in one namespace, each started from its own
+/// directory with `-f haproxy.cfg` (relative). Instance X reloads
+/// (`-sf OLD`); instance Y, older than X's new process, is no old process of
+/// X: it must never be judged or touched as one (a third review found the
+/// `-f` strings alone decided, so Y's healthy sessions at an address X no
+/// longer has were ended by `--addr`). X's old process is found through the
+/// reload's `-sf`.
+#[test]
+fn another_instance_is_not_an_old_process() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _servers: Vec<_> = [(A, "a"), (B, "b"), (D, "d")].iter().map(|(at, t)| tag_server(at, t)).collect();
+        let (dx, dy) = (scratch_dir(), scratch_dir());
+        let start = |dir: &std::path::Path, layout: &[Backend], sf: Option<u32>| {
+            std::fs::write(dir.join("haproxy.cfg"), config(dir, layout)).unwrap();
+            let mut cmd = std::process::Command::new(haproxy_bin());
+            cmd.current_dir(dir).arg("-db").arg("-f").arg("haproxy.cfg");
+            if let Some(pid) = sf {
+                cmd.arg("-sf").arg(pid.to_string());
+            }
+            let log = std::fs::File::create(dir.join(format!("haproxy-{}.log", sf.unwrap_or(0)))).unwrap();
+            cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap()
+        };
+        let answers = |dir: &std::path::Path, pid: u32| {
+            let admin = sockkill::haproxy::api::Endpoint::parse(&dir.join("admin.sock").to_string_lossy());
+            sockkill::haproxy::api::Api::new(admin, Duration::from_secs(2), None)
+                .and_then(|a| a.command("show info"))
+                .is_ok_and(|t| t.contains(&format!("Pid: {pid}")))
+        };
+        struct Ends(Vec<std::process::Child>);
+        impl Drop for Ends {
+            fn drop(&mut self) {
+                for c in &mut self.0 {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        let mut procs = Ends(vec![start(&dy, &[be("be", 8100, &[("d", D)])], None)]);
+        let y = procs.0[0].id();
+        wait_until(Duration::from_secs(10), "instance Y", || answers(&dy, y));
+        let mut y_clients: Vec<Client> = (0..3).map(|_| Client::connect("127.0.0.10:8100")).collect();
+        procs.0.push(start(&dx, &[be("be", 8000, &[("a", A), ("b", B)])], None));
+        let x1 = procs.0[1].id();
+        wait_until(Duration::from_secs(10), "instance X", || answers(&dx, x1));
+        let mut by = clients_by_server("127.0.0.10:8000", 4);
+        // A second later (start times are in 10 ms ticks), X reloads without b.
+        std::thread::sleep(Duration::from_millis(1100));
+        procs.0.push(start(&dx, &[be("be", 8000, &[("a", A)])], Some(x1)));
+        let x2 = procs.0[2].id();
+        wait_until(Duration::from_secs(10), "X's new process", || answers(&dx, x2));
+
+        let admin = dx.join("admin.sock").to_string_lossy().into_owned();
+        let (rc, doc, err) = run_json(&["haproxy", "--json", "--socket", &admin, "--lingering", "--dry-run"]);
+        assert_eq!(rc, 1, "X's old process cannot be asked: {err}\n{doc}");
+        let not_asked: Vec<String> =
+            doc["not_asked"].as_array().cloned().unwrap_or_default().iter().map(|w| w.to_string()).collect();
+        assert!(not_asked.iter().any(|w| w.contains(&format!("pid {x1}"))), "{doc}");
+        assert!(!not_asked.iter().any(|w| w.contains(&format!("pid {y}"))), "Y is no process of X: {doc}");
+        // X has no server at D: Y's sessions there are not X's to end.
+        let (rc, doc, err) = run_json(&["haproxy", "--json", "--socket", &admin, "--addr", D]);
+        assert_eq!(doc["summary"]["destroyed"], 0, "{err}\n{doc}");
+        assert_eq!(rc, 0, "{err}\n{doc}");
+        for c in y_clients.iter_mut() {
+            assert_eq!(c.ask().expect("Y's client still served"), "d");
+        }
+        // X's old process's sessions at B are X's.
+        let (rc, doc, err) = run_json(&["haproxy", "--json", "--socket", &admin, "--addr", B]);
+        assert_eq!(rc, 0, "{err}\n{doc}");
+        let b = by.get_mut("b").unwrap();
+        assert_eq!(doc["summary"]["destroyed"], b.len() as u64, "{doc}");
+        for c in b.iter_mut() {
+            wait_until(Duration::from_secs(10), "b's client to see its connection end", || c.ended());
+        }
+        assert_served(by.get_mut("a").unwrap(), "a");
+        drop(procs);
+        let _ = std::fs::remove_dir_all(&dx);
+        let _ = std::fs::remove_dir_all(&dy);
+    });
+}
+
 /// An old worker's streams of a removed server that hold no socket at the
 /// sweep: the server refuses, and HAProxy waits a second between retries.
 /// They connect again, so the sweep watches where they go and the run is not

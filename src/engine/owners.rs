@@ -39,7 +39,12 @@ impl Holders {
     pub fn new(pids: &[u32]) -> Result<Holders> {
         let mut h = Holders::default();
         for &pid in pids {
-            h.add(Process::open(pid)?);
+            match Process::open(pid) {
+                Ok(p) => h.add(p),
+                // Exited since it was found: it holds nothing.
+                Err(crate::error::Error::NoProcess { .. }) => tracing::debug!(pid, "exited before it was watched"),
+                Err(e) => return Err(e),
+            }
         }
         h.scan()?;
         Ok(h)

@@ -278,12 +278,15 @@ pub fn discover(
     Ok(topo)
 }
 
-/// The configuration files a command line loads (`-f FILE`, `-fFILE`).
+/// The configuration files a command line loads (`-f FILE`, `-fFILE`, and
+/// every argument after `--`).
 fn config_files(args: &[String]) -> Vec<String> {
     let mut files = Vec::new();
-    let mut it = args.iter();
+    let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
-        if a == "-f" {
+        if a == "--" {
+            files.extend(it.by_ref().cloned());
+        } else if a == "-f" {
             files.extend(it.next().cloned());
         } else if let Some(f) = a.strip_prefix("-f") {
             files.push(f.to_string());
@@ -292,26 +295,116 @@ fn config_files(args: &[String]) -> Vec<String> {
     files
 }
 
-/// HAProxy processes of the same instance that the topology does not list:
-/// in the answering worker's network and pid namespaces, loading the same
-/// configuration files, neither a worker nor the master. A daemon-mode reload
-/// (`haproxy -D -sf OLD`) leaves the old process there with no master to list
-/// it, still holding its sessions.
+/// The pids (HAProxy's own) a command line asks to finish or terminate
+/// (`-sf PID...`, `-st PID...`): the processes a daemon-mode reload replaced.
+fn replaced_pids(args: &[String]) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let mut it = args.iter().skip(1).peekable();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            break;
+        }
+        if a == "-sf" || a == "-st" {
+            while let Some(p) = it.next_if(|p| !p.starts_with('-')) {
+                pids.extend(p.parse::<u32>().ok());
+            }
+        }
+    }
+    pids
+}
+
+/// Whether a command line only checks a configuration (`-c`) and exits.
+fn checks_only(args: &[String]) -> bool {
+    args.iter().skip(1).take_while(|a| *a != "--").any(|a| a == "-c")
+}
+
+/// Lexically normal form of an absolute path (`.` and `..` resolved).
+fn normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `pid`'s configuration files as paths from here: a relative one through
+/// its working directory, an absolute one through its root (a container's
+/// filesystem); `None` when /proc does not say.
+fn resolved_config(pid: u32) -> Option<Vec<PathBuf>> {
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).ok()?;
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    let files = config_files(&procfs::cmdline(pid));
+    Some(
+        files
+            .iter()
+            .map(|f| match f.strip_prefix('/') {
+                Some(rel) => normal(&root.join(rel)),
+                None => normal(&cwd.join(f)),
+            })
+            .collect(),
+    )
+}
+
+/// Clock ticks per second in /proc's start times (USER_HZ: 100 on Linux).
+const TICKS: u64 = 100;
+
+/// HAProxy processes of the same instance that the topology does not list —
+/// a daemon-mode reload (`haproxy -D -f CFG -sf OLD`) leaves the old process
+/// running with no master to list it, still holding its sessions. In the
+/// answering worker's network and pid namespaces, never a worker, the master
+/// or a configuration check (`-c`), and started before the process naming
+/// it:
+/// - the pids each process's `-sf`/`-st` replaced, followed from the
+///   answering worker back (a reload may change the configuration files);
+/// - else an older process (by a second: not a sibling of `nbproc`) loading
+///   the same configuration files, resolved through each one's root and
+///   working directory (two containers sharing namespaces load their own).
 fn strays(topo: &Topology) -> Vec<u32> {
     let me = topo.answering.pid;
     let (Ok(net), Ok(pid_ns)) = (procfs::namespace_inode(me, "net"), procfs::namespace_inode(me, "pid")) else {
         return Vec::new();
     };
-    let files = config_files(&procfs::cmdline(me));
-    let mut out: Vec<u32> = haproxy_processes()
+    let Ok(me_proc) = Process::open(me) else { return Vec::new() };
+    let listed = |p: u32| p == me || Some(p) == topo.master || topo.workers.iter().any(|w| w.pid == p);
+    let same_ns = |p: u32| {
+        procfs::namespace_inode(p, "net").is_ok_and(|n| n == net)
+            && procfs::namespace_inode(p, "pid").is_ok_and(|n| n == pid_ns)
+    };
+    let started = |p: u32| Process::open(p).ok().map(|q| q.start_ticks());
+    let candidates: Vec<u32> = haproxy_processes()
         .into_iter()
-        .filter(|&p| p != me && Some(p) != topo.master && !topo.workers.iter().any(|w| w.pid == p))
-        .filter(|&p| procfs::namespace_inode(p, "net").is_ok_and(|n| n == net))
-        .filter(|&p| procfs::namespace_inode(p, "pid").is_ok_and(|n| n == pid_ns))
-        .filter(|&p| config_files(&procfs::cmdline(p)) == files)
+        .filter(|&p| !listed(p) && same_ns(p) && !checks_only(&procfs::cmdline(p)))
         .collect();
-    out.sort_unstable();
-    out
+    let by_inner: HashMap<u32, u32> = candidates.iter().map(|&p| (inner_pid(p), p)).collect();
+    let mut found: Vec<u32> = Vec::new();
+    // The -sf/-st chain, each replaced process older than the one replacing it.
+    let mut todo = vec![(me, me_proc.start_ticks())];
+    while let Some((p, start)) = todo.pop() {
+        for inner in replaced_pids(&procfs::cmdline(p)) {
+            let Some(&q) = by_inner.get(&inner) else { continue };
+            if let Some(q_start) = started(q).filter(|&t| t < start && !found.contains(&q)) {
+                found.push(q);
+                todo.push((q, q_start));
+            }
+        }
+    }
+    // An old process whose replacement has exited too (the chain is broken).
+    if let Some(mine) = resolved_config(me).filter(|f| !f.is_empty()) {
+        let older = |p: u32| started(p).is_some_and(|t| t + TICKS <= me_proc.start_ticks());
+        for p in candidates {
+            if !found.contains(&p) && older(p) && resolved_config(p).as_ref() == Some(&mine) {
+                found.push(p);
+            }
+        }
+    }
+    found.sort_unstable();
+    found
 }
 
 /// The one network namespace the workers live in (or `--netns`); `None` = ours.
@@ -341,10 +434,30 @@ pub fn namespace_of(pids: &[u32], explicit: Option<&str>) -> Result<Option<Netns
 mod tests {
     use super::*;
 
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
     #[test]
     fn config_files_of_a_command_line() {
-        let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
         assert_eq!(config_files(&args("haproxy -D -f /etc/h.cfg -f/etc/more.d -sf 12")), vec!["/etc/h.cfg", "/etc/more.d"]);
         assert!(config_files(&args("haproxy -W -S /run/m.sock")).is_empty());
+        assert_eq!(config_files(&args("haproxy -D -f a.cfg -- b.cfg -f c.cfg")), vec!["a.cfg", "b.cfg", "-f", "c.cfg"]);
+    }
+
+    #[test]
+    fn what_a_reload_replaced() {
+        assert_eq!(replaced_pids(&args("haproxy -D -f h.cfg -sf 12 13 -p /run/h.pid")), vec![12, 13]);
+        assert_eq!(replaced_pids(&args("haproxy -st 7 -f h.cfg")), vec![7]);
+        assert!(replaced_pids(&args("haproxy -f h.cfg -- -sf 9")).is_empty());
+        assert!(replaced_pids(&args("haproxy -D -f h.cfg")).is_empty());
+        assert!(checks_only(&args("haproxy -c -f h.cfg")));
+        assert!(!checks_only(&args("haproxy -f h.cfg -- -c")));
+    }
+
+    #[test]
+    fn paths_are_compared_in_normal_form() {
+        assert_eq!(normal(Path::new("/srv/a/../etc/./h.cfg")), PathBuf::from("/srv/etc/h.cfg"));
+        assert_eq!(normal(Path::new("/../h.cfg")), PathBuf::from("/h.cfg"));
     }
 }
