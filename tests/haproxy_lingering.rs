@@ -784,3 +784,37 @@ fn a_moved_servers_retries_are_ended_too() {
         drop(streams);
     });
 }
+
+/// A port-offset server (`+1000`: the client's destination port plus 1000)
+/// that a reload moves to another host: the old worker's sessions to its old
+/// host are moved (the sweep called them healthy before: the printed `1000`
+/// is no port they are at), and ended; sessions at its new host stay.
+#[test]
+fn a_port_offset_server_moved_by_a_reload() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _servers: Vec<_> = [(A, "s-old"), (B, "s-new")].iter().map(|(at, t)| tag_server(at, t)).collect();
+        let cfg = |host: &str| {
+            format!(
+                "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n\
+                 frontend fe\n    bind 127.0.0.10:8000\n    default_backend be\n\
+                 backend be\n    server s {host}:+1000\n"
+            )
+        };
+        let h = Haproxy::start(true, cfg("127.0.0.31").as_str());
+        let mut old: Vec<Client> = (0..3).map(|_| Client::connect("127.0.0.10:8000")).collect();
+        assert!(old.iter().all(|c| c.server == "s-old"));
+        h.reload(cfg("127.0.0.32").as_str());
+        let mut new: Vec<Client> = (0..2).map(|_| Client::connect("127.0.0.10:8000")).collect();
+        assert!(new.iter().all(|c| c.server == "s-new"));
+        let (rc, doc, err) = sweep(&h, &["--dry-run"]);
+        assert_eq!(rc, 1, "{err}\n{doc}");
+        assert_eq!(found(&doc), vec![("moved".into(), "be/s".into(), A.into(), 3)], "{doc}");
+        let (rc, doc, err) = sweep(&h, &[]);
+        assert_eq!(rc, 0, "{err}\n{doc}");
+        assert_eq!(doc["summary"]["destroyed"], 3, "{doc}");
+        assert_ended(&h, A, &mut old);
+        assert_served(&mut new, "s-new");
+    });
+}

@@ -213,7 +213,14 @@ fn moved(
     }
     let here = now.addr.filter(|ip| !ip.is_unspecified())?;
     if old_worker {
-        let there = server_at(was, peer, listening) == Some(At::Exactly);
+        // A port offset (`+1000` prints as `1000`) puts the server at a
+        // listening port plus or minus it: a stream's connection there is the
+        // server's traffic; a check (`show fd` alone) may be anywhere.
+        let there = match server_at(was, peer, listening) {
+            Some(At::Exactly) => true,
+            Some(At::Maybe) => by == NamedBy::Stream,
+            None => false,
+        };
         return there.then_some(Lingers::Moved);
     }
     let other_host = canonical_ip(here) != canonical_ip(peer.ip());
@@ -773,5 +780,19 @@ mod tests {
                 (2, "p0", Lingers::Gone, None, false),
             ]
         );
+    }
+
+    /// A port-offset server a reload moved: the old worker's stream at its
+    /// old host, at a listening port plus the offset, is moved; a `show fd`
+    /// connection there alone (a check may be anywhere) is not.
+    #[test]
+    fn a_port_offset_servers_old_place() {
+        let old = vec![server("be", "s", "10.0.0.1", 1000)];
+        let cur = vec![server("be", "s", "10.0.0.2", 1000)];
+        let at = peer("10.0.0.1:9000");
+        let by = |b| judge(("be", "s"), b, at, (&old, true), &cur, &[8000]);
+        assert_eq!(by(NamedBy::Stream), Some(Lingers::Moved));
+        assert_eq!(by(NamedBy::Fd), None);
+        assert_eq!(judge(("be", "s"), NamedBy::Stream, peer("10.0.0.1:9999"), (&old, true), &cur, &[8000]), None);
     }
 }

@@ -355,8 +355,15 @@ impl HaproxyClassifier {
             self.places.borrow_mut().add(Place::of(l.address));
         }
         // Where a socketless stream would connect again: watched, and doubted below.
+        // (and, the printed port being maybe an offset, each listening port plus or minus it).
         for a in found.socketless.iter().filter_map(|s| s.address) {
-            self.places.borrow_mut().add(Place::of(a));
+            let mut places = self.places.borrow_mut();
+            places.add(Place::of(a));
+            for l in &self.rule.listening {
+                for p in [l.checked_add(a.port()), l.checked_sub(a.port())].into_iter().flatten().filter(|&p| p != 0) {
+                    places.add(Place::of(SocketAddr::new(a.ip(), p)));
+                }
+            }
         }
         self.socketless = found.socketless.clone();
         Ok(found)
@@ -464,11 +471,12 @@ impl HaproxyClassifier {
         let mut why = Unlisted::NotNamed { pid };
         // Streams first, when many are unattributed: one read (narrowed to the
         // named server where the version can); a few cost one `show fd` line each.
-        // In a sweep's run the current worker's streams are always read: only a
-        // stream shows that a connection away from its server's address is
-        // traffic to where it was (a retry after `set server addr`), not a check.
-        let current_swept = self.swept.is_some() && pid == self.answering && !candidates.is_empty();
-        let streams = if candidates.len() > super::attribution::FEW || current_swept {
+        // In a sweep's run, a socket the sweep did not see is named by the
+        // stream table: only a stream shows that a connection away from its
+        // server's address is traffic to where it was (a retry after `set
+        // server addr`, a port-offset server's), not a check.
+        let unseen = |&&i: &&usize| self.swept.as_ref().is_some_and(|s| !s.judged(sockets[i].cookie()));
+        let streams = if candidates.len() > super::attribution::FEW || idx.iter().any(|i| unseen(&i)) {
             let named_server = self.named();
             Some(self.attributor.streams(pid, named_server.as_ref().map(|(b, s)| (b.as_str(), s.as_str())))?)
         } else {
