@@ -162,13 +162,7 @@ fn connected_to_target() -> BTreeSet<u64> {
 
 /// The inodes a JSON report lists as destroyed.
 fn destroyed_inodes(doc: &serde_json::Value) -> BTreeSet<u64> {
-    doc["sockets"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no sockets in {doc}"))
-        .iter()
-        .filter(|s| s["outcome"] == "destroyed")
-        .map(|s| s["inode"].as_u64().expect("inode"))
-        .collect()
+    destroyed_field(doc, "sockets", "inode")
 }
 
 /// The failure paths through `-u` and an expression tell the same story as

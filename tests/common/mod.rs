@@ -344,12 +344,17 @@ pub fn code(out: &Output) -> i32 {
 /// The cookies of the sockets a JSON report lists under `key` (`sockets` for
 /// kill, `destroyed` for haproxy) with outcome `destroyed`.
 pub fn destroyed_cookies(doc: &serde_json::Value, key: &str) -> std::collections::BTreeSet<u64> {
+    destroyed_field(doc, key, "cookie")
+}
+
+/// `field` of every entry of `doc[key]` whose outcome is `destroyed`.
+pub fn destroyed_field(doc: &serde_json::Value, key: &str, field: &str) -> std::collections::BTreeSet<u64> {
     doc[key]
         .as_array()
         .unwrap_or_else(|| panic!("no {key} in {doc}"))
         .iter()
         .filter(|s| s["outcome"] == "destroyed")
-        .map(|s| s["cookie"].as_u64().expect("cookie"))
+        .map(|s| s[field].as_u64().unwrap_or_else(|| panic!("no {field} in {s}")))
         .collect()
 }
 
