@@ -818,3 +818,37 @@ fn a_port_offset_server_moved_by_a_reload() {
         assert_served(&mut new, "s-new");
     });
 }
+
+/// IPv6 servers and a `server-template` (two slots at one address): a reload
+/// removes b; the old worker's sessions to b are gone and ended, the
+/// template slots' sessions (every table printing IPv6 its own way) stay.
+#[test]
+fn ipv6_and_server_template_slots() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        const T6: &str = "[::1]:9001";
+        const B6: &str = "[::1]:9002";
+        let _servers: Vec<_> = [(T6, "t"), (B6, "b")].iter().map(|(at, t)| tag_server(at, t)).collect();
+        let cfg = |b: &str| {
+            format!(
+                "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n\
+                 frontend fe\n    bind 127.0.0.10:8000\n    default_backend be\n\
+                 backend be\n    balance roundrobin\n    server-template t 2 {T6}\n{b}"
+            )
+        };
+        let h = Haproxy::start(true, cfg(&format!("    server b {B6}\n")).as_str());
+        let mut by = clients_by_server("127.0.0.10:8000", 6);
+        assert_eq!(counts(&by), vec![("b", 2), ("t", 4)]);
+        h.reload(cfg("").as_str());
+        let (rc, doc, err) = sweep(&h, &["--dry-run"]);
+        assert_eq!(rc, 1, "{err}\n{doc}");
+        assert_eq!(found(&doc), vec![("gone".into(), "be/b".into(), B6.into(), 2)], "{doc}");
+        let (rc, doc, err) = sweep(&h, &[]);
+        assert_eq!(rc, 0, "{err}\n{doc}");
+        assert_eq!(doc["summary"]["destroyed"], 2, "{doc}");
+        assert_ended(&h, B6, by.get_mut("b").unwrap());
+        assert_served(by.get_mut("t").unwrap(), "t");
+        assert_eq!(haproxy_sockets_to(T6, &h.pids()).len(), 4);
+    });
+}
