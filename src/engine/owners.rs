@@ -39,9 +39,19 @@ impl Holders {
     pub fn new(pids: &[u32]) -> Result<Holders> {
         let mut h = Holders::default();
         for &pid in pids {
+            h.add(Process::open(pid)?);
+        }
+        h.scan()?;
+        Ok(h)
+    }
+
+    /// Like [`Holders::new`], but a process that has exited since it was
+    /// found (an old HAProxy worker ending) is skipped: it holds nothing.
+    pub fn of_running(pids: &[u32]) -> Result<Holders> {
+        let mut h = Holders::default();
+        for &pid in pids {
             match Process::open(pid) {
                 Ok(p) => h.add(p),
-                // Exited since it was found: it holds nothing.
                 Err(crate::error::Error::NoProcess { .. }) => tracing::debug!(pid, "exited before it was watched"),
                 Err(e) => return Err(e),
             }

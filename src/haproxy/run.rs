@@ -128,7 +128,7 @@ fn classifier(
 ) -> Result<(HaproxyClassifier, Rc<RefCell<Places>>, Learnt0)> {
     let Found { api, info, config, server_addr, topo, ns } = found;
     let pids: Vec<u32> = topo.workers.iter().map(|w| w.pid).collect();
-    let holders = Holders::new(&pids)?;
+    let holders = Holders::of_running(&pids)?;
     let listening = places::listening_ports(engine, &holders)?;
     let master = master_api(opts, &topo)?;
     let target = match &opts.server {
