@@ -330,6 +330,10 @@ pub enum HaproxyError {
     /// HAProxy's processes cannot be found or told apart.
     #[error("{0}")]
     Topology(String),
+
+    /// A table the run cannot do without could not be had (and why).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The netlink operation that failed, for callers that act on which one
@@ -426,6 +430,7 @@ impl HaproxyError {
             | HaproxyError::NoServer { .. }
             | HaproxyError::NoAddress { .. } => "haproxy_server",
             HaproxyError::Topology(_) => "haproxy_processes",
+            HaproxyError::Unavailable(_) => "haproxy_answer",
         }
     }
 }

@@ -352,13 +352,15 @@ fn a_daemon_mode_old_process_is_not_missed() {
     });
 }
 
-/// Daemon mode, two instances in one namespace, each started from its own
-/// directory with `-f haproxy.cfg` (relative). Instance X reloads
-/// (`-sf OLD`); instance Y, older than X's new process, is no old process of
-/// X: it must never be judged or touched as one (a third review found the
-/// `-f` strings alone decided, so Y's healthy sessions at an address X no
-/// longer has were ended by `--addr`). X's old process is found through the
-/// reload's `-sf`.
+/// Daemon mode, instances sharing the network and pid namespaces: X and Y
+/// each started from its own directory with `-f haproxy.cfg` (relative), Z
+/// (a container) in a mount namespace of its own where X's configuration
+/// path is another file. X reloads (`-sf OLD`); Y and Z, older than X's new
+/// process, are no old processes of X: never judged or touched as one (a
+/// third review found the `-f` strings alone decided, so Y's healthy sessions
+/// at an address X no longer has were ended by `--addr`; a fourth, that
+/// paths resolved by name took Z for X's). X's old process is found through
+/// the reload's `-sf`.
 #[test]
 fn another_instance_is_not_an_old_process() {
     require!(Netns);
@@ -394,15 +396,38 @@ fn another_instance_is_not_an_old_process() {
         let mut procs = Ends(vec![start(&dy, &[be("be", 8100, &[("d", D)])], None)]);
         let y = procs.0[0].id();
         wait_until(Duration::from_secs(10), "instance Y", || answers(&dy, y));
+        // Instance Z, a container sharing the namespaces: in a mount namespace of
+        // its own, its `/<dx>/haproxy.cfg` (X's path, absolute) is another file.
+        let (dz, zcfg) = (scratch_dir(), dx.join("haproxy.cfg"));
+        std::fs::write(dz.join("z.cfg"), config(&dz, &[be("be", 8200, &[("d", D)])])).unwrap();
+        std::fs::write(&zcfg, "# X's, written before it starts\n").unwrap();
+        let z_script = format!(
+            "mount --bind {z} {x} && exec {bin} -db -f {x}",
+            z = dz.join("z.cfg").display(),
+            x = zcfg.display(),
+            bin = haproxy_bin()
+        );
+        let z_log = std::fs::File::create(dz.join("haproxy.log")).unwrap();
+        procs.0.push(
+            std::process::Command::new("unshare")
+                .args(["-m", "--propagation", "private", "sh", "-c", &z_script])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(z_log)
+                .spawn()
+                .unwrap(),
+        );
+        let z = procs.0[1].id();
+        wait_until(Duration::from_secs(10), "instance Z", || answers(&dz, z));
         let mut y_clients: Vec<Client> = (0..3).map(|_| Client::connect("127.0.0.10:8100")).collect();
         procs.0.push(start(&dx, &[be("be", 8000, &[("a", A), ("b", B)])], None));
-        let x1 = procs.0[1].id();
+        let x1 = procs.0[2].id();
         wait_until(Duration::from_secs(10), "instance X", || answers(&dx, x1));
         let mut by = clients_by_server("127.0.0.10:8000", 4);
         // A second later (start times are in 10 ms ticks), X reloads without b.
         std::thread::sleep(Duration::from_millis(1100));
         procs.0.push(start(&dx, &[be("be", 8000, &[("a", A)])], Some(x1)));
-        let x2 = procs.0[2].id();
+        let x2 = procs.0[3].id();
         wait_until(Duration::from_secs(10), "X's new process", || answers(&dx, x2));
 
         let admin = dx.join("admin.sock").to_string_lossy().into_owned();
@@ -412,6 +437,7 @@ fn another_instance_is_not_an_old_process() {
             doc["not_asked"].as_array().cloned().unwrap_or_default().iter().map(|w| w.to_string()).collect();
         assert!(not_asked.iter().any(|w| w.contains(&format!("pid {x1}"))), "{doc}");
         assert!(!not_asked.iter().any(|w| w.contains(&format!("pid {y}"))), "Y is no process of X: {doc}");
+        assert!(!not_asked.iter().any(|w| w.contains(&format!("pid {z}"))), "Z is no process of X: {doc}");
         // X has no server at D: Y's sessions there are not X's to end.
         let (rc, doc, err) = run_json(&["haproxy", "--json", "--socket", &admin, "--addr", D]);
         assert_eq!(doc["summary"]["destroyed"], 0, "{err}\n{doc}");
@@ -431,6 +457,7 @@ fn another_instance_is_not_an_old_process() {
         drop(procs);
         let _ = std::fs::remove_dir_all(&dx);
         let _ = std::fs::remove_dir_all(&dy);
+        let _ = std::fs::remove_dir_all(&dz);
     });
 }
 
@@ -850,5 +877,44 @@ fn ipv6_and_server_template_slots() {
         assert_ended(&h, B6, by.get_mut("b").unwrap());
         assert_served(by.get_mut("t").unwrap(), "t");
         assert_eq!(haproxy_sockets_to(T6, &h.pids()).len(), 4);
+    });
+}
+
+/// HAProxy reloads again while a sweep's run is going: the worker the run
+/// judged by is an old one now, and the stats socket reaches another. The
+/// run must not judge by answers of another process, nor call itself clean
+/// (a fourth review found a new worker's tables could name the old one's
+/// sockets): it is ambiguous and says HAProxy reloaded; nothing healthy ends.
+#[test]
+fn a_reload_during_the_run_is_never_clean() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _servers: Vec<_> = [(A, "a"), (B, "b")].iter().map(|(at, t)| tag_server(at, t)).collect();
+        let h = Haproxy::start(true, &[be("be", 8000, &[("a", A), ("b", B)])]);
+        let mut by = clients_by_server("127.0.0.10:8000", 4);
+        h.reload(&[be("be", 8000, &[("a", A)])]);
+        // Sessions of the worker the run will judge by (it keeps them past the second reload).
+        let mut current: Vec<Client> = (0..2).map(|_| Client::connect("127.0.0.10:8000")).collect();
+        let admin = h.sock("admin.sock");
+        let args: Vec<String> =
+            ["haproxy", "--json", "--socket", &admin, "--lingering", "--for", "4s", "--settle", "500ms"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let run = std::thread::spawn(move || run_json(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+        wait_until(Duration::from_secs(10), "the run to end b's sessions", || {
+            haproxy_sockets_to(B, &h.pids()).is_empty()
+        });
+        h.reload(&[be("be", 8000, &[("a", A)])]);
+        let (rc, doc, err) = run.join().unwrap();
+        assert_eq!(rc, 1, "{err}\n{doc}");
+        assert_eq!(doc["verdict"], "ambiguous", "{doc}");
+        assert!(doc["unexplained"].as_str().is_some_and(|u| u.contains("reloaded")), "{doc}");
+        assert_served(by.get_mut("a").unwrap(), "a");
+        assert_served(&mut current, "a");
+        for c in by.get_mut("b").unwrap() {
+            wait_until(Duration::from_secs(10), "b's client to see its connection end", || c.ended());
+        }
     });
 }

@@ -130,6 +130,14 @@ pub enum Unavailable {
         /// HAProxy's refusal.
         why: String,
     },
+    /// The stats socket is no longer answered by the current worker it was
+    /// (another process answered, or it is stopping): HAProxy reloaded.
+    Reloaded {
+        /// Our pid of the process that was the current worker.
+        pid: u32,
+        /// Who answered instead.
+        why: String,
+    },
     /// No answer: the connection failed, or the answer did not come in time.
     NoAnswer {
         /// Our pid of the process.
@@ -145,9 +153,10 @@ impl Unavailable {
     /// Our pid of the process whose table it is.
     pub fn pid(&self) -> u32 {
         match self {
-            Unavailable::NoMasterCli { pid } | Unavailable::Refused { pid, .. } | Unavailable::NoAnswer { pid, .. } => {
-                *pid
-            }
+            Unavailable::NoMasterCli { pid }
+            | Unavailable::Refused { pid, .. }
+            | Unavailable::Reloaded { pid, .. }
+            | Unavailable::NoAnswer { pid, .. } => *pid,
         }
     }
 }
@@ -160,6 +169,10 @@ impl std::fmt::Display for Unavailable {
                 write!(f, "HAProxy pid {pid} answered `{command}` with a refusal ({why})")
             }
             Unavailable::NoAnswer { pid, command, why } => write!(f, "HAProxy pid {pid} gave no `{command}` ({why})"),
+            Unavailable::Reloaded { pid, why } => write!(
+                f,
+                "HAProxy reloaded during the run: pid {pid} is no longer the worker answering the stats socket ({why}); run again"
+            ),
         }
     }
 }
@@ -193,7 +206,31 @@ impl Attributor {
     /// error; anything else is why the table is unavailable.
     fn ask(&mut self, pid: u32, cmd: &str, label: &'static str) -> Result<std::result::Result<String, Unavailable>> {
         let answer = if pid == self.answering {
-            self.api.command(cmd)
+            // One connection is answered by one process: `show info` first says
+            // which, and whether a reload has made it an old worker since.
+            let inner = self.workers.iter().find(|w| w.pid == pid).map_or(pid, |w| w.inner_pid);
+            match self.api.command(&format!("show info;{cmd}")) {
+                Ok(text) => {
+                    self.tables.add(pid, label, text.len());
+                    let rest = match parse::split_pinned(&text) {
+                        Some(((p, false), rest)) if p == inner => rest,
+                        Some(((p, stopping), _)) => {
+                            let why = match stopping {
+                                true => format!("it is stopping (HAProxy pid {p})"),
+                                false => format!("HAProxy pid {p} answered, not {inner}"),
+                            };
+                            return Ok(Err(Unavailable::Reloaded { pid, why }));
+                        }
+                        None => return Ok(Err(Unavailable::NoAnswer { pid, command: label, why: "no `show info` before the answer".into() })),
+                    };
+                    return Ok(match parse::check_query(cmd, rest) {
+                        Ok(()) => Ok(rest.to_string()),
+                        Err(e) => Err(Unavailable::Refused { pid, command: label, why: e.to_string() }),
+                    });
+                }
+                Err(e @ Error::Interrupted(_)) => return Err(e),
+                Err(e) => return Ok(Err(Unavailable::NoAnswer { pid, command: label, why: e.to_string() })),
+            }
         } else {
             let Some(master) = &self.master else {
                 return Ok(Err(Unavailable::NoMasterCli { pid }));

@@ -318,37 +318,22 @@ fn checks_only(args: &[String]) -> bool {
     args.iter().skip(1).take_while(|a| *a != "--").any(|a| a == "-c")
 }
 
-/// Lexically normal form of an absolute path (`.` and `..` resolved).
-fn normal(path: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for c in path.components() {
-        match c {
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            std::path::Component::Normal(n) => out.push(n),
-            _ => {}
-        }
-    }
-    out
-}
-
-/// `pid`'s configuration files as paths from here: a relative one through
-/// its working directory, an absolute one through its root (a container's
-/// filesystem); `None` when /proc does not say.
-fn resolved_config(pid: u32) -> Option<Vec<PathBuf>> {
-    let root = std::fs::read_link(format!("/proc/{pid}/root")).ok()?;
-    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
-    let files = config_files(&procfs::cmdline(pid));
-    Some(
-        files
-            .iter()
-            .map(|f| match f.strip_prefix('/') {
-                Some(rel) => normal(&root.join(rel)),
-                None => normal(&cwd.join(f)),
-            })
-            .collect(),
-    )
+/// `pid`'s configuration files by identity (device, inode): each path
+/// opened through the process's own root (an absolute one) or working
+/// directory (a relative one), so two containers' same-named files, or two
+/// directories' `haproxy.cfg`, differ. `None` when one cannot be found.
+fn config_identity(pid: u32) -> Option<Vec<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    config_files(&procfs::cmdline(pid))
+        .iter()
+        .map(|f| {
+            let through = match f.strip_prefix('/') {
+                Some(abs) => format!("/proc/{pid}/root/{abs}"),
+                None => format!("/proc/{pid}/cwd/{f}"),
+            };
+            std::fs::metadata(through).ok().map(|m| (m.dev(), m.ino()))
+        })
+        .collect()
 }
 
 /// Clock ticks per second in /proc's start times (USER_HZ: 100 on Linux).
@@ -363,8 +348,9 @@ const TICKS: u64 = 100;
 /// - the pids each process's `-sf`/`-st` replaced, followed from the
 ///   answering worker back (a reload may change the configuration files);
 /// - else an older process (by a second: not a sibling of `nbproc`) loading
-///   the same configuration files, resolved through each one's root and
-///   working directory (two containers sharing namespaces load their own).
+///   the same configuration files, the very files: opened through each
+///   one's root and working directory (two containers sharing namespaces,
+///   or two directories' `haproxy.cfg`, are different files).
 fn strays(topo: &Topology) -> Vec<u32> {
     let me = topo.answering.pid;
     let (Ok(net), Ok(pid_ns)) = (procfs::namespace_inode(me, "net"), procfs::namespace_inode(me, "pid")) else {
@@ -395,10 +381,10 @@ fn strays(topo: &Topology) -> Vec<u32> {
         }
     }
     // An old process whose replacement has exited too (the chain is broken).
-    if let Some(mine) = resolved_config(me).filter(|f| !f.is_empty()) {
+    if let Some(mine) = config_identity(me).filter(|f| !f.is_empty()) {
         let older = |p: u32| started(p).is_some_and(|t| t + TICKS <= me_proc.start_ticks());
         for p in candidates {
-            if !found.contains(&p) && older(p) && resolved_config(p).as_ref() == Some(&mine) {
+            if !found.contains(&p) && older(p) && config_identity(p).as_ref() == Some(&mine) {
                 found.push(p);
             }
         }
@@ -455,9 +441,4 @@ mod tests {
         assert!(!checks_only(&args("haproxy -f h.cfg -- -c")));
     }
 
-    #[test]
-    fn paths_are_compared_in_normal_form() {
-        assert_eq!(normal(Path::new("/srv/a/../etc/./h.cfg")), PathBuf::from("/srv/etc/h.cfg"));
-        assert_eq!(normal(Path::new("/../h.cfg")), PathBuf::from("/h.cfg"));
-    }
 }

@@ -20,7 +20,7 @@ use super::parse::ServerState;
 use super::places::{server_at, At};
 use crate::engine::owners::Holders;
 use crate::engine::{Class, Engine, Query};
-use crate::error::Result;
+use crate::error::{HaproxyError, Result};
 use crate::filter::{canonical_ip, Filter, StateSet};
 use crate::socket::TcpState;
 
@@ -241,31 +241,59 @@ pub struct SweepRule {
     /// The sockets a stream (`show sess`) named at the sweep: a run reading
     /// only `show fd` later still knows they carried traffic.
     by_stream: HashSet<u64>,
+    /// Every socket the sweep judged, lingering or not.
+    seen: HashSet<u64>,
     /// Why the current configuration could not be read again, if it could not.
     stale: Option<String>,
 }
 
 impl SweepRule {
-    /// Whether the sweep judged this socket.
+    /// Whether the sweep judged this socket (lingering or not).
     pub fn judged(&self, cookie: u64) -> bool {
-        self.judged.contains_key(&cookie)
+        self.seen.contains(&cookie) || self.judged.contains_key(&cookie)
     }
 
     /// The current worker's configuration, read again for sockets the sweep
     /// did not see: a server may have moved since, even back to an address
     /// the sweep took for its old one. `Err`: it could not be read; then
     /// only what the sweep judged is decided.
-    pub fn refresh(&mut self, current: std::result::Result<Vec<ServerState>, String>) {
+    /// Returns whether it changed.
+    pub fn refresh(&mut self, current: std::result::Result<Vec<ServerState>, String>) -> bool {
         match current {
             Ok(c) => {
+                let changed = c != self.current;
                 if let Some(config) = self.configs.get_mut(&self.answering) {
                     config.clone_from(&c);
                 }
                 self.current = c;
                 self.stale = None;
+                changed
             }
-            Err(why) => self.stale = Some(why),
+            Err(why) => {
+                self.stale = Some(why);
+                false
+            }
         }
+    }
+
+    /// Why the current configuration could not be read again, if it could not
+    /// (nothing is decided until it can).
+    pub fn stale(&self) -> Option<&str> {
+        self.stale.as_deref()
+    }
+
+    /// Whether a stream's naming a socket `show fd` named `(a, b)` would
+    /// change its verdict (a connection away from its server's address, which
+    /// only a stream shows to be traffic): then the stream table is worth a read.
+    pub fn stream_matters(&self, (pid, cookie): (u32, u64), (a, b): (&str, &str), peer: SocketAddr) -> bool {
+        let Some(config) = self.configs.get(&pid).filter(|_| !self.by_stream.contains(&cookie)) else {
+            return false;
+        };
+        let listed = |x: &str, y: &str| config.iter().any(|s| s.backend == x && s.name == y);
+        let pair = if !listed(a, b) && listed(b, a) { (b, a) } else { (a, b) };
+        let old_worker = pid != self.answering;
+        let by = |by| judge(pair, by, peer, (config, old_worker), &self.current, &self.listening);
+        by(NamedBy::Fd) != by(NamedBy::Stream)
     }
 
     /// The servers in maintenance whose connections the run ends (`--include-maint`).
@@ -285,8 +313,8 @@ impl SweepRule {
         why: &str,
         peer: SocketAddr,
     ) -> Class {
-        if let Some(e) = self.stale.as_ref().filter(|_| !self.judged(cookie)) {
-            return Class::Ambiguous(format!("{why}; the current configuration could not be read again to judge it: {e}"));
+        if let Some(e) = &self.stale {
+            return Class::Ambiguous(format!("the current configuration could not be read again to judge it: {e}"));
         }
         let Some(config) = self.configs.get(&pid) else {
             return Class::Ambiguous(format!("{why}; HAProxy pid {pid} could not be asked for its configuration"));
@@ -456,7 +484,16 @@ pub fn sweep(
     let (mut judged, mut by_stream) = (HashMap::new(), HashSet::new());
     // The current worker's servers found moved, and one old address of each.
     let mut moved_here: BTreeMap<(String, String), SocketAddr> = BTreeMap::new();
-    for s in engine.collect(&everything)? {
+    let sockets = engine.collect(&everything)?;
+    // The current configuration read again after the dump: a connection lingers
+    // only if it does under both (a server DNS moved meanwhile, even back to
+    // where the first read had it, is judged by where it is now too).
+    let after = match att.servers_state(answering)? {
+        Ok(c) => c,
+        Err(why) => return Err(HaproxyError::Unavailable(format!("the lingering sweep cannot judge: {why}")).into()),
+    };
+    let mut seen = HashSet::new();
+    for s in sockets {
         let Some(h) = holders.holder(&s) else { continue };
         let (Some(config), Some(named)) = (configs.get(&h.pid), tables.get(&h.pid)) else { continue };
         // A connection in, from a client (also another HAProxy's peers), is no server's.
@@ -472,17 +509,23 @@ pub fn sweep(
             },
             None => continue,
         };
-        let holder = (config.as_slice(), h.pid != answering);
+        seen.insert(s.cookie());
         if by == NamedBy::Stream {
             by_stream.insert(s.cookie());
         }
-        let Some(class) = judge((&server.0, &server.1), by, peer, holder, current, listening) else { continue };
+        let old_worker = h.pid != answering;
+        let named = (server.0.as_str(), server.1.as_str());
+        let holder_now = if old_worker { config.as_slice() } else { after.as_slice() };
+        let before = judge(named, by, peer, (config.as_slice(), old_worker), current, listening);
+        let Some(class) = before.and(judge(named, by, peer, (holder_now, old_worker), &after, listening)) else {
+            continue;
+        };
         judged.insert(s.cookie(), class);
         if class == Lingers::Moved && h.pid == answering {
             moved_here.entry(server.clone()).or_insert(peer);
         }
         debug!(cookie = s.cookie(), pid = h.pid, ?class, server = ?server, %peer, "lingers");
-        let now_at = current
+        let now_at = after
             .iter()
             .find(|c| c.backend == server.0 && c.name == server.1)
             .and_then(|c| c.addr.map(|ip| SocketAddr::new(ip, c.port).to_string()));
@@ -490,7 +533,11 @@ pub fn sweep(
         e.1.insert(h.pid);
         e.2 += 1;
     }
-    out.socketless = socketless(&tables, &configs, (current, listening), answering, &moved_here);
+    let mut configs = configs;
+    if let Some(c) = configs.get_mut(&answering) {
+        c.clone_from(&after);
+    }
+    out.socketless = socketless(&tables, &configs, (&after, listening), answering, &moved_here);
     out.lingering = groups
         .into_iter()
         .map(|((class, server, address), (now_at, pids, sockets))| {
@@ -510,12 +557,13 @@ pub fn sweep(
     info!(found = out.lingering.len(), unasked = out.unasked.len(), "lingering sweep");
     out.rule = Some(SweepRule {
         configs,
-        current: current.to_vec(),
+        current: after,
         listening: listening.to_vec(),
         answering,
         include_maint,
         judged,
         by_stream,
+        seen,
         stale: None,
     });
     Ok(out)
@@ -614,6 +662,7 @@ mod tests {
             include_maint,
             judged: HashMap::new(),
             by_stream: HashSet::new(),
+            seen: HashSet::new(),
             stale: None,
         };
         let r = rule(false);
@@ -680,6 +729,7 @@ mod tests {
             include_maint: false,
             judged: HashMap::new(),
             by_stream: HashSet::new(),
+            seen: HashSet::new(),
             stale: None,
         };
         assert!(matches!(rule.decide((1, 7), Some((("be", "s1"), "show fd")), "", peer("127.0.0.11:9101")), Class::OtherServer(_)));
@@ -699,6 +749,7 @@ mod tests {
             include_maint: false,
             judged: HashMap::new(),
             by_stream: HashSet::new(),
+            seen: HashSet::new(),
             stale: None,
         };
         assert_eq!(rule.decide((2, 7), Some((("s2", "be"), "show fd")), "", peer("10.0.0.2:80")), Class::Target);
@@ -719,6 +770,7 @@ mod tests {
             include_maint: false,
             judged: HashMap::from([(7, Lingers::Moved), (8, Lingers::Moved)]),
             by_stream: HashSet::from([7, 8]),
+            seen: HashSet::new(),
             stale: None,
         };
         let at = peer("10.0.0.1:80");
@@ -744,6 +796,7 @@ mod tests {
             include_maint: false,
             judged: HashMap::from([(7, Lingers::Moved)]),
             by_stream: HashSet::from([7]),
+            seen: HashSet::new(),
             stale: None,
         };
         let at = peer("10.0.0.1:80");

@@ -76,6 +76,9 @@ pub struct Stream {
     /// The server side's state, the first number in `scb=[` / `s1=[`
     /// (`SC_ST_*`, `SI_ST_*` before 2.6: the same numbers on 2.2–3.4).
     pub state: Option<u8>,
+    /// `age=`: seconds since the stream was accepted (HAProxy prints at most
+    /// two units, so this is a lower bound: `1h2m` is 3720).
+    pub age: Option<u64>,
 }
 
 impl Stream {
@@ -121,6 +124,40 @@ fn refusal(answer: &str) -> Option<(&'static str, &'static str)> {
         _ => "",
     };
     Some((hit, hint))
+}
+
+/// HAProxy's `human_time` (`4s`, `1m20s`, `2h5m`, `3d4h`) in seconds; `None`
+/// for `?` or anything else.
+pub fn parse_age(v: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in v.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            'd' => 86400,
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        total = total.checked_add(num.parse::<u64>().ok()?.checked_mul(unit)?)?;
+        num.clear();
+    }
+    num.is_empty().then_some(total).filter(|_| !v.is_empty())
+}
+
+/// Who answered a `show info;<command>` exchange: `(pid, stopping)` from the
+/// `show info` part (HAProxy's own pid; `Stopping: 1` once a reload made it an
+/// old worker), and the command's answer after it. `None`: not that shape.
+pub fn split_pinned(answer: &str) -> Option<((u32, bool), &str)> {
+    let (info, rest) = answer.split_once("\n\n")?;
+    let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    let pid = field("Pid:")?.parse().ok()?;
+    let stopping = field("Stopping:").is_some_and(|v| v != "0");
+    Some(((pid, stopping), rest))
 }
 
 /// Turns HAProxy's known error answers to a query into errors; other text passes.
@@ -309,7 +346,7 @@ pub fn parse_sess(text: &str) -> Vec<Stream> {
     text.lines()
         .filter(|l| l.starts_with("0x"))
         .map(|line| {
-            let mut s = Stream { backend: None, server: None, fd: None, state: None };
+            let mut s = Stream { backend: None, server: None, fd: None, state: None, age: None };
             let mut legacy = (None, None);
             for token in line.split_whitespace() {
                 let Some((key, value)) = token.split_once('=') else { continue };
@@ -319,6 +356,7 @@ pub fn parse_sess(text: &str) -> Vec<Stream> {
                     "srv" => s.server = named(value),
                     "scb" => (s.fd, s.state) = (endpoint_fd(value), endpoint_state(value)),
                     "s1" => legacy = (endpoint_fd(value), endpoint_state(value)),
+                    "age" => s.age = parse_age(value),
                     _ => {}
                 }
             }
@@ -474,6 +512,7 @@ mod tests {
                 assert_eq!(s.backend.as_deref(), Some("be"), "{v}");
                 assert!(s.fd.is_some_and(|fd| fd > 2), "{v}: {s:?}");
                 assert_eq!(s.state, Some(8), "{v}: established: {s:?}");
+                assert!(s.age.is_some(), "{v}: age: {s:?}");
             }
             // The CLI's own stream has no backend, no server and no server-side fd.
             assert!(streams.iter().any(|s| s.backend.is_none() && s.server.is_none() && s.fd.is_none()), "{v}");
@@ -487,7 +526,7 @@ mod tests {
         let legacy = "0x1: proto=tcpv4 src=1.2.3.4:5 fe=fe be=be srv=s1 s0=[8,200008h,fd=14,ex=] s1=[8,200018h,fd=15,ex=] exp=3s\n";
         assert_eq!(
             parse_sess(legacy)[0],
-            Stream { backend: Some("be".into()), server: Some("s1".into()), fd: Some(15), state: Some(8) }
+            Stream { backend: Some("be".into()), server: Some("s1".into()), fd: Some(15), state: Some(8), age: None }
         );
         let unconnected = "0x1: proto=tcpv4 be=be srv=s1 scb=[8,1h,fd=-1]\n";
         assert_eq!(parse_sess(unconnected)[0].fd, None);
@@ -645,5 +684,29 @@ mod tests {
         assert_eq!(master_cli_arg(&args("haproxy -sf 10 -x sockpair@3 -W -db -S /m.sock")), Some("/m.sock".into()));
         assert_eq!(master_cli_arg(&args("haproxy -W -f h.cfg")), None);
         assert_eq!(master_cli_arg(&args("haproxy -S")), None);
+    }
+
+    #[test]
+    fn stream_ages() {
+        assert_eq!(parse_age("4s"), Some(4));
+        assert_eq!(parse_age("0s"), Some(0));
+        assert_eq!(parse_age("1m20s"), Some(80));
+        assert_eq!(parse_age("2h5m"), Some(7500));
+        assert_eq!(parse_age("3d4h"), Some(3 * 86400 + 4 * 3600));
+        for bad in ["?", "", "12", "4x", "s"] {
+            assert_eq!(parse_age(bad), None, "{bad}");
+        }
+        let line = "0x55d0 : proto=tcpv4 src=127.0.0.1:1 fe=fe be=be srv=a ts=00 epoch=0 age=1m2s calls=3 scb=[8,1h,fd=20,ex=]";
+        assert_eq!(parse_sess(line)[0].age, Some(62));
+    }
+
+    #[test]
+    fn who_answered_a_pinned_exchange() {
+        let a = "Name: HAProxy\nPid: 42\nStopping: 0\nTainted: 0\n\n1\n# be_id\n\n";
+        assert_eq!(split_pinned(a), Some(((42, false), "1\n# be_id\n\n")));
+        let stopping = "Pid: 42\nStopping: 1\n\nrest";
+        assert_eq!(split_pinned(stopping), Some(((42, true), "rest")));
+        assert_eq!(split_pinned("Unknown command.\n\n"), None);
+        assert_eq!(split_pinned("Pid: 42"), None);
     }
 }

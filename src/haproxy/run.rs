@@ -129,6 +129,13 @@ fn classifier(
     let Found { api, info, config, server_addr, topo, ns } = found;
     let pids: Vec<u32> = topo.workers.iter().map(|w| w.pid).collect();
     let holders = Holders::of_running(&pids)?;
+    if !holders.pids().contains(&topo.answering.pid) {
+        return Err(HaproxyError::Topology(format!(
+            "the worker answering the stats socket (pid {}) exited before the first look (a reload?): run again",
+            topo.answering.pid
+        ))
+        .into());
+    }
     let listening = places::listening_ports(engine, &holders)?;
     let master = master_api(opts, &topo)?;
     let target = match &opts.server {

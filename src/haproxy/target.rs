@@ -229,6 +229,9 @@ pub struct HaproxyClassifier {
     unasked: Vec<String>,
     /// The sweep's old-worker streams of gone or moved servers without a socket.
     socketless: Vec<lingering::Socketless>,
+    /// When the sweep was made, and when the current configuration was last read again.
+    swept_at: Option<Instant>,
+    refreshed_at: Option<Instant>,
     /// Sockets HAProxy closed by itself.
     pub closed: Vec<Closed>,
 }
@@ -309,6 +312,8 @@ impl HaproxyClassifier {
             swept: None,
             unasked: Vec::new(),
             socketless: Vec::new(),
+            swept_at: None,
+            refreshed_at: None,
             closed: Vec::new(),
         }
     }
@@ -350,6 +355,7 @@ impl HaproxyClassifier {
             include_maint,
         )?;
         self.swept = found.rule.take();
+        self.swept_at = Some(Instant::now());
         self.unasked = found.unasked.clone();
         for l in found.lingering.iter().filter(|l| l.enforced) {
             self.places.borrow_mut().add(Place::of(l.address));
@@ -471,12 +477,8 @@ impl HaproxyClassifier {
         let mut why = Unlisted::NotNamed { pid };
         // Streams first, when many are unattributed: one read (narrowed to the
         // named server where the version can); a few cost one `show fd` line each.
-        // In a sweep's run, a socket the sweep did not see is named by the
-        // stream table: only a stream shows that a connection away from its
-        // server's address is traffic to where it was (a retry after `set
-        // server addr`, a port-offset server's), not a check.
-        let unseen = |&&i: &&usize| self.swept.as_ref().is_some_and(|s| !s.judged(sockets[i].cookie()));
-        let streams = if candidates.len() > super::attribution::FEW || idx.iter().any(|i| unseen(&i)) {
+        let streams_read = candidates.len() > super::attribution::FEW;
+        let streams = if streams_read {
             let named_server = self.named();
             Some(self.attributor.streams(pid, named_server.as_ref().map(|(b, s)| (b.as_str(), s.as_str())))?)
         } else {
@@ -518,10 +520,61 @@ impl HaproxyClassifier {
                 }
             }
         }
+        // In a sweep's run, where `show fd` named a connection away from its
+        // server's address, only a stream shows it is traffic to where the
+        // server was (a retry after `set server addr`, a port-offset server's
+        // old host), not a check: the stream table is read for those.
+        if let (Some(sweep), false) = (&self.swept, streams_read) {
+            let matters: Vec<(u32, (String, String))> = candidates
+                .iter()
+                .filter_map(|(i, c)| match named.get(&c.fd) {
+                    Some(Source::Connection(b, s)) => {
+                        let at = &sockets[*i];
+                        sweep.stream_matters((pid, at.cookie()), (b, s), at.peer()).then(|| (c.fd, (b.clone(), s.clone())))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let servers: HashSet<&(String, String)> = matters.iter().map(|(_, s)| s).collect();
+            if !matters.is_empty() {
+                let one = (servers.len() == 1).then(|| matters[0].1.clone());
+                match self.attributor.streams(pid, one.as_ref().map(|(b, s)| (b.as_str(), s.as_str())))? {
+                    Ok(streams) => {
+                        let wanted: HashSet<u32> = matters.iter().map(|(fd, _)| *fd).collect();
+                        for st in streams {
+                            if let (Some(fd), Some(be), Some(srv)) = (st.fd, st.backend, st.server) {
+                                if wanted.contains(&fd) {
+                                    named.insert(fd, Source::Stream(be, srv));
+                                }
+                            }
+                        }
+                    }
+                    // `show fd`'s name stands: the verdict is the one without a stream.
+                    Err(e) => warn!(pid, why = %e, "no stream table"),
+                }
+            }
+        }
         Ok(candidates
             .into_iter()
             .map(|(index, c)| Attributed { index, named: named.get(&c.fd).cloned(), unlisted: why.clone() })
             .collect())
+    }
+
+    /// Reads the current worker's configuration again for the sweep's rule:
+    /// `Some(changed)`, or `None` when it could not be read (nothing is
+    /// decided then, and the run is not clean).
+    fn refresh_config(&mut self) -> Result<Option<bool>> {
+        let now = self.attributor.servers_state(self.answering)?;
+        self.refreshed_at = Some(Instant::now());
+        let Some(sweep) = self.swept.as_mut() else { return Ok(Some(false)) };
+        Ok(match now {
+            Ok(c) => Some(sweep.refresh(Ok(c))),
+            Err(why) => {
+                warn!(%why, "the current configuration could not be read again");
+                sweep.refresh(Err(why.to_string()));
+                None
+            }
+        })
     }
 
     /// HAProxy's session count for the named server in the answering
@@ -546,6 +599,18 @@ impl Classifier for HaproxyClassifier {
         // HAProxy's: its tables are asked only to attribute, and narrowly).
         self.holders.refresh_for(sockets.iter().zip(&at_place).filter(|(_, at)| **at).map(|(s, _)| s))?;
         self.seen = sockets.iter().zip(&at_place).filter(|(_, at)| **at).map(|(s, _)| s.inode).collect();
+        // A server may have moved since the sweep (DNS, `set server addr`, even
+        // back to where the sweep saw it): the configuration is read again
+        // before the first verdicts and before judging what the sweep did not
+        // see; if it changed, every verdict is made again.
+        if let Some(sweep) = &self.swept {
+            let undecided = sockets.iter().zip(&at_place).filter(|(s, at)| **at && !self.verdicts.contains_key(&s.cookie()));
+            let mut undecided = undecided.map(|(s, _)| s).peekable();
+            let first = self.refreshed_at.is_none() && undecided.peek().is_some();
+            if (first || undecided.any(|s| !sweep.judged(s.cookie()))) && self.refresh_config()? == Some(true) {
+                self.verdicts.clear();
+            }
+        }
         // Candidates without a verdict yet, by the process holding them.
         let mut pending: HashMap<u32, Vec<usize>> = HashMap::new();
         for (i, s) in sockets.iter_mut().enumerate() {
@@ -553,18 +618,6 @@ impl Classifier for HaproxyClassifier {
             s.owners = self.holders.owners(s);
             if !self.verdicts.contains_key(&s.cookie()) {
                 pending.entry(holding.pid).or_default().push(i);
-            }
-        }
-        // A server may have moved since the sweep (DNS, `set server addr`, even
-        // back to where the sweep saw it): what the sweep did not judge is
-        // judged by the configuration now.
-        if let Some(sweep) = &self.swept {
-            let unseen = pending.values().flatten().any(|&i| !sweep.judged(sockets[i].cookie()));
-            if unseen {
-                let now = self.attributor.servers_state(self.answering)?.map_err(|u| u.to_string());
-                if let Some(sweep) = self.swept.as_mut() {
-                    sweep.refresh(now);
-                }
             }
         }
         for (pid, idx) in pending {
@@ -620,6 +673,21 @@ impl HaproxyClassifier {
                 self.unasked.join("; ")
             )));
         }
+        // The configuration the verdicts were made by must still be the one:
+        // a change (a DNS move, a reload) makes every verdict again.
+        if self.swept.is_some() {
+            match self.refresh_config()? {
+                Some(true) => {
+                    self.verdicts.clear();
+                    return Ok(Some("the current configuration changed during the run: every socket is judged again".into()));
+                }
+                Some(false) => {}
+                None => {
+                    let why = self.swept.as_ref().and_then(|s| s.stale()).unwrap_or_default().to_string();
+                    return Ok(Some(format!("the current configuration could not be read again: {why}")));
+                }
+            }
+        }
         if let Some(why) = self.socketless_doubt()? {
             return Ok(Some(why));
         }
@@ -643,8 +711,11 @@ impl HaproxyClassifier {
             let (be, srv) = (s.server.0.as_str(), s.server.1.as_str());
             // A current worker's stream of a server it moved retries the old
             // address only from a turn-around (3) or a failed attempt (6).
+            // Streams accepted after the sweep were given the server's new
+            // address (the move came before the sweep): they are not counted.
+            let since = self.swept_at.map_or(0, |t| t.elapsed().as_secs());
             let counts = |st: &Stream| match s.retrying_only {
-                true => matches!(st.state, Some(3 | 6)),
+                true => matches!(st.state, Some(3 | 6)) && st.age.is_none_or(|a| a >= since),
                 false => st.server_side_live(),
             };
             let live = match self.attributor.streams(s.pid, Some((be, srv)))? {
