@@ -318,22 +318,49 @@ fn checks_only(args: &[String]) -> bool {
     args.iter().skip(1).take_while(|a| *a != "--").any(|a| a == "-c")
 }
 
-/// `pid`'s configuration files by identity (device, inode): each path
-/// opened through the process's own root (an absolute one) or working
-/// directory (a relative one), so two containers' same-named files, or two
-/// directories' `haproxy.cfg`, differ. `None` when one cannot be found.
-fn config_identity(pid: u32) -> Option<Vec<(u64, u64)>> {
+/// What makes `pid`'s configuration the same as another process's: its
+/// `-f` and `-C` arguments as written, read from the same root (device and
+/// inode of /proc/P/root: a container's own filesystem, a chroot) in the
+/// same mount namespace, and, for a relative path, from the same working
+/// directory. The files are not opened: a chrooted daemon cannot reach them
+/// through its root, and one replaced since (a new inode) is still the one
+/// the process was started with. `None` when /proc does not say.
+#[derive(Debug, PartialEq, Eq)]
+struct ConfigIdentity {
+    args: Vec<String>,
+    mnt: u64,
+    root: (u64, u64),
+    cwd: Option<(u64, u64)>,
+}
+
+fn config_identity(pid: u32) -> Option<ConfigIdentity> {
     use std::os::unix::fs::MetadataExt;
-    config_files(&procfs::cmdline(pid))
-        .iter()
-        .map(|f| {
-            let through = match f.strip_prefix('/') {
-                Some(abs) => format!("/proc/{pid}/root/{abs}"),
-                None => format!("/proc/{pid}/cwd/{f}"),
-            };
-            std::fs::metadata(through).ok().map(|m| (m.dev(), m.ino()))
-        })
-        .collect()
+    let cmdline = procfs::cmdline(pid);
+    let files = config_files(&cmdline);
+    if files.is_empty() {
+        return None;
+    }
+    let id = |p: String| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let relative = files.iter().any(|f| !f.starts_with('/'));
+    let mut args = files;
+    args.extend(config_dir(&cmdline));
+    Some(ConfigIdentity {
+        args,
+        mnt: procfs::namespace_inode(pid, "mnt").ok()?,
+        root: id(format!("/proc/{pid}/root"))?,
+        cwd: if relative { Some(id(format!("/proc/{pid}/cwd"))?) } else { None },
+    })
+}
+
+/// `-C DIR` (HAProxy changes to it before loading relative files).
+fn config_dir(args: &[String]) -> Option<String> {
+    let mut it = args.iter().skip(1).take_while(|a| *a != "--");
+    while let Some(a) = it.next() {
+        if a == "-C" {
+            return it.next().map(|d| format!("-C {d}"));
+        }
+    }
+    None
 }
 
 /// Clock ticks per second in /proc's start times (USER_HZ: 100 on Linux).
@@ -348,9 +375,8 @@ const TICKS: u64 = 100;
 /// - the pids each process's `-sf`/`-st` replaced, followed from the
 ///   answering worker back (a reload may change the configuration files);
 /// - else an older process (by a second: not a sibling of `nbproc`) loading
-///   the same configuration files, the very files: opened through each
-///   one's root and working directory (two containers sharing namespaces,
-///   or two directories' `haproxy.cfg`, are different files).
+///   the same configuration ([`ConfigIdentity`]: two containers sharing
+///   namespaces, or two directories' `haproxy.cfg`, are not).
 fn strays(topo: &Topology) -> Vec<u32> {
     let me = topo.answering.pid;
     let (Ok(net), Ok(pid_ns)) = (procfs::namespace_inode(me, "net"), procfs::namespace_inode(me, "pid")) else {
@@ -381,7 +407,7 @@ fn strays(topo: &Topology) -> Vec<u32> {
         }
     }
     // An old process whose replacement has exited too (the chain is broken).
-    if let Some(mine) = config_identity(me).filter(|f| !f.is_empty()) {
+    if let Some(mine) = config_identity(me) {
         let older = |p: u32| started(p).is_some_and(|t| t + TICKS <= me_proc.start_ticks());
         for p in candidates {
             if !found.contains(&p) && older(p) && config_identity(p).as_ref() == Some(&mine) {
@@ -439,6 +465,8 @@ mod tests {
         assert!(replaced_pids(&args("haproxy -D -f h.cfg")).is_empty());
         assert!(checks_only(&args("haproxy -c -f h.cfg")));
         assert!(!checks_only(&args("haproxy -f h.cfg -- -c")));
+        assert_eq!(config_dir(&args("haproxy -C /etc/haproxy -f h.cfg")), Some("-C /etc/haproxy".into()));
+        assert_eq!(config_dir(&args("haproxy -f h.cfg -- -C x")), None);
     }
 
 }

@@ -140,6 +140,20 @@ fn socketless(
     out
 }
 
+/// The addresses servers of `before` had and no longer have in `after`
+/// (moved at runtime): their connections there now linger.
+pub fn addresses_left(before: &[ServerState], after: &[ServerState]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for b in before {
+        let Some(ip) = b.addr.filter(|ip| !ip.is_unspecified()) else { continue };
+        let now = after.iter().find(|a| a.backend == b.backend && a.name == b.name);
+        if now.is_some_and(|a| a.addr != b.addr || a.port != b.port) {
+            out.push(SocketAddr::new(ip, b.port));
+        }
+    }
+    out
+}
+
 /// Whether `s` is at `peer`: its own address (a port offset or port 0 understood)
 /// or one of its check or agent addresses.
 fn is_at(s: &ServerState, peer: SocketAddr, listening: &[u16]) -> bool {
@@ -257,11 +271,12 @@ impl SweepRule {
     /// did not see: a server may have moved since, even back to an address
     /// the sweep took for its old one. `Err`: it could not be read; then
     /// only what the sweep judged is decided.
-    /// Returns whether it changed.
+    /// Returns whether it changed (also from unreadable to read: what was
+    /// decided meanwhile is decided again).
     pub fn refresh(&mut self, current: std::result::Result<Vec<ServerState>, String>) -> bool {
         match current {
             Ok(c) => {
-                let changed = c != self.current;
+                let changed = self.stale.is_some() || c != self.current;
                 if let Some(config) = self.configs.get_mut(&self.answering) {
                     config.clone_from(&c);
                 }
@@ -274,6 +289,11 @@ impl SweepRule {
                 false
             }
         }
+    }
+
+    /// The current configuration it judges by.
+    pub fn current(&self) -> &[ServerState] {
+        &self.current
     }
 
     /// Why the current configuration could not be read again, if it could not

@@ -232,6 +232,14 @@ pub struct HaproxyClassifier {
     /// When the sweep was made, and when the current configuration was last read again.
     swept_at: Option<Instant>,
     refreshed_at: Option<Instant>,
+    /// How each socket the sweep's rule decided was attributed: decided again,
+    /// without asking HAProxy, when the configuration changes.
+    attributions: HashMap<u64, Attribution>,
+    /// Set once a reload is seen: nothing is judged any more.
+    reloaded: Option<String>,
+    /// A server moved during the run and its old address was added as a
+    /// place no look has covered yet: not quiet.
+    moved_during: bool,
     /// Sockets HAProxy closed by itself.
     pub closed: Vec<Closed>,
 }
@@ -258,6 +266,15 @@ impl std::fmt::Display for Unlisted {
             Unlisted::Unavailable(u) => write!(f, "{u}"),
         }
     }
+}
+
+/// What a socket's verdict under the sweep's rule was made from.
+#[derive(Debug, Clone)]
+struct Attribution {
+    pid: u32,
+    named: Option<((String, String), &'static str)>,
+    why: String,
+    peer: SocketAddr,
 }
 
 /// One candidate, attributed: the server a table names, or why none does.
@@ -314,6 +331,9 @@ impl HaproxyClassifier {
             socketless: Vec::new(),
             swept_at: None,
             refreshed_at: None,
+            attributions: HashMap::new(),
+            reloaded: None,
+            moved_during: false,
             closed: Vec::new(),
         }
     }
@@ -564,17 +584,70 @@ impl HaproxyClassifier {
     /// `Some(changed)`, or `None` when it could not be read (nothing is
     /// decided then, and the run is not clean).
     fn refresh_config(&mut self) -> Result<Option<bool>> {
-        let now = self.attributor.servers_state(self.answering)?;
         self.refreshed_at = Some(Instant::now());
+        if let Some(why) = &self.reloaded {
+            // Sticky: the worker judged by is an old one now.
+            let why = why.clone();
+            if let Some(sweep) = self.swept.as_mut() {
+                sweep.refresh(Err(why));
+            }
+            return Ok(None);
+        }
+        let now = self.attributor.servers_state(self.answering)?;
         let Some(sweep) = self.swept.as_mut() else { return Ok(Some(false)) };
         Ok(match now {
-            Ok(c) => Some(sweep.refresh(Ok(c))),
+            Ok(c) => {
+                // A server that moved since: its old address is watched from the next look.
+                let was = lingering::addresses_left(sweep.current(), &c);
+                let changed = sweep.refresh(Ok(c));
+                for a in was {
+                    if self.places.borrow_mut().add(Place::of(a)) {
+                        info!(address = %a, "a server moved during the run: its old address is watched too");
+                        self.moved_during = true;
+                    }
+                }
+                Some(changed)
+            }
             Err(why) => {
                 warn!(%why, "the current configuration could not be read again");
+                if matches!(why, Unavailable::Reloaded { .. }) {
+                    self.reloaded = Some(why.to_string());
+                }
                 sweep.refresh(Err(why.to_string()));
                 None
             }
         })
+    }
+
+    /// Whether the sweep's rule cannot decide now (the configuration unread).
+    fn stale(&self) -> bool {
+        self.swept.as_ref().is_some_and(|s| s.stale().is_some())
+    }
+
+    /// Reads the configuration again and, if it changed or could not be read,
+    /// decides every attributed socket again. Returns how many verdicts changed.
+    fn refresh_and_redecide(&mut self) -> Result<usize> {
+        match self.refresh_config()? {
+            Some(false) => Ok(0),
+            _ => Ok(self.redecide()),
+        }
+    }
+
+    /// Every socket the sweep's rule decided, decided again by the same
+    /// attribution under the configuration now (pure: HAProxy is not asked).
+    fn redecide(&mut self) -> usize {
+        let Some(sweep) = &self.swept else { return 0 };
+        let mut changed = 0;
+        for (cookie, a) in &self.attributions {
+            let named = a.named.as_ref().map(|((b, s), t)| ((b.as_str(), s.as_str()), *t));
+            let class = sweep.decide((a.pid, *cookie), named, &a.why, a.peer);
+            if self.verdicts.get(cookie) != Some(&class) {
+                debug!(cookie, ?class, "judged again");
+                self.verdicts.insert(*cookie, class);
+                changed += 1;
+            }
+        }
+        changed
     }
 
     /// HAProxy's session count for the named server in the answering
@@ -598,17 +671,28 @@ impl Classifier for HaproxyClassifier {
         // A socket never seen before: who holds it, from /proc (our time, not
         // HAProxy's: its tables are asked only to attribute, and narrowly).
         self.holders.refresh_for(sockets.iter().zip(&at_place).filter(|(_, at)| **at).map(|(s, _)| s))?;
+        // This look covered every place added before it.
+        self.moved_during = false;
         self.seen = sockets.iter().zip(&at_place).filter(|(_, at)| **at).map(|(s, _)| s.inode).collect();
         // A server may have moved since the sweep (DNS, `set server addr`, even
         // back to where the sweep saw it): the configuration is read again
-        // before the first verdicts and before judging what the sweep did not
-        // see; if it changed, every verdict is made again.
-        if let Some(sweep) = &self.swept {
-            let undecided = sockets.iter().zip(&at_place).filter(|(s, at)| **at && !self.verdicts.contains_key(&s.cookie()));
-            let mut undecided = undecided.map(|(s, _)| s).peekable();
-            let first = self.refreshed_at.is_none() && undecided.peek().is_some();
-            if (first || undecided.any(|s| !sweep.judged(s.cookie()))) && self.refresh_config()? == Some(true) {
-                self.verdicts.clear();
+        // before the first verdicts, and at most a second before acting on a
+        // target (also one decided long ago, in a grace period); a change
+        // decides every socket again.
+        let mut refreshed = false;
+        if self.swept.is_some() {
+            let held_here = |s: &TcpSocket, at: bool| at && self.holders.holder(s).is_some();
+            let undecided =
+                sockets.iter().zip(&at_place).any(|(s, at)| held_here(s, *at) && !self.verdicts.contains_key(&s.cookie()));
+            let targets = sockets
+                .iter()
+                .zip(&at_place)
+                .any(|(s, at)| held_here(s, *at) && self.verdicts.get(&s.cookie()) == Some(&Class::Target));
+            let old = self.refreshed_at.is_none_or(|t| t.elapsed() >= DOUBT_EVERY);
+            let first = self.refreshed_at.is_none() && undecided;
+            if first || (old && (targets || self.stale())) {
+                self.refresh_and_redecide()?;
+                refreshed = true;
             }
         }
         // Candidates without a verdict yet, by the process holding them.
@@ -630,7 +714,20 @@ impl Classifier for HaproxyClassifier {
                     None => self.rule.decide(a.named.as_ref(), holder, &why, s.peer()),
                 };
                 debug!(cookie = s.cookie(), pid, source = ?a.named, ?class, "attributed");
+                if self.swept.is_some() {
+                    let named = a.named.as_ref().map(|n| ((n.server().0.to_string(), n.server().1.to_string()), n.table()));
+                    self.attributions.insert(s.cookie(), Attribution { pid, named, why, peer: s.peer() });
+                }
                 self.verdicts.insert(s.cookie(), class);
+            }
+        }
+        // A target the sweep did not see is acted on only by the configuration now.
+        if let (Some(sweep), false) = (&self.swept, refreshed) {
+            let unseen_target = sockets.iter().zip(&at_place).any(|(s, at)| {
+                *at && !sweep.judged(s.cookie()) && self.verdicts.get(&s.cookie()) == Some(&Class::Target)
+            });
+            if unseen_target {
+                self.refresh_and_redecide()?;
             }
         }
         Ok(sockets
@@ -676,16 +773,15 @@ impl HaproxyClassifier {
         // The configuration the verdicts were made by must still be the one:
         // a change (a DNS move, a reload) makes every verdict again.
         if self.swept.is_some() {
-            match self.refresh_config()? {
-                Some(true) => {
-                    self.verdicts.clear();
-                    return Ok(Some("the current configuration changed during the run: every socket is judged again".into()));
-                }
-                Some(false) => {}
-                None => {
-                    let why = self.swept.as_ref().and_then(|s| s.stale()).unwrap_or_default().to_string();
-                    return Ok(Some(format!("the current configuration could not be read again: {why}")));
-                }
+            let changed = self.refresh_and_redecide()?;
+            if let Some(why) = self.swept.as_ref().and_then(|s| s.stale()) {
+                return Ok(Some(format!("the current configuration could not be read again: {why}")));
+            }
+            if changed > 0 {
+                return Ok(Some(format!("the current configuration changed during the run: {changed} sockets judged otherwise now")));
+            }
+            if self.moved_during {
+                return Ok(Some("a server moved during the run: its old address is watched from the next look".into()));
             }
         }
         if let Some(why) = self.socketless_doubt()? {
