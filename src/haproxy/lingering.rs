@@ -485,6 +485,46 @@ fn ask_every_process(
     Ok(Asked { configs, tables })
 }
 
+/// The server a socket's holder names (`fd` in it; `old_worker`: not the
+/// current worker, whose unnamed sockets are nobody's), and by which table.
+fn server_of(
+    tables: &Tables,
+    config: &[ServerState],
+    (fd, old_worker): (u32, bool),
+    peer: SocketAddr,
+    listening: &[u16],
+) -> Option<((String, String), NamedBy)> {
+    match tables.named.get(&fd) {
+        Some(((be, srv), by)) => Some(((be.clone(), srv.clone()), *by)),
+        None if old_worker => only_server_at(config, peer, listening)
+            .map(|st| ((st.backend.clone(), st.name.clone()), NamedBy::OnlyServerThere)),
+        None => None,
+    }
+}
+
+/// Per class, server and address: the current address, the holders, how many.
+type Groups = BTreeMap<(Lingers, String, SocketAddr), (Option<String>, HashSet<u32>, usize)>;
+
+/// The sweep's groups as the report's entries.
+fn lingering_of(groups: Groups, include_maint: bool) -> Vec<Lingering> {
+    groups
+        .into_iter()
+        .map(|((class, server, address), (now_at, pids, sockets))| {
+            let mut pids: Vec<u32> = pids.into_iter().collect();
+            pids.sort_unstable();
+            Lingering {
+                class,
+                server,
+                address,
+                now_at: if class == Lingers::Gone { None } else { now_at },
+                pids,
+                sockets,
+                enforced: class != Lingers::Maint || include_maint,
+            }
+        })
+        .collect()
+}
+
 /// Finds what lingers: every process's tables and configuration, one dump.
 pub fn sweep(
     att: &mut Attributor,
@@ -499,8 +539,7 @@ pub fn sweep(
     holders.scan()?;
     let Asked { configs, tables } = ask_every_process(att, holders, current, answering, &mut out)?;
     let everything = Query::new(Filter { states: StateSet::DEFAULT, ..Filter::default() })?;
-    type Key = (Lingers, String, SocketAddr);
-    let mut groups: BTreeMap<Key, (Option<String>, HashSet<u32>, usize)> = BTreeMap::new();
+    let mut groups: Groups = BTreeMap::new();
     let (mut judged, mut by_stream) = (HashMap::new(), HashSet::new());
     // The current worker's servers found moved, and one old address of each.
     let mut moved_here: BTreeMap<(String, String), SocketAddr> = BTreeMap::new();
@@ -508,10 +547,9 @@ pub fn sweep(
     // The current configuration read again after the dump: a connection lingers
     // only if it does under both (a server DNS moved meanwhile, even back to
     // where the first read had it, is judged by where it is now too).
-    let after = match att.servers_state(answering)? {
-        Ok(c) => c,
-        Err(why) => return Err(HaproxyError::Unavailable(format!("the lingering sweep cannot judge: {why}")).into()),
-    };
+    let after = att
+        .servers_state(answering)?
+        .map_err(|why| HaproxyError::Unavailable(format!("the lingering sweep cannot judge: {why}")))?;
     let mut seen = HashSet::new();
     for s in sockets {
         let Some(h) = holders.holder(&s) else { continue };
@@ -521,13 +559,8 @@ pub fn sweep(
             continue;
         }
         let peer = s.peer();
-        let (server, by) = match named.named.get(&h.fd) {
-            Some(((be, srv), by)) => ((be.clone(), srv.clone()), *by),
-            None if h.pid != answering => match only_server_at(config, peer, listening) {
-                Some(st) => ((st.backend.clone(), st.name.clone()), NamedBy::OnlyServerThere),
-                None => continue,
-            },
-            None => continue,
+        let Some((server, by)) = server_of(named, config, (h.fd, h.pid != answering), peer, listening) else {
+            continue;
         };
         seen.insert(s.cookie());
         if by == NamedBy::Stream {
@@ -547,7 +580,7 @@ pub fn sweep(
         debug!(cookie = s.cookie(), pid = h.pid, ?class, server = ?server, %peer, "lingers");
         let now_at = after
             .iter()
-            .find(|c| c.backend == server.0 && c.name == server.1)
+            .find(|c| (&c.backend, &c.name) == (&server.0, &server.1))
             .and_then(|c| c.addr.map(|ip| SocketAddr::new(ip, c.port).to_string()));
         let e = groups.entry((class, format!("{}/{}", server.0, server.1), peer)).or_insert((now_at, HashSet::new(), 0));
         e.1.insert(h.pid);
@@ -558,22 +591,7 @@ pub fn sweep(
         c.clone_from(&after);
     }
     out.socketless = socketless(&tables, &configs, (&after, listening), answering, &moved_here);
-    out.lingering = groups
-        .into_iter()
-        .map(|((class, server, address), (now_at, pids, sockets))| {
-            let mut pids: Vec<u32> = pids.into_iter().collect();
-            pids.sort_unstable();
-            Lingering {
-                class,
-                server,
-                address,
-                now_at: if class == Lingers::Gone { None } else { now_at },
-                pids,
-                sockets,
-                enforced: class != Lingers::Maint || include_maint,
-            }
-        })
-        .collect();
+    out.lingering = lingering_of(groups, include_maint);
     info!(found = out.lingering.len(), unasked = out.unasked.len(), "lingering sweep");
     out.rule = Some(SweepRule {
         configs,

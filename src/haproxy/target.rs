@@ -244,6 +244,18 @@ pub struct HaproxyClassifier {
     pub closed: Vec<Closed>,
 }
 
+/// Where a server printed at `a` may have connections: there, and (the
+/// printed port being maybe an offset) at each listening port plus or minus it.
+fn places_of(a: SocketAddr, listening: &[u16]) -> Vec<Place> {
+    let mut out = vec![Place::of(a)];
+    for l in listening {
+        for p in [l.checked_add(a.port()), l.checked_sub(a.port())].into_iter().flatten().filter(|&p| p != 0) {
+            out.push(Place::of(SocketAddr::new(a.ip(), p)));
+        }
+    }
+    out
+}
+
 /// How often, at most, a doubt reads HAProxy's tables and the kernel's.
 const DOUBT_EVERY: Duration = Duration::from_secs(1);
 
@@ -383,12 +395,8 @@ impl HaproxyClassifier {
         // Where a socketless stream would connect again: watched, and doubted below.
         // (and, the printed port being maybe an offset, each listening port plus or minus it).
         for a in found.socketless.iter().filter_map(|s| s.address) {
-            let mut places = self.places.borrow_mut();
-            places.add(Place::of(a));
-            for l in &self.rule.listening {
-                for p in [l.checked_add(a.port()), l.checked_sub(a.port())].into_iter().flatten().filter(|&p| p != 0) {
-                    places.add(Place::of(SocketAddr::new(a.ip(), p)));
-                }
+            for place in places_of(a, &self.rule.listening) {
+                self.places.borrow_mut().add(place);
             }
         }
         self.socketless = found.socketless.clone();
@@ -540,44 +548,57 @@ impl HaproxyClassifier {
                 }
             }
         }
-        // In a sweep's run, where `show fd` named a connection away from its
-        // server's address, only a stream shows it is traffic to where the
-        // server was (a retry after `set server addr`, a port-offset server's
-        // old host), not a check: the stream table is read for those.
-        if let (Some(sweep), false) = (&self.swept, streams_read) {
-            let matters: Vec<(u32, (String, String))> = candidates
-                .iter()
-                .filter_map(|(i, c)| match named.get(&c.fd) {
-                    Some(Source::Connection(b, s)) => {
-                        let at = &sockets[*i];
-                        sweep.stream_matters((pid, at.cookie()), (b, s), at.peer()).then(|| (c.fd, (b.clone(), s.clone())))
-                    }
-                    _ => None,
-                })
-                .collect();
-            let servers: HashSet<&(String, String)> = matters.iter().map(|(_, s)| s).collect();
-            if !matters.is_empty() {
-                let one = (servers.len() == 1).then(|| matters[0].1.clone());
-                match self.attributor.streams(pid, one.as_ref().map(|(b, s)| (b.as_str(), s.as_str())))? {
-                    Ok(streams) => {
-                        let wanted: HashSet<u32> = matters.iter().map(|(fd, _)| *fd).collect();
-                        for st in streams {
-                            if let (Some(fd), Some(be), Some(srv)) = (st.fd, st.backend, st.server) {
-                                if wanted.contains(&fd) {
-                                    named.insert(fd, Source::Stream(be, srv));
-                                }
-                            }
-                        }
-                    }
-                    // `show fd`'s name stands: the verdict is the one without a stream.
-                    Err(e) => warn!(pid, why = %e, "no stream table"),
-                }
-            }
+        if !streams_read {
+            self.name_by_streams(pid, sockets, &candidates, &mut named)?;
         }
         Ok(candidates
             .into_iter()
             .map(|(index, c)| Attributed { index, named: named.get(&c.fd).cloned(), unlisted: why.clone() })
             .collect())
+    }
+
+    /// In a sweep's run, where `show fd` named a connection away from its
+    /// server's address, only a stream shows it is traffic to where the
+    /// server was (a retry after `set server addr`, a port-offset server's
+    /// old host), not a check: the stream table is read for those.
+    fn name_by_streams(
+        &mut self,
+        pid: u32,
+        sockets: &[TcpSocket],
+        candidates: &[(usize, Candidate)],
+        named: &mut HashMap<u32, Source>,
+    ) -> Result<()> {
+        let Some(sweep) = &self.swept else { return Ok(()) };
+        let matters: Vec<(u32, (String, String))> = candidates
+            .iter()
+            .filter_map(|(i, c)| match named.get(&c.fd) {
+                Some(Source::Connection(b, s)) => {
+                    let at = &sockets[*i];
+                    sweep.stream_matters((pid, at.cookie()), (b, s), at.peer()).then(|| (c.fd, (b.clone(), s.clone())))
+                }
+                _ => None,
+            })
+            .collect();
+        if matters.is_empty() {
+            return Ok(());
+        }
+        let servers: HashSet<&(String, String)> = matters.iter().map(|(_, s)| s).collect();
+        let one = (servers.len() == 1).then(|| matters[0].1.clone());
+        match self.attributor.streams(pid, one.as_ref().map(|(b, s)| (b.as_str(), s.as_str())))? {
+            Ok(streams) => {
+                let wanted: HashSet<u32> = matters.iter().map(|(fd, _)| *fd).collect();
+                for st in streams {
+                    if let (Some(fd), Some(be), Some(srv)) = (st.fd, st.backend, st.server) {
+                        if wanted.contains(&fd) {
+                            named.insert(fd, Source::Stream(be, srv));
+                        }
+                    }
+                }
+            }
+            // `show fd`'s name stands: the verdict is the one without a stream.
+            Err(e) => warn!(pid, why = %e, "no stream table"),
+        }
+        Ok(())
     }
 
     /// Reads the current worker's configuration again for the sweep's rule:
@@ -601,9 +622,11 @@ impl HaproxyClassifier {
                 let was = lingering::addresses_left(sweep.current(), &c);
                 let changed = sweep.refresh(Ok(c));
                 for a in was {
-                    if self.places.borrow_mut().add(Place::of(a)) {
-                        info!(address = %a, "a server moved during the run: its old address is watched too");
-                        self.moved_during = true;
+                    for place in places_of(a, &self.rule.listening) {
+                        if self.places.borrow_mut().add(place) {
+                            info!(%place, "a server moved during the run: its old address is watched too");
+                            self.moved_during = true;
+                        }
                     }
                 }
                 Some(changed)
@@ -638,6 +661,21 @@ impl HaproxyClassifier {
     fn redecide(&mut self) -> usize {
         let Some(sweep) = &self.swept else { return 0 };
         let mut changed = 0;
+        // A `show fd` name that a stream would now judge otherwise (its server
+        // moved away from the connection): attributed again at the next look.
+        let again: Vec<u64> = self
+            .attributions
+            .iter()
+            .filter(|(cookie, a)| {
+                a.named.as_ref().is_some_and(|((b, s), t)| *t == "show fd" && sweep.stream_matters((a.pid, **cookie), (b, s), a.peer))
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        for cookie in again {
+            self.attributions.remove(&cookie);
+            self.verdicts.remove(&cookie);
+            changed += 1;
+        }
         for (cookie, a) in &self.attributions {
             let named = a.named.as_ref().map(|((b, s), t)| ((b.as_str(), s.as_str()), *t));
             let class = sweep.decide((a.pid, *cookie), named, &a.why, a.peer);
@@ -684,13 +722,9 @@ impl Classifier for HaproxyClassifier {
             let held_here = |s: &TcpSocket, at: bool| at && self.holders.holder(s).is_some();
             let undecided =
                 sockets.iter().zip(&at_place).any(|(s, at)| held_here(s, *at) && !self.verdicts.contains_key(&s.cookie()));
-            let targets = sockets
-                .iter()
-                .zip(&at_place)
-                .any(|(s, at)| held_here(s, *at) && self.verdicts.get(&s.cookie()) == Some(&Class::Target));
             let old = self.refreshed_at.is_none_or(|t| t.elapsed() >= DOUBT_EVERY);
             let first = self.refreshed_at.is_none() && undecided;
-            if first || (old && (targets || self.stale())) {
+            if first || (old && self.stale()) {
                 self.refresh_and_redecide()?;
                 refreshed = true;
             }
@@ -721,12 +755,15 @@ impl Classifier for HaproxyClassifier {
                 self.verdicts.insert(s.cookie(), class);
             }
         }
-        // A target the sweep did not see is acted on only by the configuration now.
+        // A target is acted on only by a configuration at most a second old, one
+        // the sweep did not see only by the configuration now.
         if let (Some(sweep), false) = (&self.swept, refreshed) {
-            let unseen_target = sockets.iter().zip(&at_place).any(|(s, at)| {
-                *at && !sweep.judged(s.cookie()) && self.verdicts.get(&s.cookie()) == Some(&Class::Target)
+            let old = self.refreshed_at.is_none_or(|t| t.elapsed() >= DOUBT_EVERY);
+            let target = |s: &TcpSocket| self.verdicts.get(&s.cookie()) == Some(&Class::Target);
+            let act = sockets.iter().zip(&at_place).any(|(s, at)| {
+                *at && self.holders.holder(s).is_some() && target(s) && (old || !sweep.judged(s.cookie()))
             });
-            if unseen_target {
+            if act {
                 self.refresh_and_redecide()?;
             }
         }
