@@ -918,3 +918,40 @@ fn a_reload_during_the_run_is_never_clean() {
         }
     });
 }
+
+/// `--master-socket` of another instance (a seventh review): its current
+/// worker would pass for an old worker of ours, its servers absent from our
+/// configuration, so every connection it holds would be `gone`. The run is
+/// refused (exit 2) and the other instance's sessions live on.
+#[test]
+fn another_instances_master_cli_is_refused() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _servers: Vec<_> = [(A, "a"), (D, "d")].iter().map(|(at, t)| tag_server(at, t)).collect();
+        let x = Haproxy::start(true, &[be("be", 8000, &[("a", A)])]);
+        let y = Haproxy::start(true, &[be("be", 8100, &[("d", D)])]);
+        let mut y_clients: Vec<Client> = (0..3).map(|_| Client::connect("127.0.0.10:8100")).collect();
+        let (admin, other) = (x.sock("admin.sock"), y.sock("master.sock"));
+        for mode in [&["--lingering"][..], &["--addr", D][..]] {
+            let mut args = vec!["haproxy", "--json", "--socket", admin.as_str(), "--master-socket", other.as_str()];
+            args.extend_from_slice(mode);
+            let (rc, doc, err) = run_json(&args);
+            assert_eq!(rc, 2, "{err}\n{doc}");
+            assert!(doc["error"].as_str().is_some_and(|e| e.contains("not the master")), "{doc}");
+            assert_eq!(haproxy_sockets_to(D, &y.pids()).len(), 3, "nothing of Y's destroyed");
+        }
+        assert_served(&mut y_clients, "d");
+        // Its own master CLI is accepted.
+        let (rc, doc, err) = run_json(&[
+            "haproxy",
+            "--json",
+            "--socket",
+            &admin,
+            "--master-socket",
+            &x.sock("master.sock"),
+            "--lingering",
+        ]);
+        assert_eq!(rc, 0, "{err}\n{doc}");
+    });
+}

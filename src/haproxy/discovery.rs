@@ -21,7 +21,7 @@ use super::parse::{self, Info};
 use crate::cancel::Cancel;
 use crate::diag::SockDiag;
 use crate::engine::{Engine, Query};
-use crate::error::{HaproxyError, Result};
+use crate::error::{Error, HaproxyError, Result};
 use crate::filter::{Filter, PortRange, StateSet};
 use crate::netns::{self, Netns};
 use crate::procfs::{self, Process};
@@ -115,29 +115,35 @@ fn tcp_peer_inode(local: SocketAddr, peer: SocketAddr) -> Result<Option<u32>> {
     Ok(None)
 }
 
-/// Sends `show info` to `api` and finds the process answering it (see the module docs).
-pub fn identify(api: &Api) -> Result<(Info, Option<Worker>)> {
-    // HAProxy accepts within milliseconds; past a second (or with no HAProxy
-    // process at all) the pid `show info` prints is the fallback.
-    let patience = api.timeout().min(Duration::from_secs(1));
-    let (answer, holder) = api.identify("show info", |local| -> Result<Option<u32>> {
-        let end = Instant::now() + patience;
-        loop {
-            let procs = haproxy_processes();
-            if procs.is_empty() {
-                return Ok(None);
-            }
-            if let Some(inode) = peer_inode(local)? {
-                if let Some(pid) = holder_of(&procs, inode) {
-                    return Ok(Some(pid));
-                }
-            }
-            if Instant::now() >= end {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(5));
+/// The HAProxy process holding the other end of our connection `local`
+/// (retried until HAProxy has accepted it: before that, no process holds it).
+fn holder_of_peer(local: LocalEnd, patience: Duration) -> Result<Option<u32>> {
+    let end = Instant::now() + patience;
+    loop {
+        let procs = haproxy_processes();
+        if procs.is_empty() {
+            return Ok(None);
         }
-    })?;
+        if let Some(inode) = peer_inode(local)? {
+            if let Some(pid) = holder_of(&procs, inode) {
+                return Ok(Some(pid));
+            }
+        }
+        if Instant::now() >= end {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sends `show info` to `api` and finds the process answering it (see the
+/// module docs). Only through the connection: the pid `show info` prints
+/// may be any process's here (another pid namespace, a remote HAProxy behind
+/// a port mapping), so a process found by that pid alone is never taken for it.
+pub fn identify(api: &Api) -> Result<(Info, Option<Worker>)> {
+    // HAProxy accepts within milliseconds.
+    let patience = api.timeout().min(Duration::from_secs(1));
+    let (answer, holder) = api.identify("show info", |local| holder_of_peer(local, patience))?;
     let info = parse::parse_info(&answer)?;
     let holder = match holder {
         Ok(h) => h,
@@ -146,19 +152,7 @@ pub fn identify(api: &Api) -> Result<(Info, Option<Worker>)> {
             None
         }
     };
-    let answering = match holder {
-        Some(pid) => Some(Worker { pid, inner_pid: inner_pid(pid) }),
-        // Not found through the connection (e.g. a TCP socket behind NAT): an
-        // HAProxy process whose own pid is the one `show info` printed, if
-        // exactly one is.
-        None => {
-            let same: Vec<u32> = haproxy_processes().into_iter().filter(|&p| inner_pid(p) == info.pid).collect();
-            match same.as_slice() {
-                [pid] => Some(Worker { pid: *pid, inner_pid: info.pid }),
-                _ => None,
-            }
-        }
-    };
+    let answering = holder.map(|pid| Worker { pid, inner_pid: inner_pid(pid) });
     if let Some(w) = answering {
         if w.inner_pid != info.pid {
             warn!(
@@ -225,7 +219,7 @@ pub fn discover(
         None if !pids.is_empty() => Worker { pid: pids[0], inner_pid: inner_pid(pids[0]) },
         None => {
             return Err(HaproxyError::Topology(
-                "cannot tell which process answers the stats socket (not found through the connection, and no single HAProxy process has the pid `show info` prints): give --pid".into(),
+                "cannot tell which process answers the stats socket (no HAProxy process here holds the other end of the connection: a remote HAProxy or a port mapping?): give --pid".into(),
             )
             .into())
         }
@@ -235,22 +229,7 @@ pub fn discover(
             .map(|&pid| Process::open(pid).map(|_| Worker { pid, inner_pid: inner_pid(pid) }))
             .collect::<Result<Vec<_>>>()?
     } else if let Some(cli) = &master_cli {
-        let api = Api::new(cli.clone(), api_timeout, cancel.cloned())?;
-        let answer = api.command("show proc")?;
-        let procs = parse::parse_proc(&answer)?;
-        let ns_of = master.unwrap_or(answering.pid);
-        let ours = pids_in_namespace(procfs::namespace_inode(ns_of, "pid")?);
-        let mut workers = Vec::new();
-        for p in procs.iter().filter(|p| p.kind == "worker") {
-            match ours.get(&p.pid) {
-                Some(&pid) => workers.push(Worker { pid, inner_pid: p.pid }),
-                None => warn!(pid = p.pid, "the master CLI lists a worker that is no HAProxy process here; skipped"),
-            }
-        }
-        if workers.is_empty() {
-            return Err(HaproxyError::Topology(format!("the master CLI at {cli} lists no worker that runs here")).into());
-        }
-        workers
+        workers_of_master(cli, master, answering, api_timeout, cancel)?
     } else if let Some(m) = master {
         let mut children: Vec<u32> = procfs::all_pids()
             .into_iter()
@@ -276,6 +255,44 @@ pub fn discover(
         topo.workers.extend(strays.into_iter().map(|pid| Worker { pid, inner_pid: inner_pid(pid) }));
     }
     Ok(topo)
+}
+
+/// The workers the master CLI `cli` lists, refused unless it is the master
+/// of the worker answering the stats socket: another instance's master
+/// would make its current worker pass for one of our old workers (its
+/// servers absent from our configuration, its connections gone).
+fn workers_of_master(
+    cli: &Endpoint,
+    master: Option<u32>,
+    answering: Worker,
+    api_timeout: Duration,
+    cancel: Option<&Cancel>,
+) -> Result<Vec<Worker>> {
+    let api = Api::new(cli.clone(), api_timeout, cancel.cloned())?;
+    let patience = api_timeout.min(Duration::from_secs(1));
+    let (answer, holder) = api.identify("show proc", |local| holder_of_peer(local, patience))?;
+    let procs = parse::parse_proc(&answer)?;
+    let other = |why: String| -> Error {
+        HaproxyError::Topology(format!("the master CLI at {cli} is not the master of the worker answering the stats socket (our pid {}): {why}", answering.pid)).into()
+    };
+    match (holder.ok().flatten(), master) {
+        (Some(h), Some(m)) if h != m => return Err(other(format!("it is process {h}'s, the worker's master is {m}"))),
+        (Some(h), None) => return Err(other(format!("it is process {h}'s, the worker has no HAProxy master"))),
+        _ => {}
+    }
+    let ns_of = master.unwrap_or(answering.pid);
+    let ours = pids_in_namespace(procfs::namespace_inode(ns_of, "pid")?);
+    let mut workers = Vec::new();
+    for p in procs.iter().filter(|p| p.kind == "worker") {
+        match ours.get(&p.pid) {
+            Some(&pid) => workers.push(Worker { pid, inner_pid: p.pid }),
+            None => warn!(pid = p.pid, "the master CLI lists a worker that is no HAProxy process here; skipped"),
+        }
+    }
+    if !workers.iter().any(|w| w.pid == answering.pid) {
+        return Err(other("it does not list that worker".into()));
+    }
+    Ok(workers)
 }
 
 /// The configuration files a command line loads (`-f FILE`, `-fFILE`, and
