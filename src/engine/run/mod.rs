@@ -535,7 +535,10 @@ impl<'a, K: Kernel, C: Clock, J: Classifier> Run<'a, K, C, J> {
     /// `NotFound`, new arrivals are counted.
     fn observe(&mut self, look: Look) {
         let now = self.clock.now();
-        let present: HashSet<u64> = look.targets.iter().map(TcpSocket::cookie).collect();
+        // A target judged otherwise now (ambiguous, another server's) is still
+        // there: only one gone from the look altogether was closed.
+        let spared = look.other_server.iter().chain(&look.ambiguous).map(|s| s.socket.cookie());
+        let present: HashSet<u64> = look.targets.iter().map(TcpSocket::cookie).chain(spared).collect();
         let vanished: Vec<TcpSocket> = std::mem::take(&mut self.look.targets)
             .into_iter()
             .filter(|s| !present.contains(&s.cookie()) && !self.ledger.contains(s.cookie()))

@@ -197,16 +197,34 @@ impl Clock for FakeClock {
 #[derive(Default)]
 struct Classified {
     ambiguous: HashSet<u64>,
+    /// Ambiguous from the second look on (the configuration changed).
+    ambiguous_later: HashSet<u64>,
+    looks: u32,
     doubts: u32,
     asked: u32,
+    /// What the run said its owner closed.
+    vanished: Rc<RefCell<Vec<u64>>>,
 }
 
 impl Classifier for Classified {
     fn classify(&mut self, sockets: &mut [TcpSocket]) -> Result<Vec<Class>> {
+        self.looks += 1;
+        let later = self.looks > 1;
         Ok(sockets
             .iter()
-            .map(|s| if self.ambiguous.contains(&s.cookie()) { Class::Ambiguous("fake".into()) } else { Class::Target })
+            .map(|s| {
+                let c = s.cookie();
+                if self.ambiguous.contains(&c) || (later && self.ambiguous_later.contains(&c)) {
+                    Class::Ambiguous("fake".into())
+                } else {
+                    Class::Target
+                }
+            })
             .collect())
+    }
+
+    fn vanished(&mut self, sockets: Vec<TcpSocket>, _at_ms: u64) {
+        self.vanished.borrow_mut().extend(sockets.iter().map(TcpSocket::cookie));
     }
 
     fn doubt(&mut self) -> Result<Option<String>> {
@@ -604,6 +622,22 @@ fn ambiguous_sockets_keep_the_run_from_clean() {
     assert!(!r.summary.verdict.clean());
     assert_eq!(r.summary.remaining, Some(0));
     assert_eq!(r.summary.ambiguous, 1);
+    assert!(ops.iter().all(|o| !matches!(o, Op::Destroy { cookies, .. } if cookies.contains(&2))));
+}
+
+/// A target judged ambiguous by a later look (its owner's configuration
+/// changed during the grace) is still there: not closed by its owner.
+#[test]
+fn a_target_judged_again_is_not_closed_by_its_owner() {
+    let mut lab = Lab::new().with(|w| {
+        w.add(3, 0);
+    });
+    lab.classifier.ambiguous_later.insert(2);
+    let vanished = lab.classifier.vanished.clone();
+    let (r, ops) = lab.run(haproxy_policy());
+    let r = r.unwrap();
+    assert_eq!(r.verdict(), Verdict::Ambiguous);
+    assert!(vanished.borrow().is_empty(), "{:?}", vanished.borrow());
     assert!(ops.iter().all(|o| !matches!(o, Op::Destroy { cookies, .. } if cookies.contains(&2))));
 }
 
