@@ -63,6 +63,9 @@ pub struct Lingering {
     pub pids: Vec<u32>,
     /// How many connections the sweep found.
     pub sockets: usize,
+    /// Their socket cookies (what the report counts by).
+    #[serde(skip)]
+    pub cookies: Vec<u64>,
     /// Whether the run ends them (`maint` only with `--include-maint`).
     pub enforced: bool,
 }
@@ -503,13 +506,13 @@ fn server_of(
 }
 
 /// Per class, server and address: the current address, the holders, how many.
-type Groups = BTreeMap<(Lingers, String, SocketAddr), (Option<String>, HashSet<u32>, usize)>;
+type Groups = BTreeMap<(Lingers, String, SocketAddr), (Option<String>, HashSet<u32>, Vec<u64>)>;
 
 /// The sweep's groups as the report's entries.
 fn lingering_of(groups: Groups, include_maint: bool) -> Vec<Lingering> {
     groups
         .into_iter()
-        .map(|((class, server, address), (now_at, pids, sockets))| {
+        .map(|((class, server, address), (now_at, pids, cookies))| {
             let mut pids: Vec<u32> = pids.into_iter().collect();
             pids.sort_unstable();
             Lingering {
@@ -518,7 +521,8 @@ fn lingering_of(groups: Groups, include_maint: bool) -> Vec<Lingering> {
                 address,
                 now_at: if class == Lingers::Gone { None } else { now_at },
                 pids,
-                sockets,
+                sockets: cookies.len(),
+                cookies,
                 enforced: class != Lingers::Maint || include_maint,
             }
         })
@@ -582,9 +586,9 @@ pub fn sweep(
             .iter()
             .find(|c| (&c.backend, &c.name) == (&server.0, &server.1))
             .and_then(|c| c.addr.map(|ip| SocketAddr::new(ip, c.port).to_string()));
-        let e = groups.entry((class, format!("{}/{}", server.0, server.1), peer)).or_insert((now_at, HashSet::new(), 0));
+        let e = groups.entry((class, format!("{}/{}", server.0, server.1), peer)).or_insert((now_at, HashSet::new(), Vec::new()));
         e.1.insert(h.pid);
-        e.2 += 1;
+        e.2.push(s.cookie());
     }
     let mut configs = configs;
     if let Some(c) = configs.get_mut(&answering) {

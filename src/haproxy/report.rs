@@ -1,6 +1,7 @@
 //! The report of a `sockkill haproxy` run: the engine's report plus what was
 //! learnt from HAProxy, made once at the end.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -188,7 +189,10 @@ pub(super) fn report(opts: &Options, mut enf: RunReport, classifier: &mut Haprox
     let scur = if abandoned { None } else { scur(classifier.api(), opts) };
     let remaining = enf.remaining.take().unwrap_or_default();
     let (lingering, not_asked) = match l.sweep.take() {
-        Some(sw) => (Some(lingering_report(sw.lingering, &enf.sockets, &remaining)), sw.unasked),
+        Some(sw) => {
+            let spared: Vec<&Spared> = enf.other_server.iter().chain(&enf.ambiguous).collect();
+            (Some(lingering_report(sw.lingering, &enf.sockets, &remaining, &spared)), sw.unasked)
+        }
         None => (None, Vec::new()),
     };
     let summary = HaproxySummary {
@@ -259,25 +263,47 @@ pub struct LingeringReport {
     /// What the sweep found.
     #[serde(flatten)]
     pub found: Lingering,
-    /// Of the run's destroyed sockets, those to this address.
+    /// Of the run's destroyed sockets, those of this entry: the sweep's own,
+    /// and new ones at its address when no other enforced entry has it.
     pub destroyed: usize,
-    /// Of the run's remaining targets, those to this address.
+    /// Of the run's remaining targets, those of this entry (counted alike).
     pub remaining: usize,
+    /// Of the sweep's sockets, those the run judged otherwise (ambiguous,
+    /// another server's) and left alone: still there, not destroyed.
+    pub left: usize,
 }
 
-fn lingering_report(found: Vec<Lingering>, ledger: &Ledger, remaining: &[TcpSocket]) -> Vec<LingeringReport> {
+/// Each entry's share of the run, by socket cookie: an address two entries
+/// share (a host removed from two backends) is never counted twice.
+fn lingering_report(
+    found: Vec<Lingering>,
+    ledger: &Ledger,
+    remaining: &[TcpSocket],
+    spared: &[&Spared],
+) -> Vec<LingeringReport> {
+    let swept: HashSet<u64> = found.iter().flat_map(|f| f.cookies.iter().copied()).collect();
+    let entries_at = |a: SocketAddr| found.iter().filter(|f| f.enforced && f.address == a).count();
+    let shares: Vec<(usize, usize, usize)> = found
+        .iter()
+        .map(|f| {
+            if !f.enforced {
+                return (0, 0, 0);
+            }
+            let own: HashSet<u64> = f.cookies.iter().copied().collect();
+            let new_here = entries_at(f.address) == 1;
+            let ours = |s: &TcpSocket| {
+                own.contains(&s.cookie()) || (new_here && !swept.contains(&s.cookie()) && s.peer() == f.address)
+            };
+            let destroyed = ledger.iter().filter(|e| e.outcome == Outcome::Destroyed && ours(e.socket)).count();
+            let remaining = remaining.iter().filter(|s| ours(s)).count();
+            let left = spared.iter().filter(|s| own.contains(&s.socket.cookie())).count();
+            (destroyed, remaining, left)
+        })
+        .collect();
     found
         .into_iter()
-        .map(|found| {
-            let at = |s: &TcpSocket| s.peer() == found.address;
-            let destroyed = if found.enforced {
-                ledger.iter().filter(|e| e.outcome == Outcome::Destroyed && at(e.socket)).count()
-            } else {
-                0
-            };
-            let remaining = if found.enforced { remaining.iter().filter(|s| at(s)).count() } else { 0 };
-            LingeringReport { found, destroyed, remaining }
-        })
+        .zip(shares)
+        .map(|(found, (destroyed, remaining, left))| LingeringReport { found, destroyed, remaining, left })
         .collect()
 }
 
@@ -289,5 +315,46 @@ fn scur(api: &Api, opts: &Options) -> Option<u64> {
             warn!(%e, "cannot read show stat");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::haproxy::lingering::Lingers;
+    use crate::socket::TcpState;
+
+    fn sock(cookie: u64, peer: &str) -> TcpSocket {
+        let local = format!("127.0.0.1:{}", 20_000 + cookie).parse().unwrap();
+        TcpSocket::for_test(local, peer.parse().unwrap(), TcpState::Established).with_ids(cookie, cookie as u32)
+    }
+
+    fn entry(server: &str, address: &str, cookies: &[u64]) -> Lingering {
+        Lingering {
+            class: Lingers::Gone,
+            server: server.into(),
+            address: address.parse().unwrap(),
+            now_at: None,
+            pids: vec![1],
+            sockets: cookies.len(),
+            cookies: cookies.to_vec(),
+            enforced: true,
+        }
+    }
+
+    /// A host removed from two backends: two entries at one address, each
+    /// counting its own sockets; one judged ambiguous later is `left`; a new
+    /// socket at an address only one entry has counts for that entry.
+    #[test]
+    fn each_entry_counts_its_own_sockets() {
+        let x = "10.0.0.7:80";
+        let found = vec![entry("a/s", x, &[1, 2]), entry("b/s", x, &[3]), entry("c/s", "10.0.0.8:80", &[4, 5])];
+        let mut ledger = Ledger::default();
+        let batch = vec![sock(1, x), sock(2, x), sock(3, x), sock(4, "10.0.0.8:80"), sock(6, "10.0.0.8:80")];
+        ledger.record(batch, vec![Some(Outcome::Destroyed); 5], 1, 0);
+        let ambiguous = Spared { socket: sock(5, "10.0.0.8:80"), reason: "judged again".into() };
+        let r = lingering_report(found, &ledger, &[], &[&ambiguous]);
+        let shares: Vec<(usize, usize, usize)> = r.iter().map(|l| (l.destroyed, l.remaining, l.left)).collect();
+        assert_eq!(shares, vec![(2, 0, 0), (1, 0, 0), (2, 0, 1)]);
     }
 }

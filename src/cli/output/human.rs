@@ -246,7 +246,12 @@ fn write_lingering(out: &mut dyn Write, found: &[haproxy::LingeringReport], not_
         let f = &l.found;
         let now = f.now_at.as_ref().map_or(String::new(), |a| format!(" (now at {a})"));
         let what = if f.enforced {
-            format!("destroyed {}, remaining {}", l.destroyed, l.remaining)
+            let left = if l.left > 0 {
+                format!(", left {} (judged otherwise since: see below)", l.left)
+            } else {
+                String::new()
+            };
+            format!("destroyed {}, remaining {}{left}", l.destroyed, l.remaining)
         } else {
             "left alone (--include-maint ends them)".to_string()
         };
