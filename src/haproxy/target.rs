@@ -297,6 +297,9 @@ struct Attributed {
     named: Option<Source>,
     /// Why none does, when `named` is `None`.
     unlisted: Unlisted,
+    /// Why the name cannot be judged now: `show fd` named it away from its
+    /// server's address and the stream table that would tell could not be read.
+    unsure: Option<String>,
 }
 
 /// What HAProxy's tables say of the named server in one look at every process.
@@ -548,27 +551,35 @@ impl HaproxyClassifier {
                 }
             }
         }
-        if !streams_read {
-            self.name_by_streams(pid, sockets, &candidates, &mut named)?;
-        }
+        let (unsure, unread) = if streams_read {
+            (HashSet::new(), String::new())
+        } else {
+            self.name_by_streams(pid, sockets, &candidates, &mut named)?
+        };
         Ok(candidates
             .into_iter()
-            .map(|(index, c)| Attributed { index, named: named.get(&c.fd).cloned(), unlisted: why.clone() })
+            .map(|(index, c)| Attributed {
+                index,
+                named: named.get(&c.fd).cloned(),
+                unlisted: why.clone(),
+                unsure: unsure.contains(&c.fd).then(|| unread.clone()),
+            })
             .collect())
     }
 
     /// In a sweep's run, where `show fd` named a connection away from its
     /// server's address, only a stream shows it is traffic to where the
     /// server was (a retry after `set server addr`, a port-offset server's
-    /// old host), not a check: the stream table is read for those.
+    /// old host), not a check: the stream table is read for those. Returns
+    /// the fds it could not tell, and why (the table could not be read).
     fn name_by_streams(
         &mut self,
         pid: u32,
         sockets: &[TcpSocket],
         candidates: &[(usize, Candidate)],
         named: &mut HashMap<u32, Source>,
-    ) -> Result<()> {
-        let Some(sweep) = &self.swept else { return Ok(()) };
+    ) -> Result<(HashSet<u32>, String)> {
+        let Some(sweep) = &self.swept else { return Ok((HashSet::new(), String::new())) };
         let matters: Vec<(u32, (String, String))> = candidates
             .iter()
             .filter_map(|(i, c)| match named.get(&c.fd) {
@@ -580,7 +591,7 @@ impl HaproxyClassifier {
             })
             .collect();
         if matters.is_empty() {
-            return Ok(());
+            return Ok((HashSet::new(), String::new()));
         }
         let servers: HashSet<&(String, String)> = matters.iter().map(|(_, s)| s).collect();
         let one = (servers.len() == 1).then(|| matters[0].1.clone());
@@ -594,11 +605,15 @@ impl HaproxyClassifier {
                         }
                     }
                 }
+                Ok((HashSet::new(), String::new()))
             }
-            // `show fd`'s name stands: the verdict is the one without a stream.
-            Err(e) => warn!(pid, why = %e, "no stream table"),
+            // `show fd`'s name alone would call a retry to the old address a
+            // check: not judged this look (ambiguous), asked again at the next.
+            Err(e) => {
+                warn!(pid, why = %e, "no stream table");
+                Ok((matters.iter().map(|(fd, _)| *fd).collect(), e.to_string()))
+            }
         }
-        Ok(())
     }
 
     /// Reads the current worker's configuration again for the sweep's rule:
@@ -738,23 +753,7 @@ impl Classifier for HaproxyClassifier {
                 pending.entry(holding.pid).or_default().push(i);
             }
         }
-        for (pid, idx) in pending {
-            let holder = if pid == self.answering { Holder::Current } else { Holder::Other };
-            for a in self.attribute(pid, sockets, &idx)? {
-                let s = &sockets[a.index];
-                let why = a.unlisted.to_string();
-                let class = match &self.swept {
-                    Some(sweep) => sweep.decide((pid, s.cookie()), a.named.as_ref().map(|n| (n.server(), n.table())), &why, s.peer()),
-                    None => self.rule.decide(a.named.as_ref(), holder, &why, s.peer()),
-                };
-                debug!(cookie = s.cookie(), pid, source = ?a.named, ?class, "attributed");
-                if self.swept.is_some() {
-                    let named = a.named.as_ref().map(|n| ((n.server().0.to_string(), n.server().1.to_string()), n.table()));
-                    self.attributions.insert(s.cookie(), Attribution { pid, named, why, peer: s.peer() });
-                }
-                self.verdicts.insert(s.cookie(), class);
-            }
-        }
+        let unsure = self.judge_pending(sockets, pending)?;
         // A target is acted on only by a configuration at most a second old, one
         // the sweep did not see only by the configuration now.
         if let (Some(sweep), false) = (&self.swept, refreshed) {
@@ -771,7 +770,9 @@ impl Classifier for HaproxyClassifier {
             .iter()
             .zip(at_place)
             .map(|(s, at)| match self.holders.holder(s) {
-                Some(_) if at => self.verdicts.get(&s.cookie()).cloned().unwrap_or(Class::Ignore),
+                Some(_) if at => {
+                    self.verdicts.get(&s.cookie()).or_else(|| unsure.get(&s.cookie())).cloned().unwrap_or(Class::Ignore)
+                }
                 _ => Class::Ignore,
             })
             .collect())
@@ -799,6 +800,38 @@ impl Classifier for HaproxyClassifier {
 }
 
 impl HaproxyClassifier {
+
+    /// Attributes and judges the sockets without a verdict, by the process
+    /// holding them. Returns those not judged this look (asked again at the
+    /// next), as ambiguous.
+    fn judge_pending(&mut self, sockets: &[TcpSocket], pending: HashMap<u32, Vec<usize>>) -> Result<HashMap<u64, Class>> {
+        let mut unsure: HashMap<u64, Class> = HashMap::new();
+        for (pid, idx) in pending {
+            let holder = if pid == self.answering { Holder::Current } else { Holder::Other };
+            for a in self.attribute(pid, sockets, &idx)? {
+                let s = &sockets[a.index];
+                if let (Some(why), Some(n)) = (&a.unsure, &a.named) {
+                    let (b, srv) = n.server();
+                    let why = format!("`show fd` names {b}/{srv}, not at its address; the stream table that would tell cannot be read: {why}");
+                    unsure.insert(s.cookie(), Class::Ambiguous(why));
+                    continue;
+                }
+                let why = a.unlisted.to_string();
+                let class = match &self.swept {
+                    Some(sweep) => sweep.decide((pid, s.cookie()), a.named.as_ref().map(|n| (n.server(), n.table())), &why, s.peer()),
+                    None => self.rule.decide(a.named.as_ref(), holder, &why, s.peer()),
+                };
+                debug!(cookie = s.cookie(), pid, source = ?a.named, ?class, "attributed");
+                if self.swept.is_some() {
+                    let named = a.named.as_ref().map(|n| ((n.server().0.to_string(), n.server().1.to_string()), n.table()));
+                    self.attributions.insert(s.cookie(), Attribution { pid, named, why, peer: s.peer() });
+                }
+                self.verdicts.insert(s.cookie(), class);
+            }
+        }
+        Ok(unsure)
+    }
+
     /// [`Classifier::doubt`], asked now.
     fn ask_doubt(&mut self) -> Result<Option<String>> {
         if !self.unasked.is_empty() {
