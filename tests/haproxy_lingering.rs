@@ -955,3 +955,37 @@ fn another_instances_master_cli_is_refused() {
         assert_eq!(rc, 0, "{err}\n{doc}");
     });
 }
+
+/// A port-0 server (`server b 127.0.0.32`: the client's port) a reload moved
+/// to another host, while the old worker's streams to it keep retrying (a
+/// seventh review: only a port-0 server gone by name was doubted). They are
+/// doubted and its old host is watched on every port.
+#[test]
+fn a_moved_port_0_servers_retrying_streams_are_not_missed() {
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let _a = tag_server(A, "a");
+        // Nothing listens at 127.0.0.32:8000: every attempt is refused, and retried.
+        let cfg = |b: &str| {
+            format!(
+                "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n    retries 60\n\
+                 frontend fe\n    bind 127.0.0.10:8000\n    default_backend be\n\
+                 backend be\n    balance roundrobin\n    server a {A}\n    server b {b}\n"
+            )
+        };
+        let h = Haproxy::start(true, cfg("127.0.0.32").as_str());
+        let clients: Vec<std::net::TcpStream> =
+            (0..4).map(|_| std::net::TcpStream::connect("127.0.0.10:8000").unwrap()).collect();
+        wait_until(Duration::from_secs(5), "b's streams retrying", || streams_of(&h, "b").len() == 2);
+        h.reload(cfg("127.0.0.33").as_str());
+        let (rc, doc, err) = sweep(&h, &["--dry-run"]);
+        assert_eq!(rc, 1, "{err}\n{doc}");
+        assert!(doc["unexplained"].as_str().is_some_and(|u| u.contains("be/b (moved)")), "{doc}");
+        assert!(
+            doc["places"].as_array().unwrap().iter().any(|p| p == "127.0.0.32:*"),
+            "its old host is watched: {doc}"
+        );
+        drop(clients);
+    });
+}

@@ -120,9 +120,11 @@ fn socketless(
         for (be, srv) in &t.socketless {
             let Some(was) = config.iter().find(|s| &s.backend == be && &s.name == srv) else { continue };
             let server = (be.clone(), srv.clone());
-            let Some(ip) = was.addr.filter(|ip| !ip.is_unspecified() && was.port != 0) else {
-                // No address to judge or watch (port 0, transparent): a server
-                // no longer configured by that name is still doubted.
+            // A port-0 server's streams reconnect to any port of its address:
+            // judged there (ip:0 is every port of it) and watched there.
+            let Some(ip) = was.addr.filter(|ip| !ip.is_unspecified()) else {
+                // No address to judge or watch (transparent): a server no
+                // longer configured by that name is still doubted.
                 if !current.iter().any(|s| &s.backend == be && &s.name == srv) {
                     out.push(Socketless { pid, server, class: Lingers::Gone, address: None, retrying_only: false });
                 }
@@ -856,11 +858,17 @@ mod tests {
     /// worker's retries of a server it moved.
     #[test]
     fn socketless_streams_are_doubted() {
-        let old = vec![server("be", "a", "10.0.0.1", 80), server("be", "p0", "10.0.0.2", 0)];
-        let current = vec![server("be", "x", "10.0.0.5", 80)];
+        let old = vec![
+            server("be", "a", "10.0.0.1", 80),
+            server("be", "p0", "10.0.0.2", 0),
+            server("be", "p1", "10.0.0.3", 0),
+            server("be", "t", "0.0.0.0", 0),
+        ];
+        let current = vec![server("be", "x", "10.0.0.5", 80), server("be", "p1", "10.0.0.4", 0)];
         let mut t = Tables::default();
-        t.socketless.insert(("be".into(), "a".into()));
-        t.socketless.insert(("be".into(), "p0".into()));
+        for s in ["a", "p0", "p1", "t"] {
+            t.socketless.insert(("be".into(), s.into()));
+        }
         let tables = HashMap::from([(2, t), (1, Tables::default())]);
         let configs = HashMap::from([(1, current.clone()), (2, old)]);
         let moved = BTreeMap::from([(("be".to_string(), "x".to_string()), peer("10.0.0.7:80"))]);
@@ -872,7 +880,9 @@ mod tests {
             vec![
                 (1, "x", Lingers::Moved, Some(peer("10.0.0.7:80")), true),
                 (2, "a", Lingers::Gone, Some(peer("10.0.0.1:80")), false),
-                (2, "p0", Lingers::Gone, None, false),
+                (2, "p0", Lingers::Gone, Some(peer("10.0.0.2:0")), false),
+                (2, "p1", Lingers::Moved, Some(peer("10.0.0.3:0")), false),
+                (2, "t", Lingers::Gone, None, false),
             ]
         );
     }

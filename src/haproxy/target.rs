@@ -896,7 +896,7 @@ impl HaproxyClassifier {
             };
             if live > 0 {
                 let kind = if s.retrying_only { "streams waiting to retry" } else { "live streams" };
-                let place = s.address.map_or("wherever they connect".to_string(), |a| format!("{a}"));
+                let place = s.address.map_or("wherever they connect".to_string(), |a| Place::of(a).to_string());
                 return Ok(Some(format!(
                     "pid {} still lists {live} {kind} of {be}/{srv} ({}), which may connect to {place} again",
                     s.pid,
