@@ -265,7 +265,7 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>> {
         let f: Vec<&str> = line.split_whitespace().collect();
         let get = |i: usize| f.get(i).copied().ok_or_else(|| bad(&format!("short line {line:?}")));
         let addr: Option<IpAddr> = get(addr)?.parse().ok();
-        let port: u16 = get(port)?.parse().map_err(|_| bad(&format!("bad srv_port in {line:?}")))?;
+        let port = srv_port(get(port)?).ok_or_else(|| bad(&format!("bad srv_port in {line:?}")))?;
         let field = |i: Option<usize>| i.and_then(|i| f.get(i).copied());
         // A check with no address of its own goes to the server's; port 0: the server's port.
         let checks = checks
@@ -286,6 +286,20 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>> {
         });
     }
     Ok(out)
+}
+
+/// `srv_port` as a port or a port offset's size. HAProxy prints an offset
+/// unmarked (`+1000` as `1000`), and a negative one (`-1000`) through an
+/// unsigned format (`4294966296`) or a signed one: either is the offset's
+/// size, taken, like a positive one, added to or from a listening port.
+fn srv_port(v: &str) -> Option<u16> {
+    const WRAP: i64 = 1 << 32;
+    match v.parse::<i64>().ok()? {
+        p @ 0..=65535 => u16::try_from(p).ok(),
+        p @ -65535..=-1 => u16::try_from(-p).ok(),
+        p if (WRAP - 65535..WRAP).contains(&p) => u16::try_from(WRAP - p).ok(),
+        _ => None,
+    }
 }
 
 /// Parses `show stat` CSV by its `# pxname,svname,...` header.
@@ -603,6 +617,19 @@ mod tests {
             let cut = &text[..text.trim_end().rfind('\n').unwrap_or(0) + 1];
             assert!(parse_servers_state(cut).unwrap_err().to_string().contains("truncated"), "{v}");
         }
+    }
+
+    /// `server s 127.0.0.1:-1000` and `:+1000`, as HAProxy 2.4, 2.6 and 3.4
+    /// print them (the negative offset through an unsigned format).
+    #[test]
+    fn port_offsets_either_way() {
+        let text = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n\
+            3 be 1 s 127.0.0.1 2 0 1 1 0 1 0 2 0 0 0 0 - 4294966296 - 0 0 - - 0\n\
+            3 be 2 p 127.0.0.1 2 0 1 1 0 1 0 2 0 0 0 0 - 1000 - 0 0 - - 0\n\n";
+        let st = parse_servers_state(text).unwrap();
+        assert_eq!(st.iter().map(|s| s.port).collect::<Vec<_>>(), vec![1000, 1000]);
+        assert_eq!((srv_port("-1000"), srv_port("65535"), srv_port("0")), (Some(1000), Some(65535), Some(0)));
+        assert_eq!((srv_port("65536"), srv_port("4294901760"), srv_port("x")), (None, None, None));
     }
 
     #[test]
