@@ -138,7 +138,13 @@ fn one_size(bulk: usize, polls: usize) -> String {
     let config = parse::parse_servers_state(&api().unwrap().command("show servers state").unwrap()).unwrap();
     let addr: SocketAddr = S1.parse().unwrap();
     let worker = Worker { pid, inner_pid: pid };
-    let topo = Topology { answering: worker, master: None, master_cli: None, workers: vec![worker] };
+    let topo = Topology {
+        answering: worker,
+        master: None,
+        master_cli: None,
+        workers: vec![worker],
+        versions: Default::default(),
+    };
     let version = parse::parse_info(&api().unwrap().command("show info").unwrap()).unwrap().version;
     let places = Rc::new(RefCell::new(Places::default()));
     places.borrow_mut().add(Place::of(addr));

@@ -989,3 +989,69 @@ fn a_moved_port_0_servers_retrying_streams_are_not_missed() {
         drop(clients);
     });
 }
+
+/// An upgrade: HAProxy 2.6 (Debian's) is reloaded into a newer binary (the
+/// master re-executes its own path, a link repointed here), so the old
+/// worker runs 2.6 under a current worker of 2.8+. The old worker's idle
+/// pooled connections of a removed server, at an address another server
+/// shares, are named by `show fd` alone — asked as the old worker's version
+/// understands it (`show fd s`, 2.8+, makes 2.6 dump fd 0 alone, silently).
+/// Runs where the HAProxy under test is 2.8 or later and Debian's is present.
+#[test]
+fn an_old_worker_of_an_older_version_is_asked_in_its_own_terms() {
+    use common::http::*;
+    require!(Netns);
+    let debian = std::path::PathBuf::from("/usr/sbin/haproxy");
+    if version() < (2, 8) || !debian.exists() {
+        eprintln!("skipped: needs HAProxy 2.8+ under test and Debian's 2.6 at {}", debian.display());
+        return;
+    }
+    let _g = serial();
+    in_private_netns(move || {
+        let origin = Origin::start(ORIGIN);
+        let newer = haproxy_bin();
+        let link = scratch_dir().join("haproxy");
+        std::os::unix::fs::symlink(&debian, &link).unwrap();
+        let b = || hb("be_b", 8002, "always", &[("b1", ORIGIN)]);
+        let both = [hb("be_a", 8001, "always", &[("a1", ORIGIN)]), b()];
+        // SAFETY: the tests of this file run one at a time (serial()), and no other thread reads the environment now.
+        unsafe { std::env::set_var("SOCKKILL_HAPROXY", &link) };
+        let h = Haproxy::start(true, http_layout(&both).as_str());
+        unsafe { std::env::set_var("SOCKKILL_HAPROXY", &newer) };
+        for port in [8001, 8002] {
+            for _ in 0..3 {
+                let mut c = Http::connect(&format!("127.0.0.10:{port}"));
+                assert!(c.get("/").is_ok());
+            }
+        }
+        // The clients are gone; their server connections wait in the idle pools.
+        // A slow request keeps the old worker alive after the reload.
+        let mut slow = Http::connect("127.0.0.10:8002");
+        slow.send("/slow");
+        wait_until(Duration::from_secs(5), "idle connections of a1, and b1's", || {
+            let s = by_server(&to_origin(&h), &origin.seen());
+            s.get("a1").is_some_and(|p| !p.is_empty()) && s.get("b1").is_some_and(|p| !p.is_empty())
+        });
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&newer, &link).unwrap();
+        let (old, new) = h.reload(http_layout(&[b()]).as_str());
+        let versions: Vec<_> = h.master_procs().unwrap().into_iter().map(|p| (p.pid, p.version)).collect();
+        let v = |pid| versions.iter().find(|(p, _)| *p == pid).and_then(|(_, v)| v.clone()).unwrap_or_default();
+        assert!(v(old).starts_with("2.6") && !v(new).starts_with("2.6"), "{versions:?}");
+        std::thread::sleep(Duration::from_millis(300));
+        let held = by_server(
+            &haproxy_sockets_to(ORIGIN, &[h.host_pid(old)]).iter().map(|s| (s.local().port(), s.cookie())).collect(),
+            &origin.seen(),
+        );
+        let a1_held = held.get("a1").map_or(0, |p| p.len()) as u64;
+        assert!(a1_held > 0, "no idle connection of a1 in the old worker: {held:?}");
+        let (rc, doc, err) = sweep(&h, &["--dry-run"]);
+        assert_eq!(rc, 1, "{err}\n{doc}");
+        assert_eq!(
+            found(&doc),
+            vec![("gone".to_string(), "be_a/a1".to_string(), ORIGIN.to_string(), a1_held)],
+            "{doc}"
+        );
+        assert!(!slow.ended());
+    });
+}

@@ -102,12 +102,10 @@ pub struct Attributor {
     master: Option<Api>,
     workers: Vec<Worker>,
     answering: u32,
-    /// `show fd`'s `sv=` is `SERVER/BACKEND` (2.4).
-    server_first: bool,
-    /// `show sess server B/S` exists (3.2+).
-    sess_filters: bool,
-    /// `show fd s` (server-side connections only) exists (2.8+).
-    fd_filters: bool,
+    /// The answering worker's version, and each process's where it differs
+    /// (what each understands: `show fd s`, `show sess server`, the `sv=` order).
+    version: String,
+    versions: HashMap<u32, String>,
     tables: Tables,
 }
 
@@ -178,18 +176,31 @@ impl std::fmt::Display for Unavailable {
 }
 
 impl Attributor {
-    /// Tables of `workers`; `api` reaches `answering`, `master` the others.
-    pub fn new(api: Api, master: Option<Api>, workers: Vec<Worker>, answering: u32, version: &str) -> Attributor {
-        Attributor {
-            api,
-            master,
-            workers,
-            answering,
-            server_first: parse::fd_server_first(version),
-            sess_filters: parse::version_at_least(version, 3, 2),
-            fd_filters: parse::version_at_least(version, 2, 8),
-            tables: Tables::default(),
+    /// Tables of `workers`; `api` reaches `answering`, `master` the others;
+    /// `version` is the answering worker's, `versions` any process's known.
+    pub fn new(
+        api: Api,
+        master: Option<Api>,
+        workers: Vec<Worker>,
+        answering: u32,
+        version: &str,
+        versions: HashMap<u32, String>,
+    ) -> Attributor {
+        Attributor { api, master, workers, answering, version: version.to_string(), versions, tables: Tables::default() }
+    }
+
+    /// `pid`'s version (an old worker may run an older binary after an
+    /// upgrade: `show fd s` there dumps fd 0 alone, without an error).
+    fn version_of(&self, pid: u32) -> &str {
+        match self.versions.get(&pid) {
+            Some(v) if pid != self.answering => v,
+            _ => &self.version,
         }
+    }
+
+    /// `show fd`'s `sv=` is `SERVER/BACKEND` in `pid` (2.4).
+    fn server_first(&self, pid: u32) -> bool {
+        parse::fd_server_first(self.version_of(pid))
     }
 
     /// The answering worker's API.
@@ -257,7 +268,8 @@ impl Attributor {
         pid: u32,
         server: Option<(&str, &str)>,
     ) -> Result<std::result::Result<Vec<Stream>, Unavailable>> {
-        if let (Some((b, s)), true) = (server, self.sess_filters) {
+        // `show sess server B/S` exists from 3.2.
+        if let (Some((b, s)), true) = (server, parse::version_at_least(self.version_of(pid), 3, 2)) {
             match self.ask(pid, &format!("show sess server {b}/{s}"), "show sess server")? {
                 Ok(text) => return Ok(Ok(parse::parse_sess(&text))),
                 // An old worker without that server: its whole table instead.
@@ -280,13 +292,15 @@ impl Attributor {
     /// `pid`'s whole connection table (server-side connections only, where
     /// the version can say so), as text.
     fn fd_table(&mut self, pid: u32) -> Result<std::result::Result<String, Unavailable>> {
-        let cmd = if self.fd_filters { "show fd s" } else { "show fd" };
+        // `show fd s` (server-side connections only) exists from 2.8.
+        let cmd = if parse::version_at_least(self.version_of(pid), 2, 8) { "show fd s" } else { "show fd" };
         self.ask(pid, cmd, "show fd")
     }
 
     /// `pid`'s server-side connections (`show fd`, `back=1`).
     pub fn connections(&mut self, pid: u32) -> Result<std::result::Result<Vec<FdConn>, Unavailable>> {
-        Ok(self.fd_table(pid)?.map(|t| parse::parse_fd(&t, self.server_first).into_iter().filter(|c| c.back).collect()))
+        let server_first = self.server_first(pid);
+        Ok(self.fd_table(pid)?.map(|t| parse::parse_fd(&t, server_first).into_iter().filter(|c| c.back).collect()))
     }
 
     /// `show fd` lines for `candidates` of `pid`: one `show fd <fd>` each when
@@ -314,7 +328,8 @@ impl Attributor {
         }
         let wanted: BTreeMap<u32, Candidate> = candidates.iter().map(|c| (c.fd, *c)).collect();
         let mut out = HashMap::new();
-        for conn in texts.iter().flat_map(|t| parse::parse_fd(t, self.server_first)) {
+        let server_first = self.server_first(pid);
+        for conn in texts.iter().flat_map(|t| parse::parse_fd(t, server_first)) {
             let Some(c) = wanted.get(&conn.fd) else { continue };
             let ports_match = conn.lport.is_none_or(|p| p == c.lport) && conn.rport.is_none_or(|p| p == c.rport);
             if conn.back && ports_match {

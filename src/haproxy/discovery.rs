@@ -46,6 +46,8 @@ pub struct Topology {
     pub master_cli: Option<Endpoint>,
     /// Every process to act for (the answering worker, old workers...).
     pub workers: Vec<Worker>,
+    /// The HAProxy version of each worker the master CLI lists (our pid).
+    pub versions: HashMap<u32, String>,
 }
 
 /// Whether `pid` runs HAProxy (its command name is `haproxy`, exactly: a
@@ -224,12 +226,13 @@ pub fn discover(
             .into())
         }
     };
+    let mut versions = HashMap::new();
     let workers = if !pids.is_empty() {
         pids.iter()
             .map(|&pid| Process::open(pid).map(|_| Worker { pid, inner_pid: inner_pid(pid) }))
             .collect::<Result<Vec<_>>>()?
     } else if let Some(cli) = &master_cli {
-        workers_of_master(cli, master, answering, api_timeout, cancel)?
+        workers_of_master(cli, master, answering, api_timeout, cancel, &mut versions)?
     } else if let Some(m) = master {
         let mut children: Vec<u32> = procfs::all_pids()
             .into_iter()
@@ -244,7 +247,7 @@ pub fn discover(
     if pids.is_empty() && !workers.iter().any(|w| w.pid == answering.pid) {
         workers.push(answering);
     }
-    let mut topo = Topology { answering, master, master_cli, workers };
+    let mut topo = Topology { answering, master, master_cli, workers, versions };
     if pids.is_empty() && topo.master.is_none() {
         // No master lists a daemon-mode reload's old processes: taken as old
         // workers without a master CLI (their connections are never judged clean).
@@ -267,6 +270,7 @@ fn workers_of_master(
     answering: Worker,
     api_timeout: Duration,
     cancel: Option<&Cancel>,
+    versions: &mut HashMap<u32, String>,
 ) -> Result<Vec<Worker>> {
     let api = Api::new(cli.clone(), api_timeout, cancel.cloned())?;
     let patience = api_timeout.min(Duration::from_secs(1));
@@ -285,7 +289,10 @@ fn workers_of_master(
     let mut workers = Vec::new();
     for p in procs.iter().filter(|p| p.kind == "worker") {
         match ours.get(&p.pid) {
-            Some(&pid) => workers.push(Worker { pid, inner_pid: p.pid }),
+            Some(&pid) => {
+                workers.push(Worker { pid, inner_pid: p.pid });
+                versions.extend(p.version.clone().map(|v| (pid, v)));
+            }
             None => warn!(pid = p.pid, "the master CLI lists a worker that is no HAProxy process here; skipped"),
         }
     }

@@ -59,6 +59,9 @@ pub struct ProcEntry {
     pub kind: String,
     /// True for workers of an earlier configuration still draining after a reload.
     pub old: bool,
+    /// Its HAProxy version (the last column; an old worker may run an older
+    /// binary than the current one after an upgrade and a reload).
+    pub version: Option<String>,
 }
 
 /// One stream of `show sess`: the backend and server of its server-side
@@ -347,7 +350,8 @@ pub fn parse_proc(text: &str) -> Result<Vec<ProcEntry>> {
         if section == "programs" {
             continue;
         }
-        out.push(ProcEntry { pid, kind: kind.to_string(), old: section == "old" });
+        let version = line.split_whitespace().last().filter(|v| v.contains('.') && v.starts_with(|c: char| c.is_ascii_digit()));
+        out.push(ProcEntry { pid, kind: kind.to_string(), old: section == "old", version: version.map(str::to_string) });
     }
     Ok(out)
 }
@@ -650,6 +654,7 @@ mod tests {
             assert_eq!(p.iter().filter(|e| e.kind == "master").count(), 1, "{v}: {p:?}");
             assert_eq!(p.iter().filter(|e| e.kind == "worker" && !e.old).count(), 1, "{v}: {p:?}");
             assert_eq!(p.iter().filter(|e| e.kind == "worker" && e.old).count(), 1, "{v}: {p:?}");
+            assert!(p.iter().all(|e| e.version.as_deref().is_some_and(|x| x.starts_with(v))), "{v}: {p:?}");
         }
         for (v, text) in fixtures!("proc") {
             let p = parse_proc(text).unwrap();

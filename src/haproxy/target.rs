@@ -335,7 +335,7 @@ impl HaproxyClassifier {
             rule,
             holders,
             answering,
-            attributor: Attributor::new(api, master, topo.workers.clone(), answering, version),
+            attributor: Attributor::new(api, master, topo.workers.clone(), answering, version, topo.versions.clone()),
             verdicts: HashMap::new(),
             places,
             engine,
