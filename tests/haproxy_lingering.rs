@@ -1055,3 +1055,53 @@ fn an_old_worker_of_an_older_version_is_asked_in_its_own_terms() {
         assert!(!slow.ended());
     });
 }
+
+/// HTTP mode, `set server be_a/a1 addr` in the current worker (no reload):
+/// a slow request's stream shows a1 went from the origin elsewhere; an idle
+/// keep-alive session owns another a1 connection there that no stream names
+/// (`http-reuse never`: HAProxy's address change purges pools, not what
+/// sessions own; 3.2+ close it themselves). Both are moved (a seventh review: the idle one was left
+/// and the run called clean); be_b's b1, still configured at the origin,
+/// keeps its connections.
+#[test]
+fn an_idle_sessions_connection_at_a_moved_servers_old_address() {
+    use common::http::*;
+    require!(Netns);
+    let _g = serial();
+    in_private_netns(|| {
+        let origin = Origin::start(ORIGIN);
+        let _other = Origin::start(OTHER);
+        let layout = [hb("be_a", 8001, "never", &[("a1", ORIGIN)]), hb("be_b", 8002, "always", &[("b1", ORIGIN)])];
+        let h = Haproxy::start(true, http_layout(&layout).as_str());
+        let mut idle = Http::connect("127.0.0.10:8001");
+        assert_eq!(idle.get("/").unwrap(), "a1");
+        let mut slow = Http::connect("127.0.0.10:8001");
+        slow.send("/slow");
+        let mut b = Http::connect("127.0.0.10:8002");
+        assert_eq!(b.get("/").unwrap(), "b1");
+        wait_until(Duration::from_secs(5), "a1's two connections and b1's", || {
+            let s = by_server(&to_origin(&h), &origin.seen());
+            s.get("a1").is_some_and(|p| p.len() == 2) && s.get("b1").is_some_and(|p| !p.is_empty())
+        });
+        let answer = h.api().command("set server be_a/a1 addr 127.0.0.12 port 9002").unwrap();
+        assert!(!answer.contains("rror"), "{answer}");
+        let before = by_server(&to_origin(&h), &origin.seen());
+        let a1: std::collections::BTreeSet<u16> = before.get("a1").cloned().unwrap_or_default();
+        let b1: std::collections::BTreeSet<u16> = before.get("b1").cloned().unwrap_or_default();
+        // 3.2+ close the idle session's connection on the address change themselves.
+        let want = if version() >= (3, 2) { 1..=2 } else { 2..=2 };
+        assert!(want.contains(&a1.len()), "{before:?}");
+        let n = a1.len() as u64;
+
+        let (rc, doc, err) = sweep(&h, &["--dry-run"]);
+        assert_eq!(rc, 1, "{err}\n{doc}");
+        assert_eq!(found(&doc), vec![("moved".into(), "be_a/a1".into(), ORIGIN.into(), n)], "{doc}");
+        let (rc, doc, err) = sweep(&h, &[]);
+        assert_eq!(rc, 0, "{err}\n{doc}\n{}", h.log());
+        assert_eq!(doc["summary"]["destroyed"], n, "{doc}");
+        assert_gone_for(Duration::from_secs(2), &h, &a1);
+        let now = to_origin(&h);
+        assert!(b1.iter().all(|p| now.contains_key(p)), "b1's connections were touched");
+        assert_eq!(b.get("/").unwrap(), "b1");
+    });
+}

@@ -9,7 +9,7 @@
 //! the peer. The judgement ([`judge`]) is pure and unit-tested; [`sweep`]
 //! gathers the facts once, with one dump of the kernel's table.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 
 use serde::Serialize;
@@ -22,7 +22,7 @@ use crate::engine::owners::Holders;
 use crate::engine::{Class, Engine, Query};
 use crate::error::{HaproxyError, Result};
 use crate::filter::{canonical_ip, Filter, StateSet};
-use crate::socket::TcpState;
+use crate::socket::{TcpSocket, TcpState};
 
 /// Why a connection lingers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -262,6 +262,8 @@ pub struct SweepRule {
     by_stream: HashSet<u64>,
     /// Every socket the sweep judged, lingering or not.
     seen: HashSet<u64>,
+    /// The current worker's servers a stream showed moved, and from where.
+    moved_from: BTreeSet<((String, String), SocketAddr)>,
     /// Why the current configuration could not be read again, if it could not.
     stale: Option<String>,
 }
@@ -369,7 +371,13 @@ impl SweepRule {
             None => return Class::Ambiguous(format!("{why} (the current worker)")),
         };
         let old_worker = pid != self.answering;
-        let class = judge((be, srv), by, peer, (config, old_worker), &self.current, &self.listening);
+        let class = match judge((be, srv), by, peer, (config, old_worker), &self.current, &self.listening) {
+            None if by == NamedBy::Fd && !old_worker => {
+                let configs = (self.current.as_slice(), self.current.as_slice());
+                proven_old_address(&self.moved_from, (be, srv), peer, configs, &self.listening).then_some(Lingers::Moved)
+            }
+            c => c,
+        };
         // The sweep read every table; the run may have read fewer (`show fd <fd>`).
         // Where they disagree about a socket the sweep found lingering, say so.
         let ends = |c: Option<Lingers>| matches!(c, Some(Lingers::Gone | Lingers::Moved));
@@ -531,32 +539,86 @@ fn lingering_of(groups: Groups, include_maint: bool) -> Vec<Lingering> {
         .collect()
 }
 
-/// Finds what lingers: every process's tables and configuration, one dump.
-pub fn sweep(
-    att: &mut Attributor,
-    holders: &mut Holders,
-    engine: &mut Engine,
-    current: &[ServerState],
+/// One lingering connection the sweep found.
+struct Found {
+    cookie: u64,
+    pid: u32,
+    class: Lingers,
+    server: (String, String),
+    peer: SocketAddr,
+}
+
+/// Whether a current-worker connection `show fd` alone names `(be, srv)`
+/// is at the exact address a stream of that server showed it moved from
+/// (`moved_from`: a runtime `set server addr`): a connection an idle
+/// keep-alive session owns there is the server's old traffic, no check —
+/// unless the server (or another of its backend) is there now, under the
+/// configuration of each read (`configs`).
+fn proven_old_address(
+    moved_from: &BTreeSet<((String, String), SocketAddr)>,
+    (be, srv): (&str, &str),
+    peer: SocketAddr,
+    configs: (&[ServerState], &[ServerState]),
     listening: &[u16],
+) -> bool {
+    let proven = moved_from.contains(&((be.to_string(), srv.to_string()), peer));
+    let away = |current: &[ServerState]| {
+        let named = current.iter().find(|s| s.backend == be && s.name == srv);
+        let elsewhere = named.is_some_and(|s| server_at(s, peer, listening).is_none() && !s.checks.contains(&peer));
+        elsewhere && !current.iter().any(|c| c.backend == be && server_at(c, peer, listening).is_some())
+    };
+    proven && away(configs.0) && away(configs.1)
+}
+
+/// The sweep's findings per class, server and address (their server's
+/// address now, holders, cookies), and each socket's class.
+fn grouped(found: Vec<Found>, after: &[ServerState]) -> (Groups, HashMap<u64, Lingers>) {
+    let (mut groups, mut judged): (Groups, _) = (BTreeMap::new(), HashMap::new());
+    for f in found {
+        debug!(cookie = f.cookie, pid = f.pid, class = ?f.class, server = ?f.server, peer = %f.peer, "lingers");
+        judged.insert(f.cookie, f.class);
+        let now_at = after
+            .iter()
+            .find(|c| (&c.backend, &c.name) == (&f.server.0, &f.server.1))
+            .and_then(|c| c.addr.map(|ip| SocketAddr::new(ip, c.port).to_string()));
+        let key = (f.class, format!("{}/{}", f.server.0, f.server.1), f.peer);
+        let e = groups.entry(key).or_insert((now_at, HashSet::new(), Vec::new()));
+        e.1.insert(f.pid);
+        e.2.push(f.cookie);
+    }
+    (groups, judged)
+}
+
+/// What a sweep asked of every process.
+struct Dump<'a> {
+    configs: &'a HashMap<u32, Vec<ServerState>>,
+    tables: &'a HashMap<u32, Tables>,
     answering: u32,
-    include_maint: bool,
-) -> Result<Sweep> {
-    let mut out = Sweep::default();
-    holders.scan()?;
-    let Asked { configs, tables } = ask_every_process(att, holders, current, answering, &mut out)?;
-    let everything = Query::new(Filter { states: StateSet::DEFAULT, ..Filter::default() })?;
-    let mut groups: Groups = BTreeMap::new();
-    let (mut judged, mut by_stream) = (HashMap::new(), HashSet::new());
-    // The current worker's servers found moved, and one old address of each.
-    let mut moved_here: BTreeMap<(String, String), SocketAddr> = BTreeMap::new();
-    let sockets = engine.collect(&everything)?;
-    // The current configuration read again after the dump: a connection lingers
-    // only if it does under both (a server DNS moved meanwhile, even back to
-    // where the first read had it, is judged by where it is now too).
-    let after = att
-        .servers_state(answering)?
-        .map_err(|why| HaproxyError::Unavailable(format!("the lingering sweep cannot judge: {why}")))?;
+    listening: &'a [u16],
+}
+
+/// What the sweep judged of the dump.
+struct Judged {
+    found: Vec<Found>,
+    /// Every socket a table (or an old worker's configuration) named.
+    seen: HashSet<u64>,
+    /// Those a stream named.
+    by_stream: HashSet<u64>,
+    /// The current worker's servers found moved, and from where.
+    moved_from: BTreeSet<((String, String), SocketAddr)>,
+}
+
+/// Judges every socket of the dump a process holds, under the current
+/// configuration read before the dump and after it (`current`, `after`).
+fn judge_dump(sockets: Vec<TcpSocket>, holders: &Holders, d: &Dump, (current, after): (&[ServerState], &[ServerState])) -> Judged {
+    let (configs, tables, answering, listening) = (d.configs, d.tables, d.answering, d.listening);
+    let mut by_stream = HashSet::new();
+    let mut moved_from = BTreeSet::new();
+    let mut found: Vec<Found> = Vec::new();
     let mut seen = HashSet::new();
+    // The current worker's `show fd`-only connections healthy by themselves:
+    // judged again once every stream has shown where its server moved from.
+    let mut deferred = Vec::new();
     for s in sockets {
         let Some(h) = holders.holder(&s) else { continue };
         let (Some(config), Some(named)) = (configs.get(&h.pid), tables.get(&h.pid)) else { continue };
@@ -574,24 +636,56 @@ pub fn sweep(
         }
         let old_worker = h.pid != answering;
         let named = (server.0.as_str(), server.1.as_str());
-        let holder_now = if old_worker { config.as_slice() } else { after.as_slice() };
+        let holder_now = if old_worker { config.as_slice() } else { after };
         let before = judge(named, by, peer, (config.as_slice(), old_worker), current, listening);
-        let Some(class) = before.and(judge(named, by, peer, (holder_now, old_worker), &after, listening)) else {
+        let Some(class) = before.and(judge(named, by, peer, (holder_now, old_worker), after, listening)) else {
+            if by == NamedBy::Fd && !old_worker {
+                deferred.push((s.cookie(), server, peer));
+            }
             continue;
         };
-        judged.insert(s.cookie(), class);
         if class == Lingers::Moved && h.pid == answering {
-            moved_here.entry(server.clone()).or_insert(peer);
+            moved_from.insert((server.clone(), peer));
         }
-        debug!(cookie = s.cookie(), pid = h.pid, ?class, server = ?server, %peer, "lingers");
-        let now_at = after
-            .iter()
-            .find(|c| (&c.backend, &c.name) == (&server.0, &server.1))
-            .and_then(|c| c.addr.map(|ip| SocketAddr::new(ip, c.port).to_string()));
-        let e = groups.entry((class, format!("{}/{}", server.0, server.1), peer)).or_insert((now_at, HashSet::new(), Vec::new()));
-        e.1.insert(h.pid);
-        e.2.push(s.cookie());
+        found.push(Found { cookie: s.cookie(), pid: h.pid, class, server, peer });
     }
+    for (cookie, server, peer) in deferred {
+        if proven_old_address(&moved_from, (&server.0, &server.1), peer, (current, after), listening) {
+            found.push(Found { cookie, pid: answering, class: Lingers::Moved, server, peer });
+        }
+    }
+    Judged { found, seen, by_stream, moved_from }
+}
+
+/// Finds what lingers: every process's tables and configuration, one dump.
+pub fn sweep(
+    att: &mut Attributor,
+    holders: &mut Holders,
+    engine: &mut Engine,
+    current: &[ServerState],
+    listening: &[u16],
+    answering: u32,
+    include_maint: bool,
+) -> Result<Sweep> {
+    let mut out = Sweep::default();
+    holders.scan()?;
+    let Asked { configs, tables } = ask_every_process(att, holders, current, answering, &mut out)?;
+    let everything = Query::new(Filter { states: StateSet::DEFAULT, ..Filter::default() })?;
+    let sockets = engine.collect(&everything)?;
+    // A socket opened since the fd tables were read (a retry, while the
+    // processes were asked) is found by them again, as its stream names it.
+    holders.refresh_for(sockets.iter())?;
+    // The current configuration read again after the dump: a connection lingers
+    // only if it does under both (a server DNS moved meanwhile, even back to
+    // where the first read had it, is judged by where it is now too).
+    let after = att
+        .servers_state(answering)?
+        .map_err(|why| HaproxyError::Unavailable(format!("the lingering sweep cannot judge: {why}")))?;
+    let dump = Dump { configs: &configs, tables: &tables, answering, listening };
+    let Judged { found, seen, by_stream, moved_from } = judge_dump(sockets, holders, &dump, (current, &after));
+    let (groups, judged) = grouped(found, &after);
+    // One old address of each server found moved here, watched for its retries.
+    let moved_here: BTreeMap<(String, String), SocketAddr> = moved_from.iter().rev().cloned().collect();
     let mut configs = configs;
     if let Some(c) = configs.get_mut(&answering) {
         c.clone_from(&after);
@@ -608,6 +702,7 @@ pub fn sweep(
         judged,
         by_stream,
         seen,
+        moved_from,
         stale: None,
     });
     Ok(out)
@@ -707,6 +802,7 @@ mod tests {
             judged: HashMap::new(),
             by_stream: HashSet::new(),
             seen: HashSet::new(),
+            moved_from: BTreeSet::new(),
             stale: None,
         };
         let r = rule(false);
@@ -774,6 +870,7 @@ mod tests {
             judged: HashMap::new(),
             by_stream: HashSet::new(),
             seen: HashSet::new(),
+            moved_from: BTreeSet::new(),
             stale: None,
         };
         assert!(matches!(rule.decide((1, 7), Some((("be", "s1"), "show fd")), "", peer("127.0.0.11:9101")), Class::OtherServer(_)));
@@ -794,6 +891,7 @@ mod tests {
             judged: HashMap::new(),
             by_stream: HashSet::new(),
             seen: HashSet::new(),
+            moved_from: BTreeSet::new(),
             stale: None,
         };
         assert_eq!(rule.decide((2, 7), Some((("s2", "be"), "show fd")), "", peer("10.0.0.2:80")), Class::Target);
@@ -815,6 +913,7 @@ mod tests {
             judged: HashMap::from([(7, Lingers::Moved), (8, Lingers::Moved)]),
             by_stream: HashSet::from([7, 8]),
             seen: HashSet::new(),
+            moved_from: BTreeSet::new(),
             stale: None,
         };
         let at = peer("10.0.0.1:80");
@@ -841,6 +940,7 @@ mod tests {
             judged: HashMap::from([(7, Lingers::Moved)]),
             by_stream: HashSet::from([7]),
             seen: HashSet::new(),
+            moved_from: BTreeSet::new(),
             stale: None,
         };
         let at = peer("10.0.0.1:80");
@@ -885,6 +985,23 @@ mod tests {
                 (2, "t", Lingers::Gone, None, false),
             ]
         );
+    }
+
+    /// A current-worker connection `show fd` alone names is the moved
+    /// server's old traffic only at the exact address a stream of that server
+    /// showed, and only while neither it nor another of its backend is there.
+    #[test]
+    fn a_streams_old_address_proves_an_idle_connection_there() {
+        let cur = vec![server("be", "s", "10.0.0.2", 80), server("be2", "t", "10.0.0.1", 80)];
+        let from = BTreeSet::from([(("be".to_string(), "s".to_string()), peer("10.0.0.1:80"))]);
+        let proven = |p: &str, srv: &str, c: &[ServerState]| proven_old_address(&from, ("be", srv), peer(p), (c, c), &[8000]);
+        assert!(proven("10.0.0.1:80", "s", &cur), "another backend's server there is no proof against it");
+        assert!(!proven("10.0.0.1:81", "s", &cur), "another port: a check, maybe");
+        assert!(!proven("10.0.0.1:80", "u", &cur), "another server's name");
+        let back = vec![server("be", "s", "10.0.0.1", 80)];
+        assert!(!proven("10.0.0.1:80", "s", &back), "moved back: healthy");
+        let slot = vec![server("be", "s", "10.0.0.2", 80), server("be", "v", "10.0.0.1", 80)];
+        assert!(!proven("10.0.0.1:80", "s", &slot), "the backend is there now");
     }
 
     /// A port-offset server a reload moved: the old worker's stream at its
