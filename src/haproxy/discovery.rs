@@ -118,11 +118,13 @@ fn tcp_peer_inode(local: SocketAddr, peer: SocketAddr) -> Result<Option<u32>> {
 }
 
 /// The HAProxy process holding the other end of our connection `local`
-/// (retried until HAProxy has accepted it: before that, no process holds it).
-fn holder_of_peer(local: LocalEnd, patience: Duration) -> Result<Option<u32>> {
+/// (retried until HAProxy has accepted it: before that, no process holds it);
+/// `likely` is looked at first (a worker's fd table may be long).
+fn holder_of_peer(local: LocalEnd, patience: Duration, likely: Option<u32>) -> Result<Option<u32>> {
     let end = Instant::now() + patience;
     loop {
-        let procs = haproxy_processes();
+        let mut procs = haproxy_processes();
+        procs.sort_by_key(|&p| Some(p) != likely);
         if procs.is_empty() {
             return Ok(None);
         }
@@ -145,7 +147,7 @@ fn holder_of_peer(local: LocalEnd, patience: Duration) -> Result<Option<u32>> {
 pub fn identify(api: &Api) -> Result<(Info, Option<Worker>)> {
     // HAProxy accepts within milliseconds.
     let patience = api.timeout().min(Duration::from_secs(1));
-    let (answer, holder) = api.identify("show info", |local| holder_of_peer(local, patience))?;
+    let (answer, holder) = api.identify("show info", |local| holder_of_peer(local, patience, None))?;
     let info = parse::parse_info(&answer)?;
     let holder = match holder {
         Ok(h) => h,
@@ -196,9 +198,11 @@ fn pids_in_namespace(pid_ns: u64) -> HashMap<u32, u32> {
 }
 
 /// What to look for: `--pid`, the master CLI, the master's children, or the
-/// answering worker alone.
+/// answering worker alone. `shown_pid` is the pid `show info` printed: with
+/// `--pid` and no process found through the connection, the one of them
+/// whose own pid it is answers.
 pub fn discover(
-    answering: Option<Worker>,
+    (answering, shown_pid): (Option<Worker>, u32),
     master_socket: Option<&str>,
     pids: &[u32],
     api_timeout: Duration,
@@ -218,7 +222,18 @@ pub fn discover(
     }
     let answering = match answering {
         Some(a) => a,
-        None if !pids.is_empty() => Worker { pid: pids[0], inner_pid: inner_pid(pids[0]) },
+        None if !pids.is_empty() => {
+            let shown: Vec<u32> = pids.iter().copied().filter(|&p| inner_pid(p) == shown_pid).collect();
+            match shown.as_slice() {
+                [pid] => Worker { pid: *pid, inner_pid: shown_pid },
+                _ => {
+                    return Err(HaproxyError::Topology(format!(
+                        "the process answering the stats socket is not found through the connection, and not one of --pid has the pid `show info` prints ({shown_pid})"
+                    ))
+                    .into())
+                }
+            }
+        }
         None => {
             return Err(HaproxyError::Topology(
                 "cannot tell which process answers the stats socket (no HAProxy process here holds the other end of the connection: a remote HAProxy or a port mapping?): give --pid".into(),
@@ -274,7 +289,7 @@ fn workers_of_master(
 ) -> Result<Vec<Worker>> {
     let api = Api::new(cli.clone(), api_timeout, cancel.cloned())?;
     let patience = api_timeout.min(Duration::from_secs(1));
-    let (answer, holder) = api.identify("show proc", |local| holder_of_peer(local, patience))?;
+    let (answer, holder) = api.identify("show proc", |local| holder_of_peer(local, patience, master))?;
     let procs = parse::parse_proc(&answer)?;
     let other = |why: String| -> Error {
         HaproxyError::Topology(format!("the master CLI at {cli} is not the master of the worker answering the stats socket (our pid {}): {why}", answering.pid)).into()

@@ -284,6 +284,15 @@ impl SweepRule {
         match current {
             Ok(c) => {
                 let changed = self.stale.is_some() || c != self.current;
+                // A server seen moving (DNS, `set server addr` during the run):
+                // its old address is proven, as a stream would prove it.
+                for b in self.current.iter().filter(|b| b.port != 0) {
+                    let Some(ip) = b.addr.filter(|ip| !ip.is_unspecified()) else { continue };
+                    let now = c.iter().find(|a| a.backend == b.backend && a.name == b.name);
+                    if now.is_some_and(|a| a.addr != b.addr || a.port != b.port) {
+                        self.moved_from.insert(((b.backend.clone(), b.name.clone()), SocketAddr::new(ip, b.port)));
+                    }
+                }
                 if let Some(config) = self.configs.get_mut(&self.answering) {
                     config.clone_from(&c);
                 }
@@ -672,9 +681,6 @@ pub fn sweep(
     let Asked { configs, tables } = ask_every_process(att, holders, current, answering, &mut out)?;
     let everything = Query::new(Filter { states: StateSet::DEFAULT, ..Filter::default() })?;
     let sockets = engine.collect(&everything)?;
-    // A socket opened since the fd tables were read (a retry, while the
-    // processes were asked) is found by them again, as its stream names it.
-    holders.refresh_for(sockets.iter())?;
     // The current configuration read again after the dump: a connection lingers
     // only if it does under both (a server DNS moved meanwhile, even back to
     // where the first read had it, is judged by where it is now too).
@@ -947,6 +953,10 @@ mod tests {
         assert_eq!(rule.decide((1, 9), Some((("be", "a"), "show sess")), "", at), Class::Target);
         rule.refresh(Ok(vec![server("be", "a", "10.0.0.1", 80)]));
         assert!(matches!(rule.decide((1, 9), Some((("be", "a"), "show sess")), "", at), Class::OtherServer(_)));
+        // Seen moving: a connection `show fd` alone names at its old address is its old traffic.
+        let was = peer("10.0.0.9:80");
+        assert_eq!(rule.decide((1, 11), Some((("be", "a"), "show fd")), "", was), Class::Target);
+        assert!(matches!(rule.decide((1, 11), Some((("be", "a"), "show fd")), "", peer("10.0.0.9:81")), Class::OtherServer(_)));
         // The sweep's socket there: it was to the old address, now it is not: said.
         assert!(matches!(rule.decide((1, 7), Some((("be", "a"), "show sess")), "", at), Class::Ambiguous(_)));
         rule.refresh(Err("no answer".into()));

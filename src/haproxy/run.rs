@@ -93,7 +93,7 @@ fn discover(opts: &Options) -> Result<Found> {
     let config = servers_state(&api)?;
     let server_addr = resolve_addr(&config, opts)?;
     let topo = discovery::discover(
-        answering,
+        (answering, info.pid),
         opts.master_socket.as_deref(),
         &opts.pids,
         opts.api_timeout,

@@ -532,6 +532,7 @@ impl HaproxyClassifier {
             }
             None => {}
         }
+        let streams_failed = matches!(&why, Unlisted::Unavailable(_)).then(|| why.to_string());
         // Then the connection table for what no stream names.
         let rest: Vec<Candidate> =
             candidates.iter().filter(|(_, c)| !named.contains_key(&c.fd)).map(|(_, c)| *c).collect();
@@ -551,10 +552,12 @@ impl HaproxyClassifier {
                 }
             }
         }
-        let (unsure, unread) = if streams_read {
-            (HashSet::new(), String::new())
-        } else {
-            self.name_by_streams(pid, sockets, &candidates, &mut named)?
+        let (unsure, unread) = match (streams_read, streams_failed) {
+            (false, _) => self.name_by_streams(pid, sockets, &candidates, &mut named)?,
+            // The stream table could not be read: what only a stream would judge
+            // otherwise is not judged this look.
+            (true, Some(e)) => (self.streams_matter(pid, sockets, &candidates, &named).into_iter().map(|(fd, _)| fd).collect(), e),
+            (true, None) => (HashSet::new(), String::new()),
         };
         Ok(candidates
             .into_iter()
@@ -565,6 +568,28 @@ impl HaproxyClassifier {
                 unsure: unsure.contains(&c.fd).then(|| unread.clone()),
             })
             .collect())
+    }
+
+    /// The candidates `show fd` named whose verdict a stream would change
+    /// (in a sweep's run), with the server named.
+    fn streams_matter(
+        &self,
+        pid: u32,
+        sockets: &[TcpSocket],
+        candidates: &[(usize, Candidate)],
+        named: &HashMap<u32, Source>,
+    ) -> Vec<(u32, (String, String))> {
+        let Some(sweep) = &self.swept else { return Vec::new() };
+        candidates
+            .iter()
+            .filter_map(|(i, c)| match named.get(&c.fd) {
+                Some(Source::Connection(b, s)) => {
+                    let at = &sockets[*i];
+                    sweep.stream_matters((pid, at.cookie()), (b, s), at.peer()).then(|| (c.fd, (b.clone(), s.clone())))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// In a sweep's run, where `show fd` named a connection away from its
@@ -579,17 +604,7 @@ impl HaproxyClassifier {
         candidates: &[(usize, Candidate)],
         named: &mut HashMap<u32, Source>,
     ) -> Result<(HashSet<u32>, String)> {
-        let Some(sweep) = &self.swept else { return Ok((HashSet::new(), String::new())) };
-        let matters: Vec<(u32, (String, String))> = candidates
-            .iter()
-            .filter_map(|(i, c)| match named.get(&c.fd) {
-                Some(Source::Connection(b, s)) => {
-                    let at = &sockets[*i];
-                    sweep.stream_matters((pid, at.cookie()), (b, s), at.peer()).then(|| (c.fd, (b.clone(), s.clone())))
-                }
-                _ => None,
-            })
-            .collect();
+        let matters = self.streams_matter(pid, sockets, candidates, named);
         if matters.is_empty() {
             return Ok((HashSet::new(), String::new()));
         }
