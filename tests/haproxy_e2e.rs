@@ -18,6 +18,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::haproxy::*;
@@ -584,12 +586,16 @@ fn wait_srv_removable_longer_than_the_api_timeout() {
 
 /// A relay in front of the stats socket that holds back for 3 s HAProxy's
 /// answer to commands starting with `slow` (a busy HAProxy): the command
-/// itself reaches HAProxy at once.
-fn slow_relay(to: String, path: PathBuf, slow: &'static str) {
+/// itself reaches HAProxy at once. The flag it returns is raised once such a
+/// command has arrived.
+fn slow_relay(to: String, path: PathBuf, slow: &'static str) -> Arc<AtomicBool> {
     let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let arrived = Arc::new(AtomicBool::new(false));
+    let flag = arrived.clone();
     std::thread::spawn(move || {
         for c in l.incoming().flatten() {
             let to = to.clone();
+            let flag = flag.clone();
             std::thread::spawn(move || {
                 let mut cmd = Vec::new();
                 let _ = std::io::Read::read_to_end(&mut &c, &mut cmd);
@@ -599,12 +605,14 @@ fn slow_relay(to: String, path: PathBuf, slow: &'static str) {
                 let mut answer = Vec::new();
                 let _ = std::io::Read::read_to_end(&mut up, &mut answer);
                 if String::from_utf8_lossy(&cmd).starts_with(slow) {
+                    flag.store(true, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_secs(3));
                 }
                 let _ = (&c).write_all(&answer);
             });
         }
     });
+    arrived
 }
 
 /// A state change HAProxy applied but answered after `--api-timeout`: it
@@ -660,11 +668,11 @@ fn signals_at_every_point() {
         let (_s1, _s2, h) = lab(false);
         let (mut s1, _s2c) = clients("127.0.0.10:8000", 4);
         let relay = h.dir.join("slow.sock");
-        slow_relay(h.sock("admin.sock"), relay.clone(), "show info");
+        let asked = slow_relay(h.sock("admin.sock"), relay.clone(), "show info");
 
         // 1. SIGINT while `show info` is still being answered.
         let child = spawn_sockkill(&["haproxy", "--json", "--socket", relay.to_str().unwrap(), "--server", "be/s1"]);
-        std::thread::sleep(Duration::from_millis(500));
+        wait_until(Duration::from_secs(10), "sockkill's show info at the relay", || asked.load(Ordering::SeqCst));
         let sent = Instant::now();
         kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
         let out = child.wait_with_output().unwrap();

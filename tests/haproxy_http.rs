@@ -147,10 +147,11 @@ fn addr_after_a_reload_in_http_mode() {
         let (old, _new) = h.reload(http_layout(&[both[1].clone_shape()]).as_str());
         let old_pid = h.host_pid(old);
         // Whatever the old worker still holds of a1 lingers: at least the slow request.
-        std::thread::sleep(Duration::from_millis(500));
-        let old_sockets =
-            haproxy_sockets_to(ORIGIN, &[old_pid]).iter().map(|s| (s.local().port(), s.cookie())).collect();
-        let held = by_server(&old_sockets, &origin.seen());
+        let held = settled(Duration::from_secs(5), "the old worker's connections", || {
+            let old_sockets =
+                haproxy_sockets_to(ORIGIN, &[old_pid]).iter().map(|s| (s.local().port(), s.cookie())).collect();
+            by_server(&old_sockets, &origin.seen())
+        });
         assert!(held.get("a1").is_some_and(|p| !p.is_empty()), "nothing of a1 lingers in the old worker: {held:?}");
         let b1_before = held.get("b1").cloned().unwrap_or_default();
 
@@ -289,12 +290,13 @@ fn an_h2_backend_connection_with_several_streams() {
         let h = Haproxy::start(false, h2_layout().as_str());
         let x_streams = h2_streams("127.0.0.10:8009", 2);
         wait_until(Duration::from_secs(5), "x1's h2 connection", || !to_origin(&h).is_empty());
-        std::thread::sleep(Duration::from_millis(300));
-        let x1: BTreeSet<u64> = to_origin(&h).into_values().collect();
+        let x1: BTreeSet<u64> =
+            settled(Duration::from_secs(5), "x1's connections", || to_origin(&h).into_values().collect());
         let streams = h2_streams("127.0.0.10:8000", 4);
         wait_until(Duration::from_secs(5), "h1's h2 connection", || to_origin(&h).len() > x1.len());
-        std::thread::sleep(Duration::from_millis(300));
-        let h1: BTreeSet<u64> = to_origin(&h).into_values().filter(|c| !x1.contains(c)).collect();
+        let h1: BTreeSet<u64> = settled(Duration::from_secs(5), "h1's connections", || {
+            to_origin(&h).into_values().filter(|c| !x1.contains(c)).collect()
+        });
         assert!(h1.len() < 4, "h1's streams share h2 connections: {h1:?}");
         let (rc, doc, err) = run(&h, &["--server", "be/h1", "--no-shutdown", "--grace", "200ms"]);
         record("http: h2 connection with several streams, shared address (--no-shutdown)", false, &doc, rc);
@@ -310,12 +312,14 @@ fn an_h2_backend_connection_with_several_streams() {
         assert!(ready.trim().is_empty(), "{ready}");
         let streams = h2_streams("127.0.0.10:8000", 4);
         wait_until(Duration::from_secs(5), "h1's h2 connection again", || to_origin(&h).len() > x1.len());
-        std::thread::sleep(Duration::from_millis(300));
+        settled(Duration::from_secs(5), "h1's connections again", || to_origin(&h).len());
         for cmd in ["set server be/h1 state maint", "shutdown sessions server be/h1"] {
             assert!(h.api().command(cmd).unwrap().trim().is_empty(), "{cmd}");
         }
-        std::thread::sleep(Duration::from_millis(500));
-        let idle: BTreeSet<u64> = to_origin(&h).into_values().filter(|c| !x1.contains(c)).collect();
+        // What HAProxy closes after the shutdown, it closes asynchronously.
+        let idle: BTreeSet<u64> = settled(Duration::from_secs(5), "h1's connections after the shutdown", || {
+            to_origin(&h).into_values().filter(|c| !x1.contains(c)).collect()
+        });
         let (rc, doc, err) = run(&h, &["--server", "be/h1"]);
         record("http: h2 connection left idle after its streams were killed, shared address", false, &doc, rc);
         if !idle.is_empty() {

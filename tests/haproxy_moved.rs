@@ -91,31 +91,6 @@ fn slot_of(h: &Haproxy, port: u16) -> Option<String> {
     })
 }
 
-/// `srv_addr:srv_port` of be/`srv` as `show servers state` prints it.
-fn printed_addr(h: &Haproxy, srv: &str) -> String {
-    let text = h.api().command("show servers state").expect("show servers state");
-    let lines: Vec<&str> = text.lines().collect();
-    let header: Vec<&str> = lines[1].trim_start_matches('#').split_whitespace().collect();
-    let col = |n: &str| header.iter().position(|h| *h == n).unwrap();
-    let row = lines[2..]
-        .iter()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.get(col("be_name")) == Some(&"be") && f.get(col("srv_name")) == Some(&srv));
-    let f = row.unwrap_or_else(|| panic!("no be/{srv} in {text}"));
-    format!("{}:{}", f[col("srv_addr")], f[col("srv_port")])
-}
-
-/// `set server be/SRV addr IP port PORT` through the admin API, until HAProxy prints the new address.
-fn move_server(h: &Haproxy, srv: &str, ip: &str, port: u16) {
-    let answer = h.api().command(&format!("set server be/{srv} addr {ip} port {port}")).unwrap();
-    assert!(answer.contains("changed") || answer.contains("no need"), "set server addr: {answer}");
-    // 3.1+ applies it asynchronously: wait until `show servers state` prints it.
-    let want = format!("{ip}:{port}");
-    wait_until(Duration::from_secs(3), &format!("HAProxy to print {want} for be/{srv}"), || {
-        printed_addr(h, srv) == want
-    });
-}
-
 /// Adds IPv6 addresses to the (private namespace's) loopback.
 fn add_to_lo(addrs: &[&str]) {
     assert_not_root_netns();
@@ -209,7 +184,7 @@ fn addr_leaves_a_port_mapped_servers_sessions_alone() {
         const AT: &str = "127.0.0.21:9004";
         let _h1 = tag_server(AT, "h1");
         let h = haproxy(&[8004], "30s", 3, &["server h1 127.0.0.21:+1000"]);
-        assert_eq!(printed_addr(&h, "h1"), "127.0.0.21:1000");
+        assert_eq!(h.printed_addr("be", "h1"), "127.0.0.21:1000");
         let mut cs = connect_n("127.0.0.10:8004", 5);
         assert!(cs.iter().all(|c| c.server == "h1"));
         assert_eq!(haproxy_sockets_to(AT, &h.pids()).len(), 5);
@@ -240,7 +215,7 @@ fn moved_server_streams_retrying_the_old_address() {
         let stuck = stuck_streams(&h, "127.0.0.10:8004", OLD, 20);
         assert!(!streams_of(&h, "h1").is_empty(), "no be/h1 stream in show sess");
         let before: Vec<u64> = haproxy_sockets_to(OLD, &h.pids()).iter().map(|s| s.cookie()).collect();
-        move_server(&h, "h1", "127.0.0.22", 9004);
+        h.set_addr("be", "h1", "127.0.0.22", 9004);
         // The premise: after the move HAProxy retries the streams' old destination.
         wait_until(Duration::from_secs(3), "a new retry to the old address after the move", || {
             haproxy_sockets_to(OLD, &h.pids()).iter().any(|s| !before.contains(&s.cookie()))
@@ -270,7 +245,7 @@ fn moved_server_established_sessions_at_the_old_address() {
         let h = Haproxy::start(false, (layout(&[8004], "30s", 3, &["server h1 127.0.0.21:9004"]) + b2).as_str());
         let mut olds = connect_n("127.0.0.10:8004", 5);
         assert!(olds.iter().all(|c| c.server == "old"));
-        move_server(&h, "h1", "127.0.0.22", 9004);
+        h.set_addr("be", "h1", "127.0.0.22", 9004);
         let mut others = connect_n("127.0.0.10:8005", 3);
 
         let out = run(&h, "moved server, established sessions, --no-shutdown", &["--server", "be/h1", "--no-shutdown"]);
@@ -359,8 +334,8 @@ fn server_template_slot_moved_at_runtime() {
         for s in ["srv1", "srv2", "srv3"] {
             assert!(slots.iter().any(|x| x == s), "no client on {s}: {slots:?}");
         }
-        move_server(&h, "srv1", "127.0.0.22", 9006);
-        move_server(&h, "srv2", "127.0.0.23", 9006);
+        h.set_addr("be", "srv1", "127.0.0.22", 9006);
+        h.set_addr("be", "srv2", "127.0.0.23", 9006);
         let (mut srv1, mut rest): (Vec<Client>, Vec<Client>) = {
             let mut slot = slots.iter();
             cs.into_iter().partition(|_| slot.next().unwrap() == "srv1")
@@ -393,7 +368,7 @@ fn ipv6_server_moved_at_runtime() {
         let mut olds = connect_n("127.0.0.10:8007", 4);
         assert!(olds.iter().all(|c| c.server == "old"));
         assert_eq!(haproxy_sockets_to(OLD, &h.pids()).len(), 4);
-        move_server(&h, "h6", "fd77::22", 9007);
+        h.set_addr("be", "h6", "fd77::22", 9007);
 
         let out = run(&h, "IPv6 server moved, --no-shutdown", &["--server", "be/h6", "--no-shutdown"]);
         assert_all_end(&mut olds, Duration::from_secs(5), "a be/h6 session at the old address to end");

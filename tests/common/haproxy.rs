@@ -352,6 +352,22 @@ impl Haproxy {
         } else {
             assert!(sockkill::procfs::Process::open(self.host_pid(old)).is_ok_and(|p| p.alive()), "old worker gone");
         }
+        // 3.1+ signal the old worker only once the new one is ready, and the
+        // new one answers before that: until the old worker has closed its
+        // listeners, a new client can still land on it.
+        let binds: Vec<SocketAddr> = config(&self.dir, layout)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("bind ")?.split_whitespace().next()?.parse().ok())
+            .collect();
+        let old_host = self.host_pid(old);
+        wait_until(Duration::from_secs(10), "the old worker to close its listeners", || {
+            let f = Filter {
+                states: StateSet::parse_name("listening").unwrap(),
+                pids: vec![old_host],
+                ..Filter::default()
+            };
+            sockkill::list(None, f, false).is_ok_and(|v| !v.iter().any(|s| binds.contains(&s.local())))
+        });
         (old, new)
     }
 
@@ -375,6 +391,32 @@ impl Haproxy {
             }
         }
         panic!("no {backend}/{server} in {text}");
+    }
+
+    /// The address and port `show servers state` prints for `backend/server`.
+    pub fn printed_addr(&self, backend: &str, server: &str) -> String {
+        let text = self.api().command("show servers state").expect("show servers state");
+        let lines: Vec<&str> = text.lines().collect();
+        let header: Vec<&str> = lines[1].trim_start_matches('#').split_whitespace().collect();
+        let col = |n: &str| header.iter().position(|h| *h == n).unwrap();
+        let row = lines[2..]
+            .iter()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.get(col("be_name")) == Some(&backend) && f.get(col("srv_name")) == Some(&server));
+        let f = row.unwrap_or_else(|| panic!("no {backend}/{server} in {text}"));
+        format!("{}:{}", f[col("srv_addr")], f[col("srv_port")])
+    }
+
+    /// `set server BACKEND/SERVER addr IP port PORT`, until HAProxy prints the
+    /// new address: 3.0+ apply it a few milliseconds after answering, and a
+    /// client connecting before that still goes to the old address.
+    pub fn set_addr(&self, backend: &str, server: &str, ip: &str, port: u16) {
+        let answer = self.api().command(&format!("set server {backend}/{server} addr {ip} port {port}")).unwrap();
+        assert!(answer.contains("changed") || answer.contains("no need"), "set server addr: {answer}");
+        let want = format!("{ip}:{port}");
+        wait_until(Duration::from_secs(3), &format!("HAProxy to print {want} for {backend}/{server}"), || {
+            self.printed_addr(backend, server) == want
+        });
     }
 
     pub fn log(&self) -> String {

@@ -140,6 +140,26 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// `read`'s value once it has not changed for three reads 100 ms apart
+/// (HAProxy opens and closes connections asynchronously: a count taken once
+/// races it); panics after `limit` naming `what`.
+#[allow(dead_code)]
+pub fn settled<T: PartialEq>(limit: Duration, what: &str, mut read: impl FnMut() -> T) -> T {
+    let end = Instant::now() + limit;
+    let (mut last, mut same) = (read(), 0);
+    while same < 3 {
+        assert!(Instant::now() < end, "timed out after {limit:?} waiting for {what} to settle");
+        std::thread::sleep(Duration::from_millis(100));
+        let now = read();
+        if now == last {
+            same += 1;
+        } else {
+            (last, same) = (now, 0);
+        }
+    }
+    last
+}
+
 /// Lifts the soft RLIMIT_NOFILE to the hard one (a non-root run starts at 1024).
 fn raise_nofile() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
