@@ -379,22 +379,8 @@ impl Haproxy {
             .unwrap_or(inner)
     }
 
-    pub fn server_state(&self, backend: &str, server: &str) -> (u32, u32) {
-        let text = self.api().command("show servers state").unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        let header: Vec<&str> = lines[1].trim_start_matches('#').split_whitespace().collect();
-        let col = |n: &str| header.iter().position(|h| *h == n).unwrap();
-        for l in &lines[2..] {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.get(col("be_name")) == Some(&backend) && f.get(col("srv_name")) == Some(&server) {
-                return (f[col("srv_op_state")].parse().unwrap(), f[col("srv_admin_state")].parse().unwrap());
-            }
-        }
-        panic!("no {backend}/{server} in {text}");
-    }
-
-    /// The address and port `show servers state` prints for `backend/server`.
-    pub fn printed_addr(&self, backend: &str, server: &str) -> String {
+    /// `backend/server`'s row of `show servers state`, by column name.
+    fn state_row(&self, backend: &str, server: &str) -> std::collections::HashMap<String, String> {
         let text = self.api().command("show servers state").expect("show servers state");
         let lines: Vec<&str> = text.lines().collect();
         let header: Vec<&str> = lines[1].trim_start_matches('#').split_whitespace().collect();
@@ -404,7 +390,18 @@ impl Haproxy {
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
             .find(|f| f.get(col("be_name")) == Some(&backend) && f.get(col("srv_name")) == Some(&server));
         let f = row.unwrap_or_else(|| panic!("no {backend}/{server} in {text}"));
-        format!("{}:{}", f[col("srv_addr")], f[col("srv_port")])
+        header.iter().zip(f).map(|(h, v)| (h.to_string(), v.to_string())).collect()
+    }
+
+    pub fn server_state(&self, backend: &str, server: &str) -> (u32, u32) {
+        let r = self.state_row(backend, server);
+        (r["srv_op_state"].parse().unwrap(), r["srv_admin_state"].parse().unwrap())
+    }
+
+    /// The address and port `show servers state` prints for `backend/server`.
+    pub fn printed_addr(&self, backend: &str, server: &str) -> String {
+        let r = self.state_row(backend, server);
+        format!("{}:{}", r["srv_addr"], r["srv_port"])
     }
 
     /// `set server BACKEND/SERVER addr IP port PORT`, until HAProxy prints the
